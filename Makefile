@@ -1,0 +1,51 @@
+# flwr-byz developer commands. Everything runs inside .venv, created on first use.
+# torch==2.13.0 is installed first (a CPU wheel is available locally); the project's own
+# requirement stays torch>=2.4, which that install already satisfies.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast bench lint clean
+
+help:
+	@echo "make install    create .venv (torch==2.13.0 first) and install flwr-byz[dev]"
+	@echo "make demo       not there yet: arrives with the simulation runner (see README)"
+	@echo "make test       install, then run the test suite"
+	@echo "make test-fast  same, skipping tests marked slow/deployment"
+	@echo "make bench      install (+ ByzFL --no-deps), run benchmarks/ -> benchmarks/results/"
+	@echo "make lint       ruff + mypy"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo:
+	@echo "make demo is not there yet: it arrives with the simulation-runner issue and will run"
+	@echo "the flagship experiment (robust strategies vs FedAvg under attack on MNIST-1D, with a plot)."
+	@exit 1
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not deployment" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PIP) install --quiet --no-deps byzfl==0.0.11
+	$(PY) benchmarks/aggregators.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy flwr_byz
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

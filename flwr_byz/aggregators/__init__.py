@@ -1,0 +1,43 @@
+"""Robust aggregators: pure torch, ``[n, d]`` tensor in, ``[d]`` tensor out.
+
+See ALGORITHMS.md section 1 for the definitions; ``get_aggregator`` parses spec strings.
+"""
+
+from .base import Aggregator, PreAggregator, pairwise_sq_distances
+from .caf import CAF
+from .centered_clipping import CenteredClipping
+from .coordinate import Meamed, Mean, Median, TrimmedMean
+from .ctma import CTMA
+from .geomed import GeometricMedian
+from .krum import Bulyan, Krum, MultiKrum
+from .nearest import NNM, MoNNA
+from .preaggregators import ARC, Bucketing, Clipping
+from .registry import AGGREGATORS, WRAPPERS, get_aggregator
+from .subsets import MDA, SMEA
+
+__all__ = [
+    "AGGREGATORS",
+    "ARC",
+    "CAF",
+    "CTMA",
+    "MDA",
+    "NNM",
+    "SMEA",
+    "WRAPPERS",
+    "Aggregator",
+    "Bucketing",
+    "Bulyan",
+    "CenteredClipping",
+    "Clipping",
+    "GeometricMedian",
+    "Krum",
+    "Meamed",
+    "Mean",
+    "Median",
+    "MoNNA",
+    "MultiKrum",
+    "PreAggregator",
+    "TrimmedMean",
+    "get_aggregator",
+    "pairwise_sq_distances",
+]

@@ -1,0 +1,205 @@
+"""Shared mechanics of the aggregators: the protocol, input checks, distances, column sorts.
+
+Everything here is pure torch on ``[n, d]`` tensors (no Flower import). Every aggregator calls
+these helpers instead of re-deriving them: one Gram product for pairwise distances
+(ALGORITHMS.md section 1), one input check, one coordinate-wise sort.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+import torch
+
+__all__ = [
+    "Aggregator",
+    "PreAggregator",
+    "check_f",
+    "check_input",
+    "gram",
+    "mean_closest_to_median",
+    "mean_of_rows",
+    "pairwise_sq_distances",
+    "sort_columns",
+    "sq_distances_to",
+    "with_f",
+]
+
+
+@runtime_checkable
+class Aggregator(Protocol):
+    """A robust aggregation rule: ``[n, d]`` float tensor in, ``[d]`` tensor out (same dtype).
+
+    ``f`` is the number of Byzantine inputs the rule is configured to tolerate.
+    """
+
+    f: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+class PreAggregator(Aggregator, Protocol):
+    """A rule that first maps the inputs (``pre``) and then applies a ``base`` aggregator."""
+
+    base: Aggregator
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def check_f(f: int, name: str = "f") -> int:
+    """Validate a Byzantine count (a non-negative int) and return it."""
+    if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {f!r}")
+    return int(f)
+
+
+def check_input(
+    x: torch.Tensor, rule: str, min_n: int = 1, requirement: str = "n >= 1"
+) -> torch.Tensor:
+    """Check an aggregator input and return it.
+
+    Raises ``ValueError`` naming the problem when ``x`` is not a 2-D floating tensor, holds
+    NaN/Inf, or has fewer than ``min_n`` rows (``requirement`` is the rule's condition, e.g.
+    ``"n >= 2f + 3"``, printed in the message).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{rule}: expected a torch.Tensor of shape [n, d], got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{rule}: expected a 2-D tensor [n, d], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{rule}: expected a floating-point tensor, got dtype {x.dtype}")
+    n = x.shape[0]
+    if n < min_n:
+        raise ValueError(f"{rule} needs {requirement} (at least {min_n} inputs), got n={n}")
+    # One cheap reduction detects any NaN/Inf (they propagate through a sum); the elementwise
+    # check only runs when the sum is non-finite, to tell overflow apart from bad values.
+    if x.numel() and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"{rule}: input rows {bad[:10]} contain NaN or Inf")
+    return x
+
+
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """The Gram matrix ``x @ x.T`` (one GEMM in the input dtype, ``[n, n]``).
+
+    Not centred: centring costs a full copy of ``x`` (3x the GEMM's time at ``[50, 1M]``). In
+    float32 the squared distances derived from it carry a relative error of about
+    ``eps * ||x||^2 / ||x_i - x_j||^2``. If a finite input's squared norm overflows the dtype
+    (e.g. a float32 row of norm > 1.8e19), the product is redone in float64 on ``x / max|x|``
+    (float64 so that the small rows do not underflow) and rescaled; float64 is then returned.
+    """
+    g = x @ x.T
+    if bool(torch.isfinite(g).all()):
+        return g
+    xs = x.double()
+    scale = xs.abs().amax()
+    xs /= scale
+    return (xs @ xs.T) * scale.square()
+
+
+def _sq_from_gram(g: torch.Tensor) -> torch.Tensor:
+    diag = g.diagonal()
+    d2 = (diag[:, None] + diag[None, :] - 2.0 * g).clamp_min_(0.0)
+    d2.fill_diagonal_(0.0)
+    return d2
+
+
+def pairwise_sq_distances(x: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared Euclidean distances ``D_ij = ||x_i - x_j||^2`` from one Gram product, ``[n, n]``.
+
+    ``D_ij = G_ii + G_jj - 2 G_ij`` clamped at 0 with an exact zero diagonal (ALGORITHMS.md s.1).
+    Pass a precomputed ``g = gram(x)`` to reuse it.
+    """
+    return _sq_from_gram(gram(x) if g is None else g)
+
+
+def sq_distances_to(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``||x_i - y||^2`` for every row of ``x`` (``[n]``): ``||x_i||^2 - 2<x_i, y> + ||y||^2``.
+
+    On overflow of the dtype it is redone in float64 on ``x / s, y / s`` (``s = max|x|, |y|``)
+    and returned in float64, like ``gram``.
+    """
+    d2 = torch.linalg.vector_norm(x, dim=1).square() - 2.0 * (x @ y) + y @ y
+    if bool(torch.isfinite(d2).all()):
+        return d2.clamp_min_(0.0)
+    xs, ys = x.double(), y.double()
+    scale = torch.maximum(xs.abs().amax(), ys.abs().amax())
+    xs, ys = xs / scale, ys / scale
+    d2 = torch.linalg.vector_norm(xs, dim=1).square() - 2.0 * (xs @ ys) + ys @ ys
+    return d2.clamp_min_(0.0) * scale.square()
+
+
+def sort_columns(x: torch.Tensor) -> torch.Tensor:
+    """Sort every column of ``x`` (ascending along dim 0) and return a new tensor.
+
+    On CPU for float32/float64 this uses NumPy's vectorised (x86-simd-sort) kernel through a
+    zero-copy view: measured 6x faster than ``torch.sort(x, dim=0)`` at ``[50, 1M]`` on the
+    2-core reference machine (0.27 s vs 1.55 s). Elsewhere (CUDA, other dtypes) ``torch.sort``.
+    """
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.sort(x.detach().numpy(), axis=0))
+    return torch.sort(x, dim=0).values
+
+
+def mean_closest_to_median(s: torch.Tensor, k: int) -> torch.Tensor:
+    """Per column, the mean of the ``k`` values closest to the column median.
+
+    ``s`` must already be column-sorted (``sort_columns``). The ``k`` values nearest the median
+    form a contiguous window of the sorted column; the window with the smallest largest
+    distance to the median is that set (ties: the lower window). The ``n - k + 1`` candidate
+    windows are scanned in order, each step vectorised over all columns, with the window sum
+    updated by one add and one subtract (Meamed, Bulyan's second phase). Scanning beats
+    ``argmin(dim=0)`` over an ``[n - k + 1, d]`` tensor, which torch's CPU kernel does 10x
+    slower than the whole scan.
+    """
+    n = s.shape[0]
+    med = _median_of_sorted(s)
+    window = s[:k].sum(dim=0)
+    best = window.clone()
+    best_spread = torch.maximum(med - s[0], s[k - 1] - med)
+    spread, upper, better = torch.empty_like(med), torch.empty_like(med), torch.empty_like(med)
+    # Preallocated outputs and a 0/1 float mask: torch.where and fresh tensors are 10x slower
+    # than these in-place kernels on CPU.
+    for j in range(1, n - k + 1):
+        window.add_(s[k - 1 + j]).sub_(s[j - 1])
+        torch.sub(med, s[j], out=spread)
+        torch.sub(s[k - 1 + j], med, out=upper)
+        torch.maximum(spread, upper, out=spread)
+        torch.lt(spread, best_spread, out=better)  # strict: ties keep the lower window
+        torch.minimum(spread, best_spread, out=best_spread)
+        torch.sub(window, best, out=upper)
+        best.addcmul_(upper, better)
+    return best.div_(k)
+
+
+def _median_of_sorted(s: torch.Tensor) -> torch.Tensor:
+    n = s.shape[0]
+    if n % 2:
+        return s[n // 2].clone()
+    return (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def mean_of_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Mean of the rows ``idx`` of ``x`` as one GEMV (no gathered copy of the rows)."""
+    w = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    w[idx] = 1.0 / idx.numel()
+    return w @ x
+
+
+A = TypeVar("A")
+
+
+def with_f(agg: A, f: int) -> A:
+    """A shallow copy of ``agg`` configured for ``f`` Byzantine inputs (wrappers: recursively).
+
+    Used where a wrapper hands its base fewer inputs than it got (Bucketing's bucket means).
+    """
+    new = copy.copy(agg)
+    base = getattr(new, "base", None)
+    if base is not None:
+        new.base = with_f(base, f)  # type: ignore[attr-defined]
+    if hasattr(new, "f"):
+        new.f = min(new.f, f)
+    return new

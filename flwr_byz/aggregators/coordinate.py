@@ -1,0 +1,80 @@
+"""Coordinate-wise rules: Mean, Median, TrimmedMean, Meamed (ALGORITHMS.md section 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import _median_of_sorted, check_f, check_input, mean_closest_to_median, sort_columns
+
+__all__ = ["Meamed", "Mean", "Median", "TrimmedMean"]
+
+
+@dataclass
+class Mean:
+    """Plain average ``(1/n) sum_i x_i``. Not robust (tolerates f = 0); the baseline."""
+
+    f: int = 0
+
+    def __post_init__(self) -> None:
+        self.f = check_f(self.f)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, "Mean")
+        return x.mean(dim=0)
+
+
+@dataclass
+class Median:
+    """Coordinate-wise median; for even n the mean of the two middle values (NumPy semantics).
+
+    Tolerates f < n/2 (Yin et al. 2018). ``f`` is informational: the rule has no parameter.
+    """
+
+    f: int = 0
+
+    def __post_init__(self) -> None:
+        self.f = check_f(self.f)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, "Median")
+        return _median_of_sorted(sort_columns(x))
+
+
+@dataclass
+class TrimmedMean:
+    """Coordinate-wise trimmed mean: drop the f smallest and f largest values, average the rest.
+
+    Requires n > 2f (Yin et al. 2018).
+    """
+
+    f: int = 0
+
+    def __post_init__(self) -> None:
+        self.f = check_f(self.f)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.f
+        check_input(x, f"TrimmedMean(f={f})", 2 * f + 1, f"n > 2f = {2 * f}")
+        if f == 0:
+            return x.mean(dim=0)
+        s = sort_columns(x)
+        return s[f : x.shape[0] - f].mean(dim=0)
+
+
+@dataclass
+class Meamed:
+    """Mean around the median: per coordinate, the mean of the n - f values closest to the
+    coordinate median (Xie et al. 2018, "Phocas"/"MeaMed"). Requires n > f.
+    """
+
+    f: int = 0
+
+    def __post_init__(self) -> None:
+        self.f = check_f(self.f)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.f
+        check_input(x, f"Meamed(f={f})", f + 1, f"n > f = {f}")
+        return mean_closest_to_median(sort_columns(x), x.shape[0] - f)

@@ -1,0 +1,121 @@
+"""Pre-aggregators: transform the inputs, then hand them to a base rule.
+
+Bucketing (Karimireddy, He & Jaggi 2022, Alg. 1), static Clipping, and ARC, adaptive robust
+clipping (Allouah et al. 2024, Alg. 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .base import Aggregator, check_f, check_input, with_f
+from .coordinate import Mean, Median
+
+__all__ = ["ARC", "Bucketing", "Clipping", "clip_rows"]
+
+
+def clip_rows(x: torch.Tensor, c: torch.Tensor | float) -> torch.Tensor:
+    """``x_i * min(1, c / ||x_i||)`` for every row (a new tensor)."""
+    norms = torch.linalg.vector_norm(x, dim=1)
+    scale = (c / norms.clamp_min(torch.finfo(x.dtype).tiny)).clamp(max=1.0)
+    return x * scale[:, None].to(x.dtype)
+
+
+@dataclass
+class Bucketing:
+    """Bucketing (Karimireddy et al. 2022, Alg. 1): shuffle the inputs (seeded), average
+    consecutive buckets of ``s`` (the last may be smaller), apply ``base`` to the bucket means.
+
+    The base tolerates ``f`` (default: ``base.f``); on the bucket means it is run with
+    ``f_b = min(f, number of buckets)``, since f Byzantine inputs touch at most f buckets. The
+    permutation generator advances each call (a fresh shuffle per round); ``reset()`` reseeds.
+    """
+
+    s: int = 2
+    base: Aggregator = field(default_factory=Median)
+    seed: int = 0
+    f: int | None = None
+    _gen: torch.Generator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.s < 1:
+            raise ValueError(f"Bucketing needs a bucket size s >= 1, got s={self.s}")
+        self.f = check_f(self.base.f if self.f is None else self.f)
+        self.reset()
+
+    def reset(self) -> None:
+        """Restart the permutation sequence from ``seed``."""
+        self._gen = torch.Generator().manual_seed(self.seed)
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        """The bucket means (``[ceil(n/s), d]``)."""
+        check_input(x, "Bucketing")
+        n = x.shape[0]
+        nb = math.ceil(n / self.s)
+        perm = torch.randperm(n, generator=self._gen).to(x.device)
+        bucket = torch.empty(n, dtype=torch.long, device=x.device)
+        bucket[perm] = torch.arange(n, device=x.device) // self.s
+        sizes = torch.bincount(bucket, minlength=nb).to(x.dtype)
+        w = torch.zeros(nb, n, dtype=x.dtype, device=x.device)
+        w[bucket, torch.arange(n, device=x.device)] = 1.0 / sizes[bucket]
+        return w @ x
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        means = self.pre(x)
+        return with_f(self.base, min(int(self.f or 0), means.shape[0]))(means)
+
+
+@dataclass
+class Clipping:
+    """Static clipping: ``x_i <- x_i min(1, c / ||x_i||)``, then ``base``."""
+
+    c: float = 1.0
+    base: Aggregator = field(default_factory=Mean)
+
+    def __post_init__(self) -> None:
+        if self.c <= 0:
+            raise ValueError(f"Clipping needs c > 0, got c={self.c}")
+
+    @property
+    def f(self) -> int:
+        return self.base.f
+
+    @f.setter
+    def f(self, value: int) -> None:
+        self.base.f = value
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, "Clipping")
+        return clip_rows(x, self.c)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(self.pre(x))
+
+
+@dataclass
+class ARC:
+    """Adaptive Robust Clipping (Allouah et al. 2024, Alg. 1): with k = floor(2 (f/n)(n - f)),
+    clip every input to the (k+1)-th largest input norm, then ``base``.
+    """
+
+    f: int = 0
+    base: Aggregator = field(default_factory=Mean)
+
+    def __post_init__(self) -> None:
+        self.f = check_f(self.f)
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, f"ARC(f={self.f})")
+        n = x.shape[0]
+        k = math.floor(2 * (self.f / n) * (n - self.f))
+        if k == 0:
+            return x
+        norms = torch.linalg.vector_norm(x, dim=1)
+        threshold = norms.topk(k + 1).values[-1]
+        return clip_rows(x, threshold)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(self.pre(x))

@@ -1,0 +1,1 @@
+"""Experiments: datasets, models, runner, CLI, plots (arrive with the simulation issue)."""
