@@ -17,6 +17,7 @@ __all__ = [
     "Aggregator",
     "PreAggregator",
     "check_f",
+    "check_finite",
     "check_input",
     "gram",
     "mean_closest_to_median",
@@ -56,13 +57,18 @@ def check_f(f: int, name: str = "f") -> int:
 
 
 def check_input(
-    x: torch.Tensor, rule: str, min_n: int = 1, requirement: str = "n >= 1"
+    x: torch.Tensor,
+    rule: str,
+    min_n: int = 1,
+    requirement: str = "n >= 1",
+    finite: bool = True,
 ) -> torch.Tensor:
     """Check an aggregator input and return it.
 
     Raises ``ValueError`` naming the problem when ``x`` is not a 2-D floating tensor, holds
     NaN/Inf, or has fewer than ``min_n`` rows (``requirement`` is the rule's condition, e.g.
-    ``"n >= 2f + 3"``, printed in the message).
+    ``"n >= 2f + 3"``, printed in the message). ``finite=False`` skips the NaN/Inf pass for a
+    caller that checks a derived result with ``check_finite`` instead.
     """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{rule}: expected a torch.Tensor of shape [n, d], got {type(x).__name__}")
@@ -73,12 +79,19 @@ def check_input(
     n = x.shape[0]
     if n < min_n:
         raise ValueError(f"{rule} needs {requirement} (at least {min_n} inputs), got n={n}")
-    # One cheap reduction detects any NaN/Inf (they propagate through a sum); the elementwise
-    # check only runs when the sum is non-finite, to tell overflow apart from bad values.
-    if x.numel() and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+    if finite and x.numel():
+        check_finite(x, x.sum(), rule)
+    return x
+
+
+def check_finite(x: torch.Tensor, derived: torch.Tensor, rule: str) -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN/Inf, looking at ``x`` itself only when
+    ``derived`` (a reduction of ``x`` through which NaN/Inf propagate: a sum, a mean) is
+    non-finite, which may also be a harmless overflow.
+    """
+    if not bool(torch.isfinite(derived).all()) and not bool(torch.isfinite(x).all()):
         bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten().tolist()
         raise ValueError(f"{rule}: input rows {bad[:10]} contain NaN or Inf")
-    return x
 
 
 def gram(x: torch.Tensor) -> torch.Tensor:

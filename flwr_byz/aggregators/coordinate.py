@@ -6,7 +6,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import _median_of_sorted, check_f, check_input, mean_closest_to_median, sort_columns
+from .base import (
+    _median_of_sorted,
+    check_f,
+    check_finite,
+    check_input,
+    mean_closest_to_median,
+    sort_columns,
+)
 
 __all__ = ["Meamed", "Mean", "Median", "TrimmedMean"]
 
@@ -21,8 +28,10 @@ class Mean:
         self.f = check_f(self.f)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, "Mean")
-        return x.mean(dim=0)
+        check_input(x, "Mean", finite=False)
+        out = x.mean(dim=0)
+        check_finite(x, out, "Mean")  # NaN/Inf reach the mean: one pass over x in all
+        return out
 
 
 @dataclass

@@ -11,17 +11,33 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .base import Aggregator, check_f, check_input, with_f
+from .base import Aggregator, check_f, check_finite, check_input, with_f
 from .coordinate import Mean, Median
 
-__all__ = ["ARC", "Bucketing", "Clipping", "clip_rows"]
+__all__ = ["ARC", "Bucketing", "Clipping", "clip_scales", "scaled_then"]
 
 
-def clip_rows(x: torch.Tensor, c: torch.Tensor | float) -> torch.Tensor:
-    """``x_i * min(1, c / ||x_i||)`` for every row (a new tensor)."""
+def checked_norms(x: torch.Tensor, rule: str) -> torch.Tensor:
+    """Row norms of a checked input; they double as its NaN/Inf check (both propagate into
+    the norm), saving the separate pass over ``x``."""
+    check_input(x, rule, finite=False)
     norms = torch.linalg.vector_norm(x, dim=1)
-    scale = (c / norms.clamp_min(torch.finfo(x.dtype).tiny)).clamp(max=1.0)
-    return x * scale[:, None].to(x.dtype)
+    check_finite(x, norms, rule)
+    return norms
+
+
+def clip_scales(norms: torch.Tensor, c: torch.Tensor | float) -> torch.Tensor:
+    """The factors ``min(1, c / ||x_i||)`` (``[n]``) that clip rows of these norms to ``c``."""
+    return (c / norms.clamp_min(torch.finfo(norms.dtype).tiny)).clamp(max=1.0)
+
+
+def scaled_then(base: Aggregator, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``base(diag(scales) x)``. For a Mean base this is one GEMV, ``scales @ x / n``, and the
+    scaled copy of ``x`` is never made (Clipping+Mean, ARC+Mean: 2 passes over ``x``).
+    """
+    if type(base) is Mean:
+        return (scales / x.shape[0]) @ x
+    return base(x * scales[:, None])
 
 
 @dataclass
@@ -87,12 +103,15 @@ class Clipping:
     def f(self, value: int) -> None:
         self.base.f = value
 
+    def scales(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-row clipping factors ``min(1, c / ||x_i||)``."""
+        return clip_scales(checked_norms(x, "Clipping"), self.c)
+
     def pre(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, "Clipping")
-        return clip_rows(x, self.c)
+        return x * self.scales(x)[:, None]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(self.pre(x))
+        return scaled_then(self.base, x, self.scales(x))
 
 
 @dataclass
@@ -107,15 +126,15 @@ class ARC:
     def __post_init__(self) -> None:
         self.f = check_f(self.f)
 
-    def pre(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, f"ARC(f={self.f})")
+    def scales(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-row factors clipping every input to the (k+1)-th largest norm."""
+        norms = checked_norms(x, f"ARC(f={self.f})")
         n = x.shape[0]
         k = math.floor(2 * (self.f / n) * (n - self.f))
-        if k == 0:
-            return x
-        norms = torch.linalg.vector_norm(x, dim=1)
-        threshold = norms.topk(k + 1).values[-1]
-        return clip_rows(x, threshold)
+        return clip_scales(norms, norms.topk(k + 1).values[-1])
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scales(x)[:, None]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(self.pre(x))
+        return scaled_then(self.base, x, self.scales(x))
