@@ -224,11 +224,15 @@ def diameter_sq(d2: list[list[float]], subset: tuple[int, ...]) -> float:
 def mda_subset(x: object, f: int) -> tuple[int, ...]:
     """First (lexicographically smallest) subset of size n - f with the smallest diameter."""
     x = rows(x)
-    n = len(x)
     d2 = pairwise_sq(x)
+    return first_best_subset(len(x), f, lambda subset: diameter_sq(d2, subset))
+
+
+def first_best_subset(n: int, f: int, score: Callable[[tuple[int, ...]], float]) -> tuple[int, ...]:
+    """The first subset of size n - f in itertools.combinations order with the smallest score."""
     best, best_val = None, math.inf
     for subset in itertools.combinations(range(n), n - f):
-        val = diameter_sq(d2, subset)
+        val = score(subset)
         if val < best_val:
             best, best_val = subset, val
     assert best is not None
@@ -362,14 +366,7 @@ def top_eig_of_subset(x: np.ndarray, subset: tuple[int, ...]) -> float:
 
 def smea_subset(x: object, f: int) -> tuple[int, ...]:
     x = rows(x)
-    n = len(x)
-    best, best_val = None, math.inf
-    for subset in itertools.combinations(range(n), n - f):
-        val = top_eig_of_subset(x, subset)
-        if val < best_val:
-            best, best_val = subset, val
-    assert best is not None
-    return best
+    return first_best_subset(len(x), f, lambda subset: top_eig_of_subset(x, subset))
 
 
 def smea(x: object, f: int) -> np.ndarray:
