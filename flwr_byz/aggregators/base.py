@@ -22,6 +22,7 @@ __all__ = [
     "gram",
     "mean_closest_to_median",
     "mean_of_rows",
+    "median_of_sorted",
     "pairwise_sq_distances",
     "sort_columns",
     "sq_distances_to",
@@ -168,7 +169,7 @@ def mean_closest_to_median(s: torch.Tensor, k: int) -> torch.Tensor:
     slower than the whole scan.
     """
     n = s.shape[0]
-    med = _median_of_sorted(s)
+    med = median_of_sorted(s)
     window = s[:k].sum(dim=0)
     best = window.clone()
     best_spread = torch.maximum(med - s[0], s[k - 1] - med)
@@ -187,7 +188,8 @@ def mean_closest_to_median(s: torch.Tensor, k: int) -> torch.Tensor:
     return best.div_(k)
 
 
-def _median_of_sorted(s: torch.Tensor) -> torch.Tensor:
+def median_of_sorted(s: torch.Tensor) -> torch.Tensor:
+    """Column medians of a column-sorted ``s`` (even n: mean of the two middle values)."""
     n = s.shape[0]
     if n % 2:
         return s[n // 2].clone()

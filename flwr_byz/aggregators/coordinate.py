@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 
 from .base import (
-    _median_of_sorted,
     check_f,
     check_finite,
     check_input,
     mean_closest_to_median,
+    median_of_sorted,
     sort_columns,
 )
 
@@ -48,7 +48,7 @@ class Median:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, "Median")
-        return _median_of_sorted(sort_columns(x))
+        return median_of_sorted(sort_columns(x))
 
 
 @dataclass
