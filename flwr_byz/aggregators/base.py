@@ -20,6 +20,7 @@ __all__ = [
     "check_finite",
     "check_input",
     "gram",
+    "lowest",
     "mean_closest_to_median",
     "mean_of_rows",
     "median_of_sorted",
@@ -194,6 +195,11 @@ def median_of_sorted(s: torch.Tensor) -> torch.Tensor:
     if n % 2:
         return s[n // 2].clone()
     return (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` smallest scores, ties by the smaller index (stable sort)."""
+    return torch.sort(scores, stable=True).indices[:k]
 
 
 def mean_of_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .base import Aggregator, check_f, check_input, mean_of_rows, sq_distances_to
+from .base import Aggregator, check_f, check_input, lowest, mean_of_rows, sq_distances_to
 from .coordinate import Median
 
 __all__ = ["CTMA"]
@@ -32,5 +32,4 @@ class CTMA:
         f = self.f
         check_input(x, f"CTMA(f={f})", f + 1, f"n > f = {f}")
         anchor = self.base(x)
-        keep = torch.sort(sq_distances_to(x, anchor), stable=True).indices[: x.shape[0] - f]
-        return mean_of_rows(x, keep)
+        return mean_of_rows(x, lowest(sq_distances_to(x, anchor), x.shape[0] - f))

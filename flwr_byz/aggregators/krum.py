@@ -10,6 +10,7 @@ import torch
 from .base import (
     check_f,
     check_input,
+    lowest,
     mean_closest_to_median,
     mean_of_rows,
     pairwise_sq_distances,
@@ -85,7 +86,7 @@ class MultiKrum:
         n = x.shape[0]
         m = n - f if self.m is None else min(self.m, n)
         scores = krum_scores(pairwise_sq_distances(x), f)
-        return torch.sort(scores, stable=True).indices[:m]
+        return lowest(scores, m)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return mean_of_rows(x, self.select(x))

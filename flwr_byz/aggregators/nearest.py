@@ -10,6 +10,7 @@ from .base import (
     Aggregator,
     check_f,
     check_input,
+    lowest,
     mean_of_rows,
     pairwise_sq_distances,
     sq_distances_to,
@@ -71,5 +72,4 @@ class MoNNA:
             raise ValueError(f"MoNNA: idx={self.idx} is out of range for n={n} inputs")
         d2 = sq_distances_to(x, x[self.idx])
         d2[self.idx] = 0.0
-        keep = torch.sort(d2, stable=True).indices[: n - f]
-        return mean_of_rows(x, keep)
+        return mean_of_rows(x, lowest(d2, n - f))

@@ -14,7 +14,7 @@ import torch
 from .base import Aggregator, check_f, check_finite, check_input, with_f
 from .coordinate import Mean, Median
 
-__all__ = ["ARC", "Bucketing", "Clipping", "clip_scales", "scaled_then"]
+__all__ = ["ARC", "Bucketing", "Clipping", "clip_scales"]
 
 
 def checked_norms(x: torch.Tensor, rule: str) -> torch.Tensor:
@@ -31,13 +31,25 @@ def clip_scales(norms: torch.Tensor, c: torch.Tensor | float) -> torch.Tensor:
     return (c / norms.clamp_min(torch.finfo(norms.dtype).tiny)).clamp(max=1.0)
 
 
-def scaled_then(base: Aggregator, x: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """``base(diag(scales) x)``. For a Mean base this is one GEMV, ``scales @ x / n``, and the
-    scaled copy of ``x`` is never made (Clipping+Mean, ARC+Mean: 2 passes over ``x``).
-    """
-    if type(base) is Mean:
-        return (scales / x.shape[0]) @ x
-    return base(x * scales[:, None])
+class _RowScaling:
+    """Pre-aggregators that rescale each input row (``scales(x)``, ``[n]``), then ``base``."""
+
+    base: Aggregator
+
+    def scales(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        """The rescaled inputs ``diag(scales) x``."""
+        return x * self.scales(x)[:, None]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``base(pre(x))``. For a Mean base this is one GEMV, ``scales @ x / n``, and the
+        rescaled copy of ``x`` is never made (Clipping+Mean, ARC+Mean: 2 passes over ``x``).
+        """
+        if type(self.base) is Mean:
+            return (self.scales(x) / x.shape[0]) @ x
+        return self.base(self.pre(x))
 
 
 @dataclass
@@ -85,7 +97,7 @@ class Bucketing:
 
 
 @dataclass
-class Clipping:
+class Clipping(_RowScaling):
     """Static clipping: ``x_i <- x_i min(1, c / ||x_i||)``, then ``base``."""
 
     c: float = 1.0
@@ -107,15 +119,9 @@ class Clipping:
         """Per-row clipping factors ``min(1, c / ||x_i||)``."""
         return clip_scales(checked_norms(x, "Clipping"), self.c)
 
-    def pre(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scales(x)[:, None]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return scaled_then(self.base, x, self.scales(x))
-
 
 @dataclass
-class ARC:
+class ARC(_RowScaling):
     """Adaptive Robust Clipping (Allouah et al. 2024, Alg. 1): with k = floor(2 (f/n)(n - f)),
     clip every input to the (k+1)-th largest input norm, then ``base``.
     """
@@ -132,9 +138,3 @@ class ARC:
         n = x.shape[0]
         k = math.floor(2 * (self.f / n) * (n - self.f))
         return clip_scales(norms, norms.topk(k + 1).values[-1])
-
-    def pre(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scales(x)[:, None]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return scaled_then(self.base, x, self.scales(x))
