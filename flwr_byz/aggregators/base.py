@@ -24,6 +24,7 @@ __all__ = [
     "mean_closest_to_median",
     "mean_of_rows",
     "median_of_sorted",
+    "normalized_weights",
     "pairwise_sq_distances",
     "sort_columns",
     "sq_distances_to",
@@ -94,6 +95,22 @@ def check_finite(x: torch.Tensor, derived: torch.Tensor, rule: str) -> None:
     if not bool(torch.isfinite(derived).all()) and not bool(torch.isfinite(x).all()):
         bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten().tolist()
         raise ValueError(f"{rule}: input rows {bad[:10]} contain NaN or Inf")
+
+
+def normalized_weights(
+    w: torch.Tensor, x: torch.Tensor, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Check per-input weights ``w`` (``[n]``, finite, >= 0, positive sum) for the rows of
+    ``x`` and return them divided by their sum, on ``x``'s device in ``dtype`` (default:
+    ``x``'s dtype).
+    """
+    w = torch.as_tensor(w)
+    if w.dim() != 1 or w.shape[0] != x.shape[0]:
+        raise ValueError(f"expected {x.shape[0]} weights (one per input), got {tuple(w.shape)}")
+    w = w.to(device=x.device, dtype=torch.float64)
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
+        raise ValueError("weights must be finite, non-negative and not all zero")
+    return (w / w.sum()).to(dtype or x.dtype)
 
 
 def gram(x: torch.Tensor) -> torch.Tensor:
@@ -212,15 +229,16 @@ def mean_of_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 A = TypeVar("A")
 
 
-def with_f(agg: A, f: int) -> A:
+def with_f(agg: A, f: int, exact: bool = False) -> A:
     """A shallow copy of ``agg`` configured for ``f`` Byzantine inputs (wrappers: recursively).
 
-    Used where a wrapper hands its base fewer inputs than it got (Bucketing's bucket means).
+    By default ``f`` only lowers each rule's own ``f`` (a wrapper handing its base fewer
+    inputs than it got, as Bucketing's bucket means); ``exact=True`` sets it everywhere.
     """
     new = copy.copy(agg)
     base = getattr(new, "base", None)
     if base is not None:
-        new.base = with_f(base, f)  # type: ignore[attr-defined]
+        new.base = with_f(base, f, exact)  # type: ignore[attr-defined]
     if hasattr(new, "f"):
-        new.f = min(new.f, f)
+        new.f = check_f(f) if exact else min(new.f, f)
     return new

@@ -12,6 +12,7 @@ from .base import (
     check_input,
     mean_closest_to_median,
     median_of_sorted,
+    normalized_weights,
     sort_columns,
 )
 
@@ -33,6 +34,14 @@ class Mean:
         check_finite(x, out, "Mean")  # NaN/Inf reach the mean: one pass over x in all
         return out
 
+    def weighted(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Weighted average ``sum_i w_i x_i / sum_i w_i`` (FedAvg's sample-count weighting)."""
+        check_input(x, "Mean", finite=False)
+        a = normalized_weights(w, x)
+        out = a @ x
+        check_finite(x, out, "Mean")
+        return out
+
 
 @dataclass
 class Median:
@@ -49,6 +58,28 @@ class Median:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, "Median")
         return median_of_sorted(sort_columns(x))
+
+    def weighted(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Weighted coordinate-wise median.
+
+        Per coordinate, with the values sorted and ``C_k`` the cumulative weight of the k
+        smallest: the mean of the first value with ``C_k >= W/2`` and the first with
+        ``C_k > W/2`` (``W`` the total). Equal weights give exactly the unweighted median.
+        """
+        check_input(x, "Median")
+        a = normalized_weights(w, x, torch.float64)  # exact ties at W/2 need float64 sums
+        n, d = x.shape
+        out = torch.empty(d, dtype=x.dtype, device=x.device)
+        step = max(1, (1 << 22) // max(n, 1))  # bound the [n, chunk] index/weight buffers
+        for start in range(0, d, step):
+            cols = x[:, start : start + step]
+            values, order = torch.sort(cols, dim=0, stable=True)
+            cum = a[order].cumsum(dim=0)
+            lo = (2.0 * cum >= 1.0 - 1e-12).to(torch.int8).argmax(dim=0, keepdim=True)
+            hi = (2.0 * cum > 1.0 + 1e-12).to(torch.int8).argmax(dim=0, keepdim=True)
+            pair = values.gather(0, lo) + values.gather(0, hi)
+            out[start : start + step] = (pair / 2).squeeze(0)
+        return out
 
 
 @dataclass

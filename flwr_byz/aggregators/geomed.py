@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import check_f, check_input, gram
+from .base import check_f, check_input, gram, normalized_weights
 
 __all__ = ["GeometricMedian"]
 
@@ -39,8 +39,12 @@ class GeometricMedian:
         if self.nu <= 0 or self.eps < 0 or self.max_iter < 0:
             raise ValueError("GeometricMedian needs nu > 0, eps >= 0 and max_iter >= 0")
 
-    def weights(self, x: torch.Tensor) -> torch.Tensor:
-        """The convex weights ``a`` (float64, ``[n]``) of the geometric median ``z = a^T x``."""
+    def weights(self, x: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
+        """The convex weights ``a`` (float64, ``[n]``) of the geometric median ``z = a^T x``.
+
+        ``alpha`` (``[n]``, normalised): per-input weights of the weighted geometric median
+        ``argmin_z sum_i alpha_i ||z - x_i||`` (RFA, Pillutla et al. 2022, Eq. 4).
+        """
         g = gram(x).double()
         n = g.shape[0]
         diag = g.diagonal()
@@ -48,10 +52,13 @@ class GeometricMedian:
         def dists(a: torch.Tensor) -> torch.Tensor:
             return (diag - 2.0 * (g @ a) + a @ g @ a).clamp_min(0.0).sqrt()
 
-        a = torch.full((n,), 1.0 / n, dtype=g.dtype, device=g.device)
+        if alpha is None:
+            alpha = torch.full((n,), 1.0 / n, dtype=g.dtype, device=g.device)
+        alpha = alpha.to(dtype=g.dtype, device=g.device)
+        a = alpha
         dist = dists(a)
         for _ in range(self.max_iter):
-            w = 1.0 / dist.clamp_min(self.nu)
+            w = alpha / dist.clamp_min(self.nu)
             a = w / w.sum()
             new = dists(a)
             done = bool(((new - dist).abs() <= self.eps * new.clamp_min(self.nu)).all())
@@ -63,3 +70,8 @@ class GeometricMedian:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, "GeometricMedian")
         return self.weights(x).to(x.dtype) @ x
+
+    def weighted(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Weighted geometric median ``argmin_z sum_i w_i ||z - x_i||`` (RFA's weighting)."""
+        check_input(x, "GeometricMedian")
+        return self.weights(x, normalized_weights(w, x, torch.float64)).to(x.dtype) @ x

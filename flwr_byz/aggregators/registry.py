@@ -11,11 +11,7 @@ Every rule that has an ``f`` gets the ``f`` passed here.
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-from collections.abc import Callable
-from typing import Any
-
+from ..specs import build, split_part
 from .base import Aggregator
 from .caf import CAF
 from .centered_clipping import CenteredClipping
@@ -67,38 +63,6 @@ ALIASES = {
 }  # fmt: skip
 
 
-def _parse_value(text: str) -> Any:
-    if text.lower() in ("none", "null"):
-        return None
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def _build(cls: type, args: list[str], f: int, base: Aggregator | None, part: str) -> Aggregator:
-    fields = [fd.name for fd in dataclasses.fields(cls) if fd.init]
-    positional = [fd for fd in fields if fd not in ("f", "base")]
-    kwargs: dict[str, Any] = {}
-    for i, arg in enumerate(a for a in args if a):
-        if "=" in arg:
-            key, value = arg.split("=", 1)
-            key = key.strip().replace("-", "_")
-        elif i < len(positional):
-            key, value = positional[i], arg
-        else:
-            raise ValueError(f"aggregator spec {part!r}: too many positional arguments")
-        if key not in fields:
-            raise ValueError(f"aggregator spec {part!r}: unknown parameter {key!r} (has {fields})")
-        kwargs[key] = _parse_value(value.strip())
-    if "f" in fields and "f" not in kwargs:
-        kwargs["f"] = f
-    if base is not None:
-        kwargs["base"] = base
-    factory: Callable[..., Aggregator] = cls
-    return factory(**kwargs)
-
-
 def get_aggregator(spec: str, f: int = 0) -> Aggregator:
     """Build the aggregator described by ``spec`` for ``f`` Byzantine inputs (see module doc)."""
     parts = [p.strip() for p in spec.split("+")]
@@ -106,22 +70,23 @@ def get_aggregator(spec: str, f: int = 0) -> Aggregator:
         raise ValueError(f"empty aggregator spec part in {spec!r}")
     agg: Aggregator | None = None
     for i, part in enumerate(reversed(parts)):
-        name, _, argtext = part.partition(":")
-        key = name.strip().lower()
+        name, args = split_part(part)
+        key = name.lower()
         key = ALIASES.get(key, key)
-        args = argtext.split(",") if argtext else []
         if i == 0:
             if key not in AGGREGATORS:
                 hint = " (it is a wrapper: put a base rule after it)" if key in WRAPPERS else ""
                 raise ValueError(
                     f"unknown aggregator {name!r} in {spec!r}{hint}; known: {sorted(AGGREGATORS)}"
                 )
-            agg = _build(AGGREGATORS[key], args, f, None, part)
+            agg = build(AGGREGATORS[key], args, part, "aggregator", defaults={"f": f})
         else:
             if key not in WRAPPERS:
                 raise ValueError(
                     f"{name!r} in {spec!r} cannot wrap another rule; wrappers: {sorted(WRAPPERS)}"
                 )
-            agg = _build(WRAPPERS[key], args, f, agg, part)
+            agg = build(
+                WRAPPERS[key], args, part, "aggregator", defaults={"f": f}, fixed={"base": agg}
+            )
     assert agg is not None
     return agg

@@ -1,5 +1,5 @@
 """The ``flwr-byz`` command line (typer). ``run``/``grid``/``plot`` arrive with the simulation
-runner; ``aggregators`` and ``bench`` work now."""
+runner; ``aggregators``, ``attacks`` and ``bench`` work now."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from flwr_byz.aggregators import AGGREGATORS, WRAPPERS
+from flwr_byz.attacks import ATTACKS
 
 app = typer.Typer(help="Byzantine-robust federated learning for Flower.", no_args_is_help=True)
 
@@ -19,6 +20,15 @@ def aggregators() -> None:
     """List the aggregator names usable in spec strings (e.g. 'bucketing:2+median')."""
     typer.echo("base rules: " + ", ".join(sorted(AGGREGATORS)))
     typer.echo("wrappers:   " + ", ".join(sorted(WRAPPERS)) + "  (e.g. nnm+krum, ctma+geomed)")
+
+
+@app.command()
+def attacks() -> None:
+    """List the attack names usable in specs (e.g. 'alie:z=1.5', 'sign-flip:scale=10')."""
+    for name, cls in ATTACKS.items():
+        kind = "omniscient" if getattr(cls, "omniscient", False) else "per-node"
+        kind = "data" if getattr(cls, "data_attack", False) else kind
+        typer.echo(f"{name:<12} {kind}")
 
 
 @app.command()

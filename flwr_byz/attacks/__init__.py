@@ -1,0 +1,29 @@
+"""Attacks: pure torch, ``(honest [h, d], own [b, d]) -> [b, d]`` (and the data attack
+LabelFlip). See ALGORITHMS.md section 2; ``get_attack`` parses spec strings."""
+
+from .base import Attack, check_attack_input, honest_stats
+from .data import LabelFlip
+from .omniscient import ALIE, IPM, Mimic, MinMax, MinSum, alie_z
+from .registry import ATTACKS, get_attack
+from .vector import BitFlip, Gaussian, NoAttack, NonFinite, Scale, SignFlip
+
+__all__ = [
+    "ALIE",
+    "ATTACKS",
+    "IPM",
+    "Attack",
+    "BitFlip",
+    "Gaussian",
+    "LabelFlip",
+    "Mimic",
+    "MinMax",
+    "MinSum",
+    "NoAttack",
+    "NonFinite",
+    "Scale",
+    "SignFlip",
+    "alie_z",
+    "check_attack_input",
+    "get_attack",
+    "honest_stats",
+]

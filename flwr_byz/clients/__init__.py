@@ -1,0 +1,22 @@
+"""Flower client side and adversaries: ByzantineGrid (server-side, omniscient, simulation),
+byzantine_mod / byzantine_app (per-node, node config), label_flip_requested (data attack)."""
+
+from .grid import ByzantineGrid
+from .injection import ATTACK_KEY
+from .mods import (
+    byzantine_app,
+    byzantine_mod,
+    label_flip_requested,
+    make_byzantine_mod,
+    node_attack,
+)
+
+__all__ = [
+    "ATTACK_KEY",
+    "ByzantineGrid",
+    "byzantine_app",
+    "byzantine_mod",
+    "label_flip_requested",
+    "make_byzantine_mod",
+    "node_attack",
+]

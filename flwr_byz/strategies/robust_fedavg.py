@@ -1,0 +1,182 @@
+"""RobustFedAvg: Flower's FedAvg with the weighted mean replaced by a robust aggregator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from logging import INFO, WARNING
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
+
+from ..aggregators import Aggregator, get_aggregator
+from ..aggregators.base import with_f
+from .records import Layout, flatten, layout_of, unflatten
+from .validation import CheckedReplies, validate_replies
+
+__all__ = ["RobustFedAvg"]
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """What ``configure_train`` sent in a round: the model (flat) and to whom."""
+
+    server_round: int
+    layout: Layout
+    vector: torch.Tensor
+    node_ids: frozenset[int]
+
+
+class RobustFedAvg(FedAvg):
+    """FedAvg whose aggregation step is a Byzantine-robust rule over the clients' updates.
+
+    Each round the clients' replies are validated (``strategies.validation``), their updates
+    ``reply - global model sent`` are aggregated with ``aggregator`` and the result is added
+    to the global model. Everything else (sampling, configuration, evaluation, metric
+    aggregation) is Flower's ``FedAvg``, so any ClientApp written for FedAvg works unchanged.
+
+    Parameters
+    ----------
+    aggregator : Aggregator | str (default: "median")
+        The robust rule, as an object of ``flwr_byz.aggregators`` (or any callable
+        ``[n, d] -> [d]`` with an ``f``) or a spec string for ``get_aggregator``
+        (e.g. ``"nnm+krum"``, ``"trimmedmean"``, ``"bucketing:2+median"``).
+    f : int | None (default: None)
+        Number of Byzantine clients per round the rule is set to tolerate. With a spec string
+        ``None`` means 0; with an aggregator object ``None`` keeps the object's own ``f``.
+    weighted : bool (default: False)
+        Weight each update by the client's sample count (``weighted_by_key``) as FedAvg does.
+        Only rules with a weighted form accept it (Mean, Median, GeometricMedian). The counts
+        come from the clients, so a Byzantine client can inflate its own: keep it off unless
+        the counts are trusted.
+    **kwargs
+        Every keyword argument of ``flwr.serverapp.strategy.FedAvg`` (``fraction_train``,
+        ``min_train_nodes``, ``weighted_by_key``, ``arrayrecord_key``, ...).
+
+    Each round's train MetricRecord carries ``accepted``, ``rejected``, ``rejected-<reason>``
+    and ``skipped`` (1 when too few valid replies remained for the rule, and the previous
+    global model was kept).
+    """
+
+    def __init__(
+        self,
+        aggregator: Aggregator | str = "median",
+        f: int | None = None,
+        weighted: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if isinstance(aggregator, str):
+            self.aggregator: Aggregator = get_aggregator(aggregator, f=0 if f is None else f)
+        elif callable(aggregator):
+            self.aggregator = aggregator if f is None else with_f(aggregator, f, exact=True)
+        else:
+            raise TypeError(
+                f"aggregator must be an Aggregator or a spec string, got {aggregator!r}"
+            )
+        if weighted and not callable(getattr(self.aggregator, "weighted", None)):
+            raise ValueError(
+                f"{type(self.aggregator).__name__} has no weighted form; weighted=True works "
+                "with Mean, Median and GeometricMedian"
+            )
+        self.weighted = weighted
+        self._sent: _Sent | None = None
+
+    def summary(self) -> None:
+        """Log the aggregator, then FedAvg's summary."""
+        log(INFO, "\t├──> Robust aggregation:")
+        log(INFO, "\t│\t├── Aggregator: %s", self.aggregator)
+        log(INFO, "\t│\t└── Weighted by sample count: %s", self.weighted)
+        super().summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's configuration; remembers the model sent and the nodes sampled."""
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        layout = layout_of(arrays)
+        self._sent = _Sent(
+            server_round=server_round,
+            layout=layout,
+            vector=flatten(arrays, layout),
+            node_ids=frozenset(m.metadata.dst_node_id for m in messages),
+        )
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate the replies, aggregate the updates robustly, apply them."""
+        context = f"{type(self).__name__} round {server_round}"
+        sent = self._sent
+        if sent is None or sent.server_round != server_round:
+            log(WARNING, "%s: no model was sent this round; nothing to aggregate", context)
+            return None, None
+        checked = validate_replies(
+            replies,
+            {self.arrayrecord_key: sent.layout},
+            expected_nodes=sent.node_ids,
+            weighted_by_key=self.weighted_by_key if self.weighted else None,
+            context=context,
+        )
+        log(
+            INFO,
+            "aggregate_train: %d valid replies, %d rejected",
+            len(checked.node_ids),
+            len(checked.rejected),
+        )
+        metrics = self._train_metrics(checked)
+        step = self._robust_step(checked, sent, context)
+        metrics["skipped"] = int(step is None)
+        if step is None:
+            return None, metrics
+        return unflatten(sent.vector + step, sent.layout), metrics
+
+    def _robust_step(
+        self, checked: CheckedReplies, sent: _Sent, context: str
+    ) -> torch.Tensor | None:
+        """The aggregated update, or None (previous model kept) if the rule cannot run."""
+        updates = checked.vectors - sent.vector.to(checked.vectors.dtype)
+        try:
+            if self.weighted:
+                assert checked.weights is not None
+                step = self.aggregator.weighted(updates, checked.weights)  # type: ignore[attr-defined]
+            else:
+                step = self.aggregator(updates)
+        except ValueError as exc:
+            log(WARNING, "%s: keeping the previous global model: %s", context, exc)
+            return None
+        if not bool(torch.isfinite(step).all()):
+            log(WARNING, "%s: keeping the previous global model: non-finite aggregate", context)
+            return None
+        return step.to(sent.vector.dtype)
+
+    def _train_metrics(self, checked: CheckedReplies) -> MetricRecord:
+        """FedAvg's metric aggregation over the accepted replies, plus the validation counts."""
+        metrics = MetricRecord()
+        usable = [c for c in checked.contents if _has_weight(c, self.weighted_by_key)]
+        if usable:
+            try:
+                metrics = self.train_metrics_aggr_fn(usable, self.weighted_by_key)
+            except Exception as exc:  # inconsistent client metrics must not stop the round
+                log(WARNING, "aggregate_train: client metrics not aggregated: %r", exc)
+                metrics = MetricRecord()
+        for key, value in checked.metrics().items():
+            metrics[key] = value
+        return metrics
+
+
+def _has_weight(content: RecordDict, key: str) -> bool:
+    """One MetricRecord holding a finite positive scalar ``key`` (what FedAvg's metric
+    aggregation needs)."""
+    records = list(content.metric_records.values())
+    if len(records) != 1 or key not in records[0]:
+        return False
+    value = records[0][key]
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+    )

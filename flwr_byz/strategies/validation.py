@@ -1,0 +1,228 @@
+"""Reply validation: every strategy of ours runs it on every reply before aggregating.
+
+A reply is rejected, with one log line naming the node and the reason, when it is an error
+reply, comes from a node the round was not sent to (or is a second reply from one), lacks the
+expected ArrayRecord or carries extra ones, has missing/extra array keys, wrong shapes or
+dtypes, undecodable bytes, NaN/Inf values, or (when weighting by sample count) no usable
+weight. Nothing a client sends can raise here: the worst a reply can do is be rejected.
+
+The counts go into the round's MetricRecord: ``accepted``, ``rejected`` and
+``rejected-<reason>`` for every reason seen (see :data:`REASONS`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from logging import WARNING
+
+import torch
+from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.common.logger import log
+
+from .records import Layout, flatten, layout_of
+
+__all__ = ["REASONS", "CheckedReplies", "Rejection", "validate_replies"]
+
+REASONS: tuple[str, ...] = (
+    "error-reply",  # the Message carries an Error instead of content
+    "unknown-node",  # the round was not sent to this node
+    "duplicate",  # a second reply from the same node
+    "missing-record",  # the expected ArrayRecord is absent
+    "extra-record",  # ArrayRecords beyond the expected ones
+    "missing-key",  # an expected array key is absent
+    "extra-key",  # an array key that was not expected
+    "shape",  # an array of the wrong shape
+    "dtype",  # an array of the wrong dtype
+    "malformed",  # an array whose bytes do not decode to its declared shape/dtype
+    "non-finite",  # NaN or Inf values
+    "bad-weight",  # weighting by sample count, but no finite positive count
+)
+"""Every rejection reason, as used in the ``rejected-<reason>`` metric keys."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A rejected reply: the sending node, the reason (one of :data:`REASONS`) and details."""
+
+    node_id: int
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class CheckedReplies:
+    """The outcome of :func:`validate_replies`.
+
+    ``vectors[i]`` is the flattened content (the expected records concatenated in order) of
+    the reply from ``node_ids[i]``; ``weights[i]`` its sample count when weighting was asked.
+    """
+
+    node_ids: list[int]
+    contents: list[RecordDict]
+    vectors: torch.Tensor
+    weights: torch.Tensor | None = None
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, int]:
+        """``accepted``, ``rejected`` and ``rejected-<reason>`` counts for the MetricRecord."""
+        out = {"accepted": len(self.node_ids), "rejected": len(self.rejected)}
+        for reason, count in sorted(Counter(r.reason for r in self.rejected).items()):
+            out[f"rejected-{reason}"] = count
+        return out
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+def validate_replies(
+    replies: Iterable[Message],
+    expected: Mapping[str, Layout],
+    *,
+    expected_nodes: Collection[int] | None = None,
+    weighted_by_key: str | None = None,
+    context: str = "aggregate_train",
+) -> CheckedReplies:
+    """Validate ``replies`` against the ``expected`` ArrayRecords (record key -> layout).
+
+    With a single expected record, a reply holding exactly one ArrayRecord under another key
+    is accepted too (Flower's own strategies take "the one ArrayRecord" of a reply).
+    ``expected_nodes``: the node IDs the round was sent to (None: anyone may reply).
+    ``weighted_by_key``: also read this sample-count metric (finite, > 0) as the weight.
+    ``context`` prefixes the log lines (e.g. ``"RobustFedAvg round 3"``).
+    """
+    layouts = list(expected.values())
+    wide = any(lay.vector_dtype == torch.float64 for lay in layouts)
+    dtype = torch.float64 if wide else torch.float32
+    d = sum(lay.numel for lay in layouts)
+    allowed = None if expected_nodes is None else set(expected_nodes)
+    seen: set[int] = set()
+    node_ids: list[int] = []
+    contents: list[RecordDict] = []
+    rows: list[torch.Tensor] = []
+    weights: list[float] = []
+    rejected: list[Rejection] = []
+    for msg in replies:
+        node = int(msg.metadata.src_node_id)
+        try:
+            if msg.has_error():
+                raise _Reject("error-reply", _error_text(msg))
+            if allowed is not None and node not in allowed:
+                raise _Reject("unknown-node", "the round was not sent to this node")
+            if node in seen:
+                raise _Reject("duplicate", "a reply from this node was already accepted")
+            content = msg.content
+            vector = _vector(content, expected, dtype)
+            if not bool(torch.isfinite(vector).all()):
+                bad = int((~torch.isfinite(vector)).sum())
+                raise _Reject("non-finite", f"{bad} of {vector.numel()} values are NaN/Inf")
+            weight = _weight(content, weighted_by_key) if weighted_by_key else 1.0
+        except Exception as exc:  # nothing a client sends may escape: reject, log, go on
+            rej = exc if isinstance(exc, _Reject) else _Reject("malformed", repr(exc))
+            rejected.append(Rejection(node, rej.reason, rej.detail))
+            log(
+                WARNING,
+                "%s: rejected the reply of node %d: %s (%s)",
+                context,
+                node,
+                rej.reason,
+                rej.detail,
+            )
+            continue
+        seen.add(node)
+        node_ids.append(node)
+        contents.append(content)
+        rows.append(vector)
+        weights.append(weight)
+    vectors = torch.stack(rows) if rows else torch.empty(0, d, dtype=dtype)
+    return CheckedReplies(
+        node_ids=node_ids,
+        contents=contents,
+        vectors=vectors,
+        weights=torch.tensor(weights, dtype=torch.float64) if weighted_by_key else None,
+        rejected=rejected,
+    )
+
+
+def _vector(
+    content: RecordDict, expected: Mapping[str, Layout], dtype: torch.dtype
+) -> torch.Tensor:
+    parts = []
+    for record, layout in _records(content, expected):
+        try:
+            parts.append(flatten(record, layout).to(dtype))
+        except ValueError as exc:
+            raise _Reject("malformed", str(exc)) from exc
+    return torch.cat(parts) if parts else torch.empty(0, dtype=dtype)
+
+
+def _error_text(msg: Message) -> str:
+    try:
+        return f"code {msg.error.code}: {msg.error.reason}"
+    except Exception:  # an error reply whose Error cannot be read
+        return "unreadable error"
+
+
+def _records(
+    content: RecordDict, expected: Mapping[str, Layout]
+) -> list[tuple[ArrayRecord, Layout]]:
+    """The reply's ArrayRecords matched to the expected ones, after checking their structure."""
+    got = dict(content.array_records)
+    if len(expected) == 1 and len(got) == 1:
+        (want_key,), (got_key,) = expected.keys(), got.keys()
+        got = {want_key: got[got_key]}
+    _same_keys(expected, got, "record", "the reply")
+    out = []
+    for key, layout in expected.items():
+        record = got[key]
+        _check_structure(record, layout, key)
+        out.append((record, layout))
+    return out
+
+
+def _same_keys(want: Iterable[str], have: Iterable[str], level: str, where: str) -> None:
+    """Reject ``missing-<level>`` / ``extra-<level>`` unless the two key sets agree."""
+    want, have = list(want), list(have)
+    missing = [k for k in want if k not in have]
+    if missing:
+        raise _Reject(f"missing-{level}", f"{where} lacks {missing[:5]}; has {sorted(have)[:5]}")
+    extra = [k for k in have if k not in want]
+    if extra:
+        raise _Reject(f"extra-{level}", f"{where} has unexpected {extra[:5]}")
+
+
+def _check_structure(record: ArrayRecord, layout: Layout, name: str) -> None:
+    want = layout.spec()
+    try:
+        have = layout_of(record).spec()
+    except Exception as exc:  # headers that cannot even be read
+        raise _Reject("malformed", f"ArrayRecord {name!r}: {exc}") from exc
+    _same_keys(want, have, "key", f"ArrayRecord {name!r}")
+    for key, (shape, dtype) in want.items():
+        got_shape, got_dtype = have[key]
+        if got_shape != shape:
+            raise _Reject("shape", f"{name}[{key!r}] has shape {got_shape}, expected {shape}")
+        if got_dtype != dtype:
+            raise _Reject("dtype", f"{name}[{key!r}] has dtype {got_dtype}, expected {dtype}")
+    # Keys in a different order are fine; flatten() reads them in the layout's order.
+    try:
+        _ = [record[k] for k in layout.keys]
+    except Exception as exc:
+        raise _Reject("malformed", f"ArrayRecord {name!r}: {exc}") from exc
+
+
+def _weight(content: RecordDict, key: str) -> float:
+    for record in content.metric_records.values():
+        if key in record:
+            value = record[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise _Reject("bad-weight", f"{key!r} is {value!r}, not a number")
+            if not math.isfinite(value) or value <= 0:
+                raise _Reject("bad-weight", f"{key!r} is {value!r}, not finite and > 0")
+            return float(value)
+    raise _Reject("bad-weight", f"no MetricRecord holds {key!r}")

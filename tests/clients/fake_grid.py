@@ -1,0 +1,199 @@
+"""In-process stand-ins for Flower's server side, shared by the strategy and client tests.
+
+``FakeGrid`` is a ``flwr.serverapp.Grid`` whose nodes are Python functions: every message
+sent to a node is answered at once by ``client(msg)`` (a reply, several replies, or None for
+no reply). Helpers build models, honest updates and replies. Importing this module sets the
+process's Flower task identity (needed to create Messages outside a running app).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+
+def ensure_task_identity() -> None:
+    """Give this process a Flower task identity unless one is set already."""
+    try:
+        _ = TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id
+    except RuntimeError:
+        TaskIdentity.run_id = 1
+        TaskIdentity.node_id = 0
+        TaskIdentity.task_id = 1
+
+
+ensure_task_identity()
+
+Reply = Message | Sequence[Message] | None
+Client = Callable[[Message], Reply]
+
+
+class FakeGrid(Grid):
+    """A Grid whose nodes ``node_ids`` answer through ``client(msg)`` in this process."""
+
+    def __init__(self, node_ids: Iterable[int], client: Client) -> None:
+        self.node_ids = [int(n) for n in node_ids]
+        self.client = client
+        self.sent: list[Message] = []
+        self._stored: dict[str, list[Message]] = {}
+        self._ids = itertools.count()
+        self._run: Any = None
+
+    def set_run(self, run: Any) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Any:
+        return self._run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, group_id=group_id, ttl=ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.node_ids)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            self.sent.append(msg)
+            out = self.client(msg)
+            replies = [] if out is None else [out] if isinstance(out, Message) else list(out)
+            key = str(next(self._ids))
+            self._stored[key] = replies
+            ids.append(key)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [r for key in message_ids for r in self._stored.pop(key, [])]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+
+# --- models, updates, replies -------------------------------------------------------------
+
+
+def model(dtype: str = "float32", seed: int = 0, with_int: bool = False) -> ArrayRecord:
+    """A small model: a [3, 4] weight, a [4] bias, a [2, 2, 2] kernel (and an int64 counter)."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "w": rng.normal(size=(3, 4)).astype(dtype),
+        "b": rng.normal(size=4).astype(dtype),
+        "k": rng.normal(size=(2, 2, 2)).astype(dtype),
+    }
+    if with_int:
+        arrays["count"] = np.array([5], dtype=np.int64)
+    return ArrayRecord({k: Array(np.array(v)) for k, v in arrays.items()})
+
+
+def numpy_of(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The arrays of ``record`` by key."""
+    return {k: record[k].numpy() for k in record}
+
+
+def vector_of(record: ArrayRecord, keys: Sequence[str] | None = None) -> np.ndarray:
+    """The float64 concatenation of ``record``'s arrays (in ``keys`` order, default its own)."""
+    keys = list(record.keys()) if keys is None else list(keys)
+    return np.concatenate([record[k].numpy().astype(np.float64).ravel() for k in keys])
+
+
+def shifted(record: ArrayRecord, delta: dict[str, np.ndarray]) -> ArrayRecord:
+    """``record + delta`` per key, each array keeping its dtype."""
+    out = {}
+    for key in record:
+        arr = record[key].numpy()
+        out[key] = Array(np.array(arr + delta.get(key, 0), dtype=arr.dtype))
+    return ArrayRecord(out)
+
+
+def update_for(record: ArrayRecord, node: int, scale: float = 0.1) -> dict[str, np.ndarray]:
+    """A deterministic per-node update for every float array of ``record``."""
+    rng = np.random.default_rng(1000 + node)
+    out = {}
+    for key in record:
+        arr = record[key].numpy()
+        if np.issubdtype(arr.dtype, np.floating):
+            out[key] = (scale * rng.normal(size=arr.shape)).astype(arr.dtype)
+    return out
+
+
+def train_reply(
+    ins: Message,
+    arrays: ArrayRecord,
+    num_examples: float | None = 10,
+    metrics: dict[str, Any] | None = None,
+    array_key: str = "arrays",
+) -> Message:
+    """A train reply holding ``arrays`` and a MetricRecord (``num-examples`` unless None)."""
+    values: dict[str, Any] = {"train_loss": 1.0}
+    if num_examples is not None:
+        values["num-examples"] = num_examples
+    values.update(metrics or {})
+    content = RecordDict({array_key: arrays, "metrics": MetricRecord(values)})
+    return Message(content, reply_to=ins)
+
+
+def sent_arrays(ins: Message, key: str = "arrays") -> ArrayRecord:
+    """The ArrayRecord an instruction carries."""
+    record = ins.content[key]
+    assert isinstance(record, ArrayRecord)
+    return record
+
+
+def honest_client(scale: float = 0.1, num_examples: Callable[[int], float] | None = None) -> Client:
+    """A FedAvg-style client: train replies ``sent + update_for(node)``, evaluate replies a
+    loss; ``num_examples(node)`` its sample count (default 10)."""
+
+    def client(ins: Message) -> Message:
+        node = int(ins.metadata.dst_node_id)
+        count = 10 if num_examples is None else num_examples(node)
+        if ins.metadata.message_type.startswith("evaluate"):
+            metrics = MetricRecord({"eval_loss": float(node), "num-examples": count})
+            return Message(RecordDict({"metrics": metrics}), reply_to=ins)
+        sent = sent_arrays(ins)
+        return train_reply(ins, shifted(sent, update_for(sent, node, scale)), count)
+
+    return client
+
+
+def stack(records: Sequence[ArrayRecord], keys: Sequence[str]) -> torch.Tensor:
+    """``[n, d]`` float64 tensor of the records' arrays (in ``keys`` order)."""
+    return torch.from_numpy(np.stack([vector_of(r, keys) for r in records]))
+
+
+# --- logging ------------------------------------------------------------------------------
+
+
+def capture_flwr_log(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> pytest.LogCaptureFixture:
+    """Make ``caplog`` see Flower's logger ("flwr"): propagation forced on (Flower's
+    simulation switches it off in this process), every level recorded."""
+    monkeypatch.setattr(logging.getLogger("flwr"), "propagate", True)
+    caplog.set_level(logging.DEBUG, logger="flwr")
+    return caplog
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The WARNING (and above) messages recorded from Flower's logger."""
+    return [
+        r.getMessage() for r in caplog.records if r.name == "flwr" and r.levelno >= logging.WARNING
+    ]
