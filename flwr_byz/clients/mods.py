@@ -17,7 +17,8 @@ Keys: ``byzantine-attack`` (an attack spec, e.g. ``"gaussian:sigma=2"``),
 (``byzantine-seed``, node ID, server round): reproducible wherever the node runs.
 
 Omniscient attacks (IPM, ALIE, MinMax, MinSum, Mimic) need the round's honest replies, which
-a node does not see: the mod refuses them (an error reply naming ByzantineGrid). LabelFlip is
+a node does not see: the mod raises a ValueError naming ByzantineGrid, which Flower returns
+to the server as an error reply (rejected there as ``error-reply``). LabelFlip is
 a data attack: the mod puts ``byzantine-attack = "label-flip"`` in the message's ConfigRecord
 and the ClientApp's data loading asks :func:`label_flip_requested`.
 """

@@ -16,7 +16,7 @@ from flwr.supercore import log
 from ..aggregators import Aggregator, get_aggregator
 from ..aggregators.base import with_f
 from .records import Layout, flatten, layout_of, unflatten
-from .validation import CheckedReplies, validate_replies
+from .validation import CheckedReplies, sample_count, validate_replies
 
 __all__ = ["RobustFedAvg"]
 
@@ -171,12 +171,12 @@ class RobustFedAvg(FedAvg):
 
 
 def _has_weight(content: RecordDict, key: str) -> bool:
-    """One MetricRecord holding a finite positive scalar ``key`` (what FedAvg's metric
-    aggregation needs)."""
-    records = list(content.metric_records.values())
-    if len(records) != 1 or key not in records[0]:
+    """One MetricRecord with a usable sample count ``key`` (what FedAvg's metric aggregation
+    reads)."""
+    if len(content.metric_records) != 1:
         return False
-    value = records[0][key]
-    return (
-        isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
-    )
+    try:
+        sample_count(content, key)
+    except ValueError:
+        return False
+    return True

@@ -24,7 +24,7 @@ from flwr.common.logger import log
 
 from .records import Layout, flatten, layout_of
 
-__all__ = ["REASONS", "CheckedReplies", "Rejection", "validate_replies"]
+__all__ = ["REASONS", "CheckedReplies", "Rejection", "sample_count", "validate_replies"]
 
 REASONS: tuple[str, ...] = (
     "error-reply",  # the Message carries an Error instead of content
@@ -216,13 +216,22 @@ def _check_structure(record: ArrayRecord, layout: Layout, name: str) -> None:
         raise _Reject("malformed", f"ArrayRecord {name!r}: {exc}") from exc
 
 
-def _weight(content: RecordDict, key: str) -> float:
+def sample_count(content: RecordDict, key: str) -> float:
+    """The sample count ``key`` of a reply (the first MetricRecord holding it); ``ValueError``
+    unless it is a finite number > 0."""
     for record in content.metric_records.values():
         if key in record:
             value = record[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise _Reject("bad-weight", f"{key!r} is {value!r}, not a number")
+                raise ValueError(f"{key!r} is {value!r}, not a number")
             if not math.isfinite(value) or value <= 0:
-                raise _Reject("bad-weight", f"{key!r} is {value!r}, not finite and > 0")
+                raise ValueError(f"{key!r} is {value!r}, not finite and > 0")
             return float(value)
-    raise _Reject("bad-weight", f"no MetricRecord holds {key!r}")
+    raise ValueError(f"no MetricRecord holds {key!r}")
+
+
+def _weight(content: RecordDict, key: str) -> float:
+    try:
+        return sample_count(content, key)
+    except ValueError as exc:
+        raise _Reject("bad-weight", str(exc)) from exc
