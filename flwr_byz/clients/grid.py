@@ -174,9 +174,9 @@ class ByzantineGrid(Grid):
                 own.append((reply, target))
             elif bool(torch.isfinite(target.vector).all()):
                 honest.append(target)
-        for signature in {t.signature for _, t in own}:
-            group = [(r, t) for r, t in own if t.signature == signature]
-            peers = [t.delta for t in honest if t.signature == signature]
+        for records in {t.records for _, t in own}:
+            group = [(r, t) for r, t in own if t.records == records]
+            peers = [t.delta for t in honest if t.records == records]
             own_rows = torch.stack([t.delta for _, t in group])
             honest_rows = torch.stack(peers) if peers else own_rows[:0]
             try:

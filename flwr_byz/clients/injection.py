@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
@@ -35,31 +34,17 @@ ATTACK_KEY = "byzantine-attack"
 @dataclass(frozen=True)
 class Target:
     """The attackable part of one reply: its float arrays, flat, and the base they are
-    measured from (the model sent, or zero)."""
+    measured from (the model sent, or zero). Replies with equal ``records`` (keys and
+    layouts) stack into one ``[n, d]`` matrix."""
 
     records: tuple[tuple[str, Layout], ...]
     base: torch.Tensor
     vector: torch.Tensor
 
     @property
-    def signature(self) -> tuple[tuple[str, Layout], ...]:
-        """Replies with the same signature can be stacked into one ``[n, d]`` matrix."""
-        return self.records
-
-    @property
     def delta(self) -> torch.Tensor:
         """What the attack sees: ``vector - base``."""
         return self.vector - self.base
-
-
-def _float_layout(record: ArrayRecord) -> Layout:
-    full = layout_of(record)
-    keep = [i for i, dt in enumerate(full.dtypes) if np.issubdtype(np.dtype(dt), np.floating)]
-    return Layout(
-        keys=tuple(full.keys[i] for i in keep),
-        shapes=tuple(full.shapes[i] for i in keep),
-        dtypes=tuple(full.dtypes[i] for i in keep),
-    )
 
 
 def target_of(
@@ -71,7 +56,9 @@ def target_of(
     sent records across replies (FedAvg sends one record object to every node).
     """
     records = tuple(
-        (key, lay) for key, rec in reply.array_records.items() if (lay := _float_layout(rec)).numel
+        (key, lay)
+        for key, rec in reply.array_records.items()
+        if (lay := layout_of(rec).floating()).numel
     )
     if not records:
         return None
@@ -81,7 +68,7 @@ def target_of(
         start = 0
         for key, lay in records:
             src = sent.array_records.get(key)
-            if src is not None and _float_layout(src) == lay:
+            if src is not None and layout_of(src).floating() == lay:
                 cached = cache.get(id(src)) if cache is not None else None
                 if cached is None:
                     cached = flatten(src, lay)

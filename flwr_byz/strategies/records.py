@@ -43,6 +43,15 @@ class Layout:
         """float64 if any array is float64, else float32."""
         return torch.float64 if "float64" in self.dtypes else torch.float32
 
+    def floating(self) -> Layout:
+        """The same layout restricted to its floating-point arrays."""
+        keep = [i for i, dt in enumerate(self.dtypes) if np.issubdtype(np.dtype(dt), np.floating)]
+        return Layout(
+            keys=tuple(self.keys[i] for i in keep),
+            shapes=tuple(self.shapes[i] for i in keep),
+            dtypes=tuple(self.dtypes[i] for i in keep),
+        )
+
     def spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """``{key: (shape, dtype)}``, what a conforming record must hold."""
         return dict(zip(self.keys, zip(self.shapes, self.dtypes, strict=True), strict=True))
