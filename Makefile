@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make install    create .venv (torch==2.13.0 first) and install flwr-byz[dev]"
-	@echo "make demo       not there yet: arrives with the simulation runner (see README)"
+	@echo "make demo       install, then run the flagship experiment -> results/demo/ (JSON + PNG)"
 	@echo "make test       install, then run the test suite"
 	@echo "make test-fast  same, skipping tests marked slow/deployment"
 	@echo "make bench      install (+ ByzFL --no-deps), run benchmarks/ -> benchmarks/results/"
@@ -27,10 +27,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo:
-	@echo "make demo is not there yet: it arrives with the simulation-runner issue and will run"
-	@echo "the flagship experiment (robust strategies vs FedAvg under attack on MNIST-1D, with a plot)."
-	@exit 1
+demo: $(STAMP)
+	$(VENV)/bin/flwr-byz demo
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -2,7 +2,8 @@
 
 A part is ``name`` or ``name:arg,arg,...``; an arg is positional (``bucketing:2``) or
 ``key=value`` (``geomed:nu=0.1,max_iter=3``, dashes in keys read as underscores). Values are
-Python literals (``2``, ``0.5``, ``'x'``, ``(1, 2)``), ``none``/``null`` for ``None``, and
+Python literals (``2``, ``0.5``, ``'x'``, ``(1, 2)``), ``none``/``null`` for ``None``,
+``true``/``false`` (any case) for booleans, and
 anything else stays a string (``non-finite:mix``). Arguments bind to the dataclass's init
 fields in order, skipping the names the caller supplies itself (``f``, ``base``, ``seed``).
 """
@@ -21,6 +22,8 @@ def parse_value(text: str) -> Any:
     """A spec value: a Python literal, ``None`` for ``none``/``null``, else the string itself."""
     if text.lower() in ("none", "null"):
         return None
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 from logging import INFO, WARNING
-from typing import Any
 
 import torch
 from flwr.app import Message, MessageType, RecordDict
@@ -22,11 +21,12 @@ from flwr.supercore import log
 
 from ..attacks import Attack, LabelFlip, get_attack
 from .injection import Target, apply_attack, mark_label_flip, target_of, write_back
+from .wrapping import GridWrapper
 
 __all__ = ["ByzantineGrid"]
 
 
-class ByzantineGrid(Grid):
+class ByzantineGrid(GridWrapper):
     """Grid wrapper that replaces the Byzantine nodes' training replies by an attack's output.
 
     Parameters
@@ -66,7 +66,7 @@ class ByzantineGrid(Grid):
             raise ValueError("ByzantineGrid needs exactly one of num_byzantine or node_ids")
         if num_byzantine is not None and (isinstance(num_byzantine, bool) or num_byzantine < 0):
             raise ValueError(f"num_byzantine must be a non-negative int, got {num_byzantine!r}")
-        self.grid = grid
+        super().__init__(grid)
         self.attack = get_attack(attack, seed=seed) if isinstance(attack, str) else attack
         self.num_byzantine = num_byzantine
         self.seed = seed
@@ -96,30 +96,7 @@ class ByzantineGrid(Grid):
         """True for attacks applied by the client to its data (LabelFlip)."""
         return bool(getattr(self.attack, "data_attack", False))
 
-    # --- Grid API: delegated, with the attack in between ----------------------------------
-    def set_run(self, run: Any) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self.grid.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def get_nodes(self) -> Iterable[Any]:
-        return self.grid.get_nodes()
-
+    # --- Grid API: delegated (GridWrapper), with the attack in between -----------------
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         """Push (data attacks: mark the Byzantine nodes' messages first)."""
         return self.grid.push_messages(self._outgoing(messages))

@@ -1,1 +1,25 @@
-"""Experiments: datasets, models, runner, CLI, plots (arrive with the simulation issue)."""
+"""Experiments on Flower's simulation engine: offline datasets and partitions, models, the
+runner (``run_experiment``), result files, plots, the ``flwr-byz`` CLI and the Flower App."""
+
+from .config import ExperimentConfig
+from .datasets import DATASETS, Dataset, client_data, load_dataset, partition_indices
+from .models import MODELS, build_model, default_model
+from .result import Result, RoundRecord
+from .runner import run_experiment, run_experiments, train_on_grid
+
+__all__ = [
+    "DATASETS",
+    "MODELS",
+    "Dataset",
+    "ExperimentConfig",
+    "Result",
+    "RoundRecord",
+    "build_model",
+    "client_data",
+    "default_model",
+    "load_dataset",
+    "partition_indices",
+    "run_experiment",
+    "run_experiments",
+    "train_on_grid",
+]

@@ -1,0 +1,133 @@
+"""The Flower App of this repository: ``flwr run .`` (see ``[tool.flwr.app]`` in pyproject).
+
+- ``client_app``: trains the model named in the train message's ConfigRecord on this node's
+  partition (``partition-id`` / ``num-partitions`` of the node config) and answers the
+  runner's partition query. Data attacks (LabelFlip) are honoured; ``byzantine_mod`` is
+  installed, so a SuperNode started with ``--node-config "byzantine-attack='sign-flip'"``
+  corrupts its own replies in a deployment.
+- ``server_app``: reads the run config (``[tool.flwr.app.config]`` plus ``--run-config``
+  overrides; keys are ExperimentConfig's options in kebab-case, ``num-byzantine`` for the
+  Byzantine count), runs ``train_on_grid`` on the connected nodes, logs every round and writes
+  the result JSON to ``out`` (default ``results/app/<method>-<attack>-<seed>.json``).
+"""
+
+from __future__ import annotations
+
+import math
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
+
+from ..attacks import LabelFlip
+from ..clients import byzantine_mod, label_flip_requested
+from .config import ExperimentConfig
+from .datasets import client_data, load_dataset
+from .metering import PARTITION_QUERY, wait_for_nodes
+from .models import build_model
+from .result import RoundRecord
+from .runner import train_on_grid
+from .training import derive_seed, train_epochs
+
+__all__ = ["client_app", "server_app"]
+
+client_app = ClientApp(mods=[byzantine_mod])
+
+
+def _partition(context: Context) -> tuple[int, int]:
+    node: dict[str, Any] = dict(context.node_config)
+    return int(node["partition-id"]), int(node["num-partitions"])
+
+
+def _config(msg: Message) -> dict[str, Any]:
+    """The message's ConfigRecord ``config`` as a plain dict (empty when absent)."""
+    record = msg.content.config_records.get("config")
+    return dict(record) if record is not None else {}
+
+
+@client_app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Local SGD epochs on this node's partition, from the global model in the message."""
+    cfg = _config(msg)
+    partition_id, num_partitions = _partition(context)
+    seed = int(cfg["seed"])
+    dataset = load_dataset(str(cfg["dataset"]))
+    x, y = client_data(
+        str(cfg["dataset"]), str(cfg["partition"]), partition_id, num_partitions, seed
+    )
+    if label_flip_requested(msg, context):
+        y = LabelFlip(num_classes=dataset.num_classes)(y)
+    model = build_model(str(cfg["model"]), dataset.input_shape, dataset.num_classes)
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    loss = train_epochs(
+        model,
+        x,
+        y,
+        epochs=int(cfg["local-epochs"]),
+        batch_size=int(cfg["batch-size"]),
+        lr=float(cfg["lr"]),
+        momentum=float(cfg.get("momentum", 0.0)),
+        seed=derive_seed(seed, int(cfg.get("server-round", 0)), partition_id),
+    )
+    metrics = MetricRecord(
+        {"train-loss": loss if math.isfinite(loss) else 0.0, "num-examples": len(y)}
+    )
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+    return Message(content=content, reply_to=msg)
+
+
+@client_app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Answer the runner's ``partition-id`` query (used to order nodes reproducibly)."""
+    op = _config(msg).get("op")
+    if op != PARTITION_QUERY:
+        raise ValueError(f"unknown query op {op!r}")
+    partition_id, num_partitions = _partition(context)
+    cfg = _config(msg)
+    if "dataset" in cfg:  # warm up: load the data of the coming rounds now
+        load_dataset(str(cfg["dataset"]))
+        client_data(
+            str(cfg["dataset"]),
+            str(cfg["partition"]),
+            partition_id,
+            num_partitions,
+            int(cfg["seed"]),
+        )
+    record = MetricRecord({"partition-id": partition_id, "num-partitions": num_partitions})
+    return Message(content=RecordDict({"partition": record}), reply_to=msg)
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the experiment the run config describes on the connected nodes."""
+    clients = wait_for_nodes(grid)
+    config = ExperimentConfig.from_run_config(context.run_config, clients=clients)
+
+    def on_round(cfg: ExperimentConfig, r: RoundRecord) -> None:
+        log(
+            INFO,
+            "[flwr-byz] round %d/%d  accuracy %.4f  loss %.4f  rejected %d  "
+            "up %d B  down %d B  %.2f s",
+            r.round,
+            cfg.rounds,
+            r.accuracy,
+            r.loss,
+            r.rejected,
+            r.bytes_up,
+            r.bytes_down,
+            r.seconds,
+        )
+
+    result = train_on_grid(grid, config, on_round=on_round)
+    out = Path(config.out or f"results/app/{config.method}-{config.attack}-{config.seed}.json")
+    result.save(out)
+    log(
+        INFO, "[flwr-byz] final accuracy %.4f; result written to %s", result.accuracy, out.resolve()
+    )

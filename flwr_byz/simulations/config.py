@@ -1,0 +1,189 @@
+"""ExperimentConfig: every option of one experiment, with its default and its help text.
+
+The same dataclass feeds ``run_experiment``, every flag of ``flwr-byz run``, ``--config
+file.toml`` and the Flower App's run-config keys (``pyproject.toml``), so the three stay in
+step. Names are snake_case here, ``--kebab-case`` as flags and ``kebab-case`` as run-config
+keys (``byzantine`` is ``num-byzantine`` there, as Flower users spell it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..specs import parse_value
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["RUN_CONFIG_ALIASES", "ExperimentConfig", "parse_params"]
+
+#: run-config key -> field name, where they differ beyond dashes/underscores.
+RUN_CONFIG_ALIASES = {"num-byzantine": "byzantine"}
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment. ``resolved()`` fills the ``auto``/``None`` choices."""
+
+    method: str = _opt(
+        "robust-fedavg",
+        "Training method: fedavg, robust-fedavg, flower-krum, flower-multikrum, "
+        "flower-bulyan, flower-median, flower-trimmedavg.",
+    )
+    aggregator: str = _opt(
+        "median", "Robust aggregator spec of robust methods, e.g. 'cwmed', 'nnm+krum'."
+    )
+    attack: str = _opt(
+        "none", "Attack of the Byzantine clients, e.g. 'alie', 'sign-flip:10', 'label-flip'."
+    )
+    byzantine: int = _opt(0, "Number of Byzantine clients (chosen among the partitions by seed).")
+    clients: int = _opt(20, "Number of (virtual) clients; each holds one data partition.")
+    clients_per_round: int | None = _opt(None, "Clients sampled per round (None: all).")
+    rounds: int = _opt(30, "Number of federated rounds.")
+    dataset: str = _opt(
+        "mnist1d",
+        "Dataset spec: mnist1d, digits, breast-cancer, synthetic-logreg "
+        "(options as 'synthetic-logreg:heterogeneity=2').",
+    )
+    partition: str = _opt("iid", "Partition of the training data: 'iid' or 'dirichlet:<alpha>'.")
+    model: str = _opt("auto", "Model: logreg, mlp, cnn1d ('auto': the dataset's default).")
+    lr: float = _opt(0.05, "Client learning rate (SGD).")
+    batch_size: int = _opt(32, "Client minibatch size.")
+    local_epochs: int = _opt(2, "Local epochs per round on each client.")
+    momentum: float = _opt(0.9, "Client SGD momentum (restarted every round).")
+    compressor: str = _opt("none", "Compressor spec of compressed methods ('none' otherwise).")
+    f: int | None = _opt(
+        None,
+        "Byzantine inputs per round the aggregator tolerates (None: the Byzantine clients "
+        "expected among those sampled, ceil(byzantine * clients_per_round / clients)).",
+    )
+    seed: int = _opt(0, "Seed of everything random: model init, sampling, attacks, shuffling.")
+    params: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Method hyperparameters: the strategy's constructor arguments."},
+    )
+    ray_address: str | None = _opt(
+        None, "Address of an existing Ray cluster (e.g. 'auto', '10.0.0.1:6379'); None: local."
+    )
+    out: str | None = _opt(None, "Write the result JSON here.")
+
+    # --- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> ExperimentConfig:
+        """From a dict with snake_case, kebab-case or run-config keys; unknown keys raise."""
+        names = {fd.name for fd in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            name = RUN_CONFIG_ALIASES.get(key, key).replace("-", "_")
+            if name not in names:
+                raise ValueError(f"unknown experiment option {key!r}; options: {sorted(names)}")
+            kwargs[name] = value
+        if "params" in kwargs:
+            kwargs["params"] = parse_params(kwargs["params"])
+        return cls(**kwargs)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> ExperimentConfig:
+        """From a TOML file of options (top level, or under an ``[experiment]`` table)."""
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        return cls.from_mapping(data.get("experiment", data))
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any], clients: int) -> ExperimentConfig:
+        """From a Flower run config (``[tool.flwr.app.config]`` plus overrides).
+
+        Flower config values cannot be None, so ``0``/``-1``/``""`` stand for it where
+        ``help()`` says so; ``clients`` is the number of connected nodes.
+        """
+        values = dict(run_config)
+        if "clients-per-round" in values and int(values["clients-per-round"]) <= 0:
+            values["clients-per-round"] = None  # 0: all clients
+        if "f" in values and int(values["f"]) < 0:
+            values["f"] = None  # -1: auto
+        for key in ("ray-address", "out"):
+            if values.get(key) == "":
+                values[key] = None
+        values["clients"] = clients
+        return cls.from_mapping(values)
+
+    # --- derived values -------------------------------------------------------------------
+    @property
+    def per_round(self) -> int:
+        """Clients sampled per round."""
+        return self.clients if self.clients_per_round is None else self.clients_per_round
+
+    def resolved(self) -> ExperimentConfig:
+        """A copy with ``model``, ``f`` and ``clients_per_round`` made explicit, validated."""
+        from .models import default_model
+
+        self.validate()
+        model = default_model(self.dataset) if self.model == "auto" else self.model
+        f = self.f
+        if f is None:
+            f = math.ceil(self.byzantine * self.per_round / self.clients)
+        return dataclasses.replace(self, model=model, f=f, clients_per_round=self.per_round)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent option."""
+        for name in ("clients", "rounds", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.byzantine <= self.clients:
+            raise ValueError(f"byzantine={self.byzantine} must be in [0, clients={self.clients}]")
+        if self.clients_per_round is not None and not 1 <= self.clients_per_round <= self.clients:
+            raise ValueError(
+                f"clients_per_round={self.clients_per_round} must be in [1, clients={self.clients}]"
+            )
+        if self.local_epochs < 1:
+            raise ValueError(f"local_epochs must be >= 1, got {self.local_epochs}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.f is not None and self.f < 0:
+            raise ValueError(f"f must be >= 0, got {self.f}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (snake_case keys)."""
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def help(name: str) -> str:
+        """The help text of option ``name`` with its default."""
+        fd = {f.name: f for f in dataclasses.fields(ExperimentConfig)}[name]
+        default = {} if fd.default is dataclasses.MISSING else fd.default
+        return f"{fd.metadata['help']} [default: {default}]"
+
+
+def parse_params(params: Any) -> dict[str, Any]:
+    """Method hyperparameters from a dict, ``["a=1", "b=x"]`` or ``"a=1,b=x"``.
+
+    Values are read like spec values: Python literals, ``none`` for None, else strings.
+    """
+    if isinstance(params, Mapping):
+        return {str(k).replace("-", "_"): v for k, v in params.items()}
+    items = params.split(",") if isinstance(params, str) else list(params)
+    out: dict[str, Any] = {}
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--param {item!r}: expected name=value")
+        out[key.strip().replace("-", "_")] = parse_value(value.strip())
+    return out

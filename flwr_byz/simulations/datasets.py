@@ -1,0 +1,432 @@
+"""Offline datasets and their client partitions.
+
+A dataset spec is ``name`` or ``name:key=value,...`` (see ``flwr_byz.specs``):
+
+* ``mnist1d[:samples=5000]``: the MNIST-1D benchmark generated locally with the ``mnist1d``
+  package (its own default generator seed, 42; 80/20 train/test), input ``(1, 40)``. Cached on
+  disk as ``.npz`` under ``$FLWR_BYZ_CACHE`` (else ``~/.cache/flwr-byz``).
+* ``digits``: scikit-learn's bundled 8x8 digits, input ``(64,)``, 10 classes.
+* ``breast-cancer``: scikit-learn's bundled Wisconsin breast cancer data, input ``(30,)``.
+* ``synthetic-logreg[:samples=5000,dim=20,classes=2,groups=10,heterogeneity=1.0]``: a
+  mixture of ``groups`` logistic-regression tasks whose feature means and weights drift apart
+  as ``heterogeneity`` grows (0: all groups identical).
+
+The data never depend on the experiment seed: a dataset is the benchmark, only its options
+change it. The sklearn sets are split 80/20 (stratified, fixed seed) and standardised with the
+train split's statistics. ``groups_train`` is what label-skewed partitions are drawn over: the
+labels, or the group ids for ``synthetic-logreg``.
+
+A partition spec is ``iid`` or ``dirichlet:<alpha>`` (also ``dirichlet:alpha=<a>,min_size=<k>``);
+partitions are computed with flwr-datasets' ``IidPartitioner``/``DirichletPartitioner``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+import os
+import random
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..specs import build, split_part
+from .training import derive_seed
+
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "check_partition",
+    "client_data",
+    "load_dataset",
+    "partition_indices",
+]
+
+DATASETS: tuple[str, ...] = ("mnist1d", "digits", "breast-cancer", "synthetic-logreg")
+"""Dataset names accepted by ``load_dataset``."""
+
+PARTITIONS: tuple[str, ...] = ("iid", "dirichlet")
+"""Partition scheme names accepted by ``partition_indices``."""
+
+_SPLIT_SEED = 0  # fixed train/test split of the sklearn datasets (not the experiment seed)
+_CACHE_VERSION = 1  # bump when the cached mnist1d arrays change meaning
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train/test tensors of one dataset; do not modify them in place (they are shared)."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    groups_train: torch.Tensor
+
+    def __post_init__(self) -> None:
+        n, m = len(self.x_train), len(self.x_test)
+        if len(self.y_train) != n or len(self.groups_train) != n or len(self.y_test) != m:
+            raise ValueError(f"dataset {self.name!r}: inconsistent sample counts")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input (no batch axis)."""
+        return tuple(self.x_train.shape[1:])
+
+
+# ---------------------------------------------------------------------------------- options
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class _NoOptions:
+    pass
+
+
+@dataclass(frozen=True)
+class _Mnist1dOptions:
+    samples: int = 5000
+
+    def __post_init__(self) -> None:
+        _check_int("mnist1d samples", self.samples, 10)
+        if self.samples % 10:
+            raise ValueError(f"mnist1d samples must be a multiple of 10, got {self.samples}")
+
+
+@dataclass(frozen=True)
+class _SyntheticOptions:
+    samples: int = 5000
+    dim: int = 20
+    classes: int = 2
+    groups: int = 10
+    heterogeneity: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_int("synthetic-logreg samples", self.samples, 10)
+        _check_int("synthetic-logreg dim", self.dim, 1)
+        _check_int("synthetic-logreg classes", self.classes, 2)
+        _check_int("synthetic-logreg groups", self.groups, 1)
+        h = self.heterogeneity
+        if isinstance(h, bool) or not isinstance(h, int | float) or not 0 <= h < math.inf:
+            raise ValueError(
+                f"synthetic-logreg heterogeneity must be a finite number >= 0, got {h!r}"
+            )
+        object.__setattr__(self, "heterogeneity", float(h))
+
+
+_OPTIONS: dict[str, type] = {
+    "mnist1d": _Mnist1dOptions,
+    "digits": _NoOptions,
+    "breast-cancer": _NoOptions,
+    "synthetic-logreg": _SyntheticOptions,
+}
+
+
+def _parse_dataset(spec: str) -> tuple[str, Any]:
+    name, args = split_part(spec)
+    key = name.lower()
+    if key not in _OPTIONS:
+        raise ValueError(f"unknown dataset {name!r} in {spec!r}; known: {list(DATASETS)}")
+    return key, build(_OPTIONS[key], args, spec.strip(), "dataset")
+
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def load_dataset(spec: str, seed: int = 0) -> Dataset:
+    """Load the dataset described by ``spec`` (see module doc); memoised per process.
+
+    ``seed`` is accepted for symmetry with the other builders and ignored: the data are the
+    same for every experiment seed. Raises ``ValueError`` for an unknown name or option.
+    """
+    del seed
+    name, options = _parse_dataset(spec)
+    return _load(name, options)
+
+
+@functools.lru_cache(maxsize=16)
+def _load(name: str, options: Any) -> Dataset:
+    if name == "mnist1d":
+        return _mnist1d(options)
+    if name == "synthetic-logreg":
+        return _synthetic(options)
+    return _sklearn(name)
+
+
+def _cache_dir() -> Path:
+    """Directory of the on-disk dataset cache: ``$FLWR_BYZ_CACHE`` or ``~/.cache/flwr-byz``."""
+    env = os.environ.get("FLWR_BYZ_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "flwr-byz"
+
+
+def _mnist1d(options: _Mnist1dOptions) -> Dataset:
+    path = _cache_dir() / f"mnist1d-samples{options.samples}-v{_CACHE_VERSION}.npz"
+    arrays: dict[str, np.ndarray] | None = None
+    if path.exists():
+        try:
+            with np.load(path) as data:
+                arrays = {k: data[k] for k in ("x", "y", "x_test", "y_test")}
+        except (OSError, ValueError, KeyError):
+            arrays = None  # unreadable or stale: regenerate and overwrite
+    if arrays is None:
+        arrays = _generate_mnist1d(options.samples)
+        _atomic_savez(path, arrays)
+    y = torch.from_numpy(arrays["y"].astype(np.int64))
+    return Dataset(
+        name="mnist1d",
+        x_train=torch.from_numpy(arrays["x"].astype(np.float32)).unsqueeze(1),
+        y_train=y,
+        x_test=torch.from_numpy(arrays["x_test"].astype(np.float32)).unsqueeze(1),
+        y_test=torch.from_numpy(arrays["y_test"].astype(np.int64)),
+        num_classes=10,
+        groups_train=y,
+    )
+
+
+def _generate_mnist1d(samples: int) -> dict[str, np.ndarray]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = samples  # everything else (seed 42, train_split 0.8) stays the default
+    # make_dataset reseeds the global ``random``/``numpy.random`` state: restore the caller's.
+    py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002
+    try:
+        data = make_dataset(args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)  # noqa: NPY002
+    return {
+        "x": np.asarray(data["x"], dtype=np.float32),
+        "y": np.asarray(data["y"], dtype=np.int64),
+        "x_test": np.asarray(data["x_test"], dtype=np.float32),
+        "y_test": np.asarray(data["y_test"], dtype=np.int64),
+    }
+
+
+def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` via a temp file and ``os.replace``; skip if not writable."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **arrays)  # type: ignore[arg-type]
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache is shared
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        warnings.warn(f"could not cache {path.name} in {path.parent}: {exc}", stacklevel=3)
+
+
+def _sklearn(name: str) -> Dataset:
+    from sklearn.datasets import load_breast_cancer, load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits() if name == "digits" else load_breast_cancer()
+    x, y = np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target, dtype=np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=0.2, random_state=_SPLIT_SEED, shuffle=True, stratify=y
+    )
+    mean, std = x_tr.mean(axis=0), x_tr.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    y_train = torch.from_numpy(y_tr)
+    return Dataset(
+        name,
+        torch.from_numpy(((x_tr - mean) / std).astype(np.float32)),
+        y_train,
+        torch.from_numpy(((x_te - mean) / std).astype(np.float32)),
+        torch.from_numpy(y_te),
+        int(y.max()) + 1,
+        y_train,
+    )
+
+
+def _synthetic(o: _SyntheticOptions) -> Dataset:
+    """Mixture of logistic-regression tasks (see module doc).
+
+    Group ``g`` has feature mean ``v_g = h * N(0, I)`` and weights ``W_g = W + h * N(0, I)``,
+    ``b_g = b + h * N(0, 1)``; a sample picks ``g`` uniformly, ``x ~ N(v_g, I)`` and its label
+    is drawn from ``softmax(W_g x + b_g)`` (Gumbel-max). The generator seed depends on every
+    option but ``heterogeneity``, so a sweep over ``h`` reuses the same random draws.
+    """
+    seed = derive_seed("synthetic-logreg", o.samples, o.dim, o.classes, o.groups)
+    rng = np.random.default_rng(seed)
+    h, n, d, c, g = o.heterogeneity, o.samples, o.dim, o.classes, o.groups
+    group = rng.integers(g, size=n)
+    means = h * rng.standard_normal((g, d))
+    weights = rng.standard_normal((c, d)) + h * rng.standard_normal((g, c, d))
+    biases = rng.standard_normal(c) + h * rng.standard_normal((g, c))
+    x = means[group] + rng.standard_normal((n, d))
+    all_logits = (x @ weights.reshape(g * c, d).T).reshape(n, g, c)  # every group's logits
+    logits = all_logits[np.arange(n), group] + biases[group]
+    y = np.argmax(logits + rng.gumbel(size=(n, c)), axis=1)
+    n_train = n * 4 // 5
+    xt = torch.from_numpy(x.astype(np.float32))
+    yt = torch.from_numpy(y.astype(np.int64))
+    return Dataset(
+        name="synthetic-logreg",
+        x_train=xt[:n_train],
+        y_train=yt[:n_train],
+        x_test=xt[n_train:],
+        y_test=yt[n_train:],
+        num_classes=c,
+        groups_train=torch.from_numpy(group[:n_train].astype(np.int64)),
+    )
+
+
+# ------------------------------------------------------------------------------- partitions
+
+
+@dataclass(frozen=True)
+class _Dirichlet:
+    alpha: float
+    min_size: int | None = None
+
+    def __post_init__(self) -> None:
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, int | float) or not 0 < a < math.inf:
+            raise ValueError(f"dirichlet alpha must be a finite number > 0, got {a!r}")
+        object.__setattr__(self, "alpha", float(a))
+        if self.min_size is not None:
+            _check_int("dirichlet min_size", self.min_size, 0)
+
+
+def check_partition(spec: str) -> None:
+    """Raise ``ValueError`` when ``spec`` is not a valid partition spec (nothing computed)."""
+    _parse_partition(spec)
+
+
+def _parse_partition(spec: str) -> _Dirichlet | None:
+    """``None`` for ``iid``, the Dirichlet options otherwise."""
+    name, args = split_part(spec)
+    key = name.lower()
+    if key == "iid":
+        if any(a.strip() for a in args):
+            raise ValueError(f"partition spec {spec!r}: iid takes no options")
+        return None
+    if key == "dirichlet":
+        if not any(a.strip() for a in args):
+            raise ValueError(f"partition spec {spec!r}: dirichlet needs alpha, e.g. dirichlet:0.5")
+        try:
+            opts: _Dirichlet = build(_Dirichlet, args, spec.strip(), "partition")
+        except TypeError as exc:  # alpha missing
+            raise ValueError(f"partition spec {spec!r}: {exc}") from exc
+        return opts
+    raise ValueError(f"unknown partition scheme {name!r} in {spec!r}; known: {list(PARTITIONS)}")
+
+
+def partition_indices(
+    dataset: Dataset, spec: str, num_partitions: int, seed: int = 0
+) -> list[np.ndarray]:
+    """Split the train indices of ``dataset`` into ``num_partitions`` disjoint int64 arrays.
+
+    ``iid``: rows shuffled with ``seed``, then ``IidPartitioner`` (equal contiguous shards).
+    ``dirichlet:<alpha>``: ``DirichletPartitioner`` over ``groups_train`` (``self_balancing``
+    off, shuffled, seeded). Without ``min_size`` it asks for
+    ``max(1, min(10, N // (2 * num_partitions)))`` samples per partition, then 1, then 0 when
+    that is infeasible (many clients, small alpha) - so with ~N/num_partitions of a few samples
+    some partitions may be empty (a warning says how many). An explicit ``min_size`` is used
+    as is and a failure raises ``ValueError``. Together the partitions cover ``range(N)``.
+    """
+    _check_int("num_partitions", num_partitions, 1)
+    opts = _parse_partition(spec)
+    n = len(dataset.groups_train)
+    if num_partitions > n:
+        raise ValueError(
+            f"num_partitions ({num_partitions}) exceeds the {n} training samples of "
+            f"{dataset.name!r}"
+        )
+    import datasets as hf
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
+    groups = dataset.groups_train.numpy()
+    if opts is None:
+        order = np.random.default_rng(seed).permutation(n)
+        table = hf.Dataset.from_dict({"group": groups[order], "index": order})
+        iid = IidPartitioner(num_partitions)
+        iid.dataset = table.with_format("arrow")
+        return [_indices(iid.load_partition(i)) for i in range(num_partitions)]
+
+    table = hf.Dataset.from_dict({"group": groups, "index": np.arange(n)}).with_format("arrow")
+    if opts.min_size is not None:
+        sizes = [opts.min_size]
+    else:
+        sizes = sorted({max(1, min(10, n // (2 * num_partitions))), 1, 0}, reverse=True)
+    for k, min_size in enumerate(sizes):
+        part = DirichletPartitioner(
+            num_partitions,
+            partition_by="group",
+            alpha=opts.alpha,
+            min_partition_size=min_size,
+            self_balancing=False,
+            shuffle=True,
+            seed=seed,
+        )
+        part.dataset = table
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "The specified min_partition_size")
+                result = [_indices(part.load_partition(i)) for i in range(num_partitions)]
+        except ValueError as exc:
+            if k + 1 < len(sizes):
+                continue
+            raise ValueError(
+                f"dirichlet partition failed for alpha={opts.alpha}, "
+                f"num_partitions={num_partitions}, {n} samples of {dataset.name!r} "
+                f"(min_size={min_size}): {exc}; use a larger alpha, fewer clients or a "
+                f"smaller min_size"
+            ) from exc
+        empty = sum(len(r) == 0 for r in result)
+        if empty:
+            warnings.warn(
+                f"dirichlet:{opts.alpha} over {num_partitions} partitions of {n} samples of "
+                f"{dataset.name!r}: {empty} partitions are empty",
+                stacklevel=2,
+            )
+        return result
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _indices(partition: Any) -> np.ndarray:
+    return np.asarray(partition["index"], dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=8)
+def _partitions(
+    dataset_spec: str, partition_spec: str, num_partitions: int, seed: int
+) -> tuple[np.ndarray, ...]:
+    parts = partition_indices(load_dataset(dataset_spec), partition_spec, num_partitions, seed)
+    for p in parts:
+        p.flags.writeable = False
+    return tuple(parts)
+
+
+def client_data(
+    dataset_spec: str, partition_spec: str, partition_id: int, num_partitions: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` train tensors of partition ``partition_id`` (copies).
+
+    All partitions are computed once per ``(dataset_spec, partition_spec, num_partitions,
+    seed)`` and memoised, so calling this for every client costs one partitioning.
+    """
+    _check_int("num_partitions", num_partitions, 1)
+    if isinstance(partition_id, bool) or not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition_id must be in [0, {num_partitions}), got {partition_id}")
+    data = load_dataset(dataset_spec)
+    idx = torch.from_numpy(
+        _partitions(dataset_spec, partition_spec, num_partitions, seed)[partition_id].copy()
+    )
+    return data.x_train[idx], data.y_train[idx]

@@ -1,0 +1,147 @@
+"""RunGrid: the runner's Grid wrapper that makes a simulation measurable and reproducible.
+
+- **Bytes.** Every Message that goes out and every reply that comes back is measured as the
+  size of its Flower protobuf serialisation (``flwr.common.serde.message_to_proto``), the form
+  it takes on the wire in a deployment.
+- **Order.** Simulation node IDs are random per run. Once ``discover_partitions`` has asked
+  each node for its ``partition-id``, node IDs are listed in partition order and replies are
+  returned in partition order, so a seeded ``random`` samples the same partitions and the
+  aggregation sees the same order in every run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from logging import WARNING
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.serde import message_to_proto
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+from ..clients.wrapping import GridWrapper
+
+__all__ = [
+    "PARTITION_QUERY",
+    "RunGrid",
+    "discover_partitions",
+    "message_bytes",
+    "wait_for_nodes",
+]
+
+#: ``op`` of the query message that asks a node for its partition id.
+PARTITION_QUERY = "partition-id"
+_QUERY_BATCH = 100
+
+
+def message_bytes(message: Message) -> int:
+    """Size in bytes of the Message's protobuf serialisation."""
+    return int(message_to_proto(message).ByteSize())
+
+
+class RunGrid(GridWrapper):
+    """Meter bytes and order nodes/replies by partition (see module doc).
+
+    ``bytes_up`` / ``bytes_down`` accumulate until ``take_bytes()`` returns and resets them.
+    """
+
+    def __init__(self, grid: Grid, partitions: dict[int, int] | None = None) -> None:
+        super().__init__(grid)
+        self.partitions = dict(partitions or {})
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+    def take_bytes(self) -> tuple[int, int]:
+        """(bytes up, bytes down) since the last call."""
+        up, down = self.bytes_up, self.bytes_down
+        self.bytes_up = self.bytes_down = 0
+        return up, down
+
+    def _rank(self, node_id: int) -> tuple[int, int]:
+        return (self.partitions.get(int(node_id), 1 << 62), int(node_id))
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Node IDs in partition order (nodes with no known partition last, by ID)."""
+        return sorted(self.grid.get_node_ids(), key=self._rank)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        ids = self.grid.push_messages(messages)
+        self.bytes_down += sum(message_bytes(m) for m in messages)  # with their message IDs
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._received(self.grid.pull_messages(message_ids))
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        messages = list(messages)
+        replies = self.grid.send_and_receive(messages, timeout=timeout)
+        self.bytes_down += sum(message_bytes(m) for m in messages)  # with their message IDs
+        return self._received(replies)
+
+    def _received(self, replies: Iterable[Message]) -> list[Message]:
+        replies = sorted(replies, key=lambda m: self._rank(m.metadata.src_node_id))
+        self.bytes_up += sum(message_bytes(m) for m in replies)
+        return replies
+
+
+def wait_for_nodes(grid: Grid, expected: int | None = None, timeout: float = 120.0) -> int:
+    """Wait until ``expected`` nodes are connected (or, when None, until at least one is and
+    the count has not changed for a second); returns the count. Raises ``TimeoutError``."""
+    deadline = time.monotonic() + timeout
+    last, stable_since = -1, time.monotonic()
+    while True:
+        count = len(list(grid.get_node_ids()))
+        now = time.monotonic()
+        if count != last:
+            last, stable_since = count, now
+        if (expected is not None and count >= expected) or (
+            expected is None and count > 0 and now - stable_since >= 1.0
+        ):
+            return count
+        if now > deadline:
+            raise TimeoutError(f"{count} nodes connected after {timeout:.0f} s, need {expected}")
+        time.sleep(0.05)
+
+
+def discover_partitions(
+    grid: Grid, preload: dict[str, Any] | None = None, timeout: float = 600.0
+) -> dict[int, int]:
+    """Ask every connected node for its ``partition-id`` (a ``query`` message with
+    ``op = "partition-id"``, answered by the runner's ClientApp); node ID -> partition ID.
+    ``preload`` (``dataset``, ``partition``, ``seed``) lets the nodes load their data while
+    answering, so the first round's time is not the data loading.
+
+    Nodes are asked in batches (Flower's in-memory LinkState scans every stored message for
+    each node it serves). Nodes that do not answer are left out, with a warning.
+    """
+    nodes = sorted(int(n) for n in grid.get_node_ids())
+    mapping: dict[int, int] = {}
+    for start in range(0, len(nodes), _QUERY_BATCH):
+        batch = nodes[start : start + _QUERY_BATCH]
+        content = RecordDict({"config": ConfigRecord({"op": PARTITION_QUERY, **(preload or {})})})
+        messages = [
+            Message(content, dst_node_id=node, message_type=MessageType.QUERY) for node in batch
+        ]
+        for reply in grid.send_and_receive(messages, timeout=timeout):
+            node = int(reply.metadata.src_node_id)
+            try:
+                value = reply.content.metric_records["partition"]["partition-id"]
+                mapping[node] = int(value)  # type: ignore[arg-type]
+            except Exception as exc:  # error reply or a ClientApp without the query handler
+                log(WARNING, "node %d did not report its partition-id: %s", node, exc)
+    missing = [n for n in nodes if n not in mapping]
+    if missing:
+        log(
+            WARNING,
+            "%d of %d nodes did not report a partition-id: %s%s",
+            len(missing),
+            len(nodes),
+            ", ".join(str(n) for n in missing[:10]),
+            " ..." if len(missing) > 10 else "",
+        )
+    return mapping

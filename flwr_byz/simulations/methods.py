@@ -1,0 +1,112 @@
+"""Method name -> Flower strategy, built from a resolved ExperimentConfig.
+
+Every strategy samples ``clients_per_round`` of the ``clients`` nodes per round and does no
+federated evaluation (the runner evaluates the global model centrally on the test split).
+``config.params`` are passed to the strategy's constructor by name, after the defaults below,
+so any of its arguments can be overridden (``--param weighted=true``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAvg,
+    FedMedian,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+    Strategy,
+)
+
+from ..strategies import RobustFedAvg
+from .config import ExperimentConfig
+
+__all__ = ["LATER_METHODS", "METHODS", "build_strategy", "uses_aggregator"]
+
+
+def _fedavg_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
+    return {
+        "fraction_train": cfg.per_round / cfg.clients,
+        "min_train_nodes": cfg.per_round,
+        "min_available_nodes": cfg.clients,
+        "fraction_evaluate": 0.0,
+        "min_evaluate_nodes": 0,
+    }
+
+
+def _robust_fedavg(cfg: ExperimentConfig) -> dict[str, Any]:
+    return {"aggregator": cfg.aggregator, "f": cfg.f}
+
+
+def _malicious(cfg: ExperimentConfig) -> dict[str, Any]:
+    return {"num_malicious_nodes": cfg.f}
+
+
+def _multikrum(cfg: ExperimentConfig) -> dict[str, Any]:
+    return {"num_malicious_nodes": cfg.f, "num_nodes_to_select": cfg.per_round - (cfg.f or 0)}
+
+
+def _trimmed(cfg: ExperimentConfig) -> dict[str, Any]:
+    # Flower trims a fraction beta from each end: trim the expected Byzantine share.
+    return {"beta": min(0.49, (cfg.f or 0) / cfg.per_round)}
+
+
+#: name -> (strategy class, extra constructor defaults from the config)
+METHODS: dict[str, tuple[type[Strategy], Callable[[ExperimentConfig], dict[str, Any]]]] = {
+    "fedavg": (FedAvg, lambda cfg: {}),
+    "robust-fedavg": (RobustFedAvg, _robust_fedavg),
+    "flower-krum": (Krum, _malicious),
+    "flower-multikrum": (MultiKrum, _multikrum),
+    "flower-bulyan": (Bulyan, _malicious),
+    "flower-median": (FedMedian, lambda cfg: {}),
+    "flower-trimmedavg": (FedTrimmedAvg, _trimmed),
+}
+
+#: Methods of DESIGN.md that later issues add (named here to give a clear error).
+LATER_METHODS = (
+    "byz-vr-marina-pp",
+    "byz-ef21-sgdm",
+    "byz-ef21",
+    "br-csgd",
+    "mu2sgd",
+    "robust-momentum",
+    "byzsgd",
+)
+
+
+def uses_aggregator(method: str) -> bool:
+    """Whether the method takes the ``aggregator`` option (Flower's built-ins fix their own)."""
+    return method not in ("fedavg",) and not method.startswith("flower-")
+
+
+def check_method(method: str) -> None:
+    """Raise ``ValueError`` for an unknown method (or one not built yet)."""
+    if method in METHODS:
+        return
+    if method in LATER_METHODS:
+        raise ValueError(
+            f"method {method!r} is not available in this version yet; available: "
+            f"{', '.join(METHODS)}"
+        )
+    raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+
+
+def build_strategy(cfg: ExperimentConfig) -> Strategy:
+    """The strategy of ``cfg.method`` (``cfg`` resolved: ``f`` and ``clients_per_round`` set)."""
+    check_method(cfg.method)
+    cls, extra = METHODS[cfg.method]
+    kwargs = {**_fedavg_kwargs(cfg), **extra(cfg), **cfg.params}
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    if "kwargs" not in accepted:
+        unknown = sorted(set(cfg.params) - accepted)
+        if unknown:
+            raise ValueError(
+                f"{cfg.method} ({cls.__name__}) has no parameter(s) {unknown}; it takes "
+                f"{sorted(accepted - {'self'})}"
+            )
+    factory: Callable[..., Strategy] = cls
+    return factory(**kwargs)

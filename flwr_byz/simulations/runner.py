@@ -1,0 +1,244 @@
+"""run_experiment: one experiment (or many) on Flower's simulation engine.
+
+``train_on_grid`` is the body of the ServerApp: it is what ``run_experiment`` runs inside
+``flwr.simulation.run_simulation`` and what the Flower App (``flwr run .``) runs. Everything a
+client needs to train (dataset, partition, model, lr, ...) travels in the train message's
+ConfigRecord, so the ClientApp holds no experiment state and several experiments can share
+one simulation (``run_experiments`` starts Ray once per group of compatible configs).
+
+Reproducibility: the model init is seeded; Flower samples nodes with the global ``random``,
+which is reseeded from (seed, round) before each round; nodes and replies are put in partition
+order (``RunGrid``); clients shuffle with a generator seeded from (seed, round, partition);
+the Byzantine partitions and the attack's randomness come from the seed too. Same config,
+same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from ..attacks import get_attack
+from ..clients import ByzantineGrid
+from ..clients.wrapping import innermost
+from .config import ExperimentConfig
+from .datasets import check_partition, load_dataset
+from .metering import RunGrid, discover_partitions, wait_for_nodes
+from .methods import build_strategy, check_method
+from .models import build_model
+from .result import Result, RoundRecord
+from .training import derive_seed, evaluate
+
+__all__ = [
+    "OnRound",
+    "byzantine_partitions",
+    "prepare",
+    "run_experiment",
+    "run_experiments",
+    "train_config",
+    "train_on_grid",
+]
+
+#: Called after every round with the experiment's config and the round's record.
+OnRound = Callable[[ExperimentConfig, RoundRecord], None]
+
+
+def prepare(config: ExperimentConfig) -> ExperimentConfig:
+    """Validate every option (before any process starts) and resolve the ``auto`` ones."""
+    cfg = config.resolved()
+    check_method(cfg.method)
+    get_attack(cfg.attack, seed=cfg.seed)
+    dataset = load_dataset(cfg.dataset)
+    check_partition(cfg.partition)
+    build_model(cfg.model, dataset.input_shape, dataset.num_classes)
+    if cfg.compressor not in ("none", "", None):
+        raise ValueError(f"method {cfg.method!r} takes no compressor, got {cfg.compressor!r}")
+    strategy = build_strategy(cfg)  # constructor errors (bad spec, unknown --param) surface now
+    rule = getattr(strategy, "aggregator", None)
+    if callable(rule):  # n = clients per round must satisfy the rule's f (e.g. Krum n >= 2f+3)
+        rule(torch.randn(cfg.per_round, 4, generator=torch.Generator().manual_seed(0)))
+        getattr(rule, "reset", lambda: None)()
+    return cfg
+
+
+def byzantine_partitions(cfg: ExperimentConfig) -> list[int]:
+    """The Byzantine clients' partition IDs: ``byzantine`` of them, chosen by the seed."""
+    rng = random.Random(derive_seed(cfg.seed, "byzantine"))
+    return sorted(rng.sample(range(cfg.clients), cfg.byzantine))
+
+
+def train_config(cfg: ExperimentConfig) -> ConfigRecord:
+    """What every train message carries for the ClientApp (Flower adds ``server-round``)."""
+    return ConfigRecord(
+        {
+            "dataset": cfg.dataset,
+            "partition": cfg.partition,
+            "model": cfg.model,
+            "lr": float(cfg.lr),
+            "batch-size": int(cfg.batch_size),
+            "local-epochs": int(cfg.local_epochs),
+            "momentum": float(cfg.momentum),
+            "seed": int(cfg.seed),
+        }
+    )
+
+
+def train_on_grid(
+    grid: Grid,
+    config: ExperimentConfig,
+    on_round: OnRound | None = None,
+    partitions: dict[int, int] | None = None,
+) -> Result:
+    """Run one experiment on the nodes behind ``grid`` (the body of the ServerApp).
+
+    ``partitions`` (node ID -> partition ID) is asked from the nodes when not given.
+    """
+    cfg = prepare(config)
+    if partitions is None:
+        partitions = discover_partitions(grid)
+    byz = byzantine_partitions(cfg)
+    attacked = cfg.byzantine > 0 and cfg.attack.strip().lower() not in ("none", "")
+    run_grid = RunGrid(grid, partitions)  # innermost: the wire bytes, replies in order
+    strategy_grid: Grid = run_grid
+    if attacked:
+        node_of = {p: n for n, p in partitions.items()}
+        missing = [p for p in byz if p not in node_of]
+        if missing:
+            raise RuntimeError(f"no node reported Byzantine partition(s) {missing}")
+        nodes = [node_of[p] for p in byz]
+        strategy_grid = ByzantineGrid(run_grid, cfg.attack, node_ids=nodes, seed=cfg.seed)
+
+    dataset = load_dataset(cfg.dataset)
+    torch.manual_seed(derive_seed(cfg.seed, "init"))
+    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
+    strategy = build_strategy(cfg)
+    records: list[RoundRecord] = []
+    clock = [time.perf_counter()]
+
+    def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        seconds = time.perf_counter() - clock[0]
+        up, down = run_grid.take_bytes()
+        model.load_state_dict(arrays.to_torch_state_dict())
+        loss, accuracy = evaluate(model, dataset.x_test, dataset.y_test)
+        if server_round > 0:
+            record = RoundRecord(server_round, loss, accuracy, 0, up, down, seconds)
+            records.append(record)
+            if on_round is not None:
+                on_round(cfg, record)
+        random.seed(derive_seed(cfg.seed, "sample", server_round + 1))
+        clock[0] = time.perf_counter()
+        return MetricRecord({"loss": loss, "accuracy": accuracy})
+
+    result = strategy.start(
+        grid=strategy_grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=cfg.rounds,
+        train_config=train_config(cfg),
+        evaluate_fn=central_evaluation,
+    )
+    for record in records:
+        metrics = result.train_metrics_clientapp.get(record.round)
+        if metrics is not None and "rejected" in metrics:
+            record.rejected = int(metrics["rejected"])  # type: ignore[arg-type]
+    meta = cfg.to_dict() | {"byzantine_partitions": byz if attacked else []}
+    return Result(config=meta, rounds=records).finish()
+
+
+def _server_app(
+    configs: Sequence[ExperimentConfig], results: list[Result], on_round: OnRound | None
+) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        inner = innermost(grid)
+        if hasattr(inner, "pull_interval"):  # in-memory grid: poll every 10 ms, not 100 ms
+            inner.pull_interval = 0.01
+        wait_for_nodes(grid, configs[0].clients)
+        first = configs[0]
+        preload: dict[str, Any] = {
+            "dataset": first.dataset,
+            "partition": first.partition,
+            "seed": first.seed,
+        }
+        partitions = discover_partitions(grid, preload)
+        for cfg in configs:
+            results.append(train_on_grid(grid, cfg, on_round, partitions))
+
+    return app
+
+
+def _backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    init_args: dict[str, Any] = {}
+    if cfg.ray_address:
+        init_args["address"] = cfg.ray_address
+    else:
+        init_args["num_cpus"] = os.cpu_count() or 1
+    return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
+
+
+@contextmanager
+def _flower_logging(verbose: bool) -> Iterator[None]:
+    """Flower logs every round at INFO; keep warnings only unless ``verbose``."""
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    if not verbose:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def run_experiments(
+    configs: Sequence[ExperimentConfig],
+    on_round: OnRound | None = None,
+    verbose: bool = False,
+) -> list[Result]:
+    """Run several experiments; configs with the same ``clients`` and ``ray_address`` share
+    one simulation (Ray starts once). Results come back in the order of ``configs`` and are
+    written to each config's ``out`` when set. Every config is validated before Ray starts."""
+    from flwr.simulation import run_simulation
+
+    from .app import client_app
+
+    resolved = [prepare(c) for c in configs]
+    groups: dict[tuple[int, str | None], list[int]] = {}
+    for i, cfg in enumerate(resolved):
+        groups.setdefault((cfg.clients, cfg.ray_address), []).append(i)
+    out: dict[int, Result] = {}
+    for (clients, _), members in groups.items():
+        results: list[Result] = []
+        server = _server_app([resolved[i] for i in members], results, on_round)
+        with _flower_logging(verbose):
+            run_simulation(
+                server_app=server,
+                client_app=client_app,
+                num_supernodes=clients,
+                backend_config=_backend_config(resolved[members[0]]),
+                verbose_logging=verbose,
+            )
+        if len(results) != len(members):
+            raise RuntimeError("the simulation ended before every experiment finished (see log)")
+        out.update(zip(members, results, strict=True))
+    ordered = [out[i] for i in range(len(resolved))]
+    for cfg, result in zip(resolved, ordered, strict=True):
+        if cfg.out:
+            result.save(cfg.out)
+    return ordered
+
+
+def run_experiment(
+    config: ExperimentConfig, on_round: OnRound | None = None, verbose: bool = False
+) -> Result:
+    """Run one experiment on Flower's simulation engine and return its ``Result``."""
+    return run_experiments([config], on_round=on_round, verbose=verbose)[0]

@@ -1,0 +1,116 @@
+"""Local training and evaluation loops (plain SGD, cross-entropy) and stable seed derivation."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["derive_seed", "evaluate", "train_epochs"]
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def train_epochs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+) -> float:
+    """Train ``model`` in place with minibatch SGD on cross-entropy; mean loss of the last epoch.
+
+    Each epoch visits every sample once in an order drawn from a CPU ``torch.Generator`` seeded
+    with ``seed`` (the last batch may be smaller), so the same model, data and seed give
+    bit-identical parameters. A fresh optimizer is made per call (no momentum carried over).
+    Returns ``nan`` without touching the model when ``x`` is empty or ``epochs`` is 0.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if momentum < 0 or weight_decay < 0:
+        raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum}, {weight_decay}")
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+    n = len(x)
+    if n == 0 or epochs == 0:
+        return math.nan
+    device = _device(model)
+    gen = torch.Generator().manual_seed(int(seed))
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    model.train()
+    total = torch.zeros((), dtype=torch.float64)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        total = torch.zeros((), dtype=torch.float64)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach().to("cpu", torch.float64) * len(idx)
+    return float(total) / n
+
+
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
+) -> tuple[float, float]:
+    """``(mean cross-entropy, accuracy in [0, 1])`` in eval mode without gradients.
+
+    Returns ``(nan, nan)`` for empty data.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.int64)
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            xb = x[start : start + batch_size].to(device)
+            yb = y[start : start + batch_size].to(device)
+            logits = model(xb)
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum").to("cpu", torch.float64)
+            correct += (logits.argmax(dim=1) == yb).sum().cpu()
+    model.train(was_training)
+    return float(loss_sum) / n, int(correct) / n
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A stable 63-bit seed from ``parts`` (blake2b, the same in every process and platform).
+
+    Ints and strings are tagged, so ``derive_seed(1)`` and ``derive_seed("1")`` differ.
+    """
+    h = hashlib.blake2b(digest_size=8, person=b"flwr-byz-seed")
+    for part in parts:
+        if isinstance(part, int):
+            tag, text = b"i", str(int(part))
+        elif isinstance(part, str):
+            tag, text = b"s", part
+        else:
+            raise TypeError(f"derive_seed parts must be int or str, got {type(part).__name__}")
+        data = text.encode()
+        h.update(tag + len(data).to_bytes(8, "little") + data)
+    return int.from_bytes(h.digest(), "little") >> 1
