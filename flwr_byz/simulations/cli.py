@@ -202,12 +202,12 @@ def grid(
 ) -> None:
     """Run methods x attacks x Byzantine counts; write results.md and heatmap.png.
 
-    The attack-free run of each defence is run once (0 Byzantine) and shown as the 'none'
-    column of every Byzantine count.
+    The 'none' column of a Byzantine count b is the run where those b clients behave honestly,
+    so the robust rules are set for the same f as under attack. A count of 0 runs 'none' only.
     """
     from .methods import uses_aggregator
     from .plots import plot_heatmap
-    from .report import Cell, cells_from_results, grid_markdown
+    from .report import cells_from_results, grid_markdown
 
     shared = _collect(
         clients=clients, rounds=rounds, dataset=dataset, partition=partition, model=model,
@@ -219,9 +219,7 @@ def grid(
     ]
     configs = []
     for m, agg in defences:
-        runs = [("none", 0)] if "none" in attack else []
-        runs += [(a, b) for a in attack if a != "none" for b in byzantine if b > 0]
-        for att, b in runs:
+        for att, b in [(a, b) for b in byzantine for a in attack if a == "none" or b > 0]:
             name = f"{m}-{agg}-{att}-b{b}".replace(":", "_").replace("+", "_")
             configs.append(
                 dataclasses.replace(
@@ -234,12 +232,7 @@ def grid(
                 )
             )
     results = _execute(configs, verbose)
-    cells: list[Cell] = []
-    for cell in cells_from_results([r.to_dict() for r in results]):
-        if cell.attack == "none":  # the attack-free baseline, shown with every count
-            cells += [dataclasses.replace(cell, byzantine=b) for b in sorted(set(byzantine))]
-        else:
-            cells.append(cell)
+    cells = cells_from_results([r.to_dict() for r in results])
     markdown = grid_markdown(
         cells, title=f"final accuracy (%), {base.dataset}, {base.rounds} rounds"
     )

@@ -62,7 +62,8 @@ def prepare(config: ExperimentConfig) -> ExperimentConfig:
     build_model(cfg.model, dataset.input_shape, dataset.num_classes)
     if cfg.compressor not in ("none", "", None):
         raise ValueError(f"method {cfg.method!r} takes no compressor, got {cfg.compressor!r}")
-    strategy = build_strategy(cfg)  # constructor errors (bad spec, unknown --param) surface now
+    with _flower_logging(verbose=False, level=logging.ERROR):  # no fraction_evaluate warning
+        strategy = build_strategy(cfg)  # constructor errors (bad spec, unknown param) surface now
     rule = getattr(strategy, "aggregator", None)
     if callable(rule):  # n = clients per round must satisfy the rule's f (e.g. Krum n >= 2f+3)
         rule(torch.randn(cfg.per_round, 4, generator=torch.Generator().manual_seed(0)))
@@ -172,7 +173,10 @@ def _server_app(
         }
         partitions = discover_partitions(grid, preload)
         for cfg in configs:
-            results.append(train_on_grid(grid, cfg, on_round, partitions))
+            result = train_on_grid(grid, cfg, on_round, partitions)
+            if cfg.out:  # written as soon as it is done: a later failure loses nothing
+                result.save(cfg.out)
+            results.append(result)
 
     return app
 
@@ -187,16 +191,16 @@ def _backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 @contextmanager
-def _flower_logging(verbose: bool) -> Iterator[None]:
-    """Flower logs every round at INFO; keep warnings only unless ``verbose``."""
+def _flower_logging(verbose: bool, level: int = logging.WARNING) -> Iterator[None]:
+    """Flower logs every round at INFO; keep ``level`` and above only unless ``verbose``."""
     logger = logging.getLogger("flwr")
-    level = logger.level
+    saved = logger.level
     if not verbose:
-        logger.setLevel(logging.WARNING)
+        logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.setLevel(saved)
 
 
 def run_experiments(
@@ -205,8 +209,9 @@ def run_experiments(
     verbose: bool = False,
 ) -> list[Result]:
     """Run several experiments; configs with the same ``clients`` and ``ray_address`` share
-    one simulation (Ray starts once). Results come back in the order of ``configs`` and are
-    written to each config's ``out`` when set. Every config is validated before Ray starts."""
+    one simulation (Ray starts once). Results come back in the order of ``configs``; each is
+    written to its config's ``out`` (when set) as soon as it finishes. Every config is
+    validated before Ray starts."""
     from flwr.simulation import run_simulation
 
     from .app import client_app
@@ -230,11 +235,7 @@ def run_experiments(
         if len(results) != len(members):
             raise RuntimeError("the simulation ended before every experiment finished (see log)")
         out.update(zip(members, results, strict=True))
-    ordered = [out[i] for i in range(len(resolved))]
-    for cfg, result in zip(resolved, ordered, strict=True):
-        if cfg.out:
-            result.save(cfg.out)
-    return ordered
+    return [out[i] for i in range(len(resolved))]
 
 
 def run_experiment(

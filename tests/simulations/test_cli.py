@@ -486,14 +486,16 @@ def test_grid_writes_one_result_per_run(grid_e2e: tuple[str, Path]) -> None:
         for d in map(strict_json, files)
     }
     assert runs == {
-        ("fedavg", "none", 0),
+        ("fedavg", "none", 1),  # the baseline: the Byzantine client behaves honestly
         ("fedavg", "sign-flip:scale=10", 1),
-        ("robust-fedavg", "none", 0),
+        ("robust-fedavg", "none", 1),
         ("robust-fedavg", "sign-flip:scale=10", 1),
     }
     assert len(files) == 4
     for data in map(strict_json, files):
         assert len(data["rounds"]) == 2 and data["config"]["clients"] == 6
+        if data["config"]["method"] == "robust-fedavg":
+            assert data["config"]["f"] == 1  # the same f with and without the attack
 
 
 @pytest.mark.slow
@@ -501,7 +503,7 @@ def test_grid_markdown_holds_the_final_accuracies(grid_e2e: tuple[str, Path]) ->
     _, out_dir = grid_e2e
     markdown = (out_dir / "results.md").read_text()
     assert "digits" in markdown and "2 rounds" in markdown
-    assert "### no Byzantine clients" not in markdown  # the baseline shows under 1 Byzantine
+    assert "### no Byzantine clients" not in markdown  # 'none' is run with 1 honest-acting client
     table = _markdown_table(markdown, "1 Byzantine")
     assert set(table) == {"FedAvg", "robust-fedavg [cwmed]"}
     label = {"fedavg": "FedAvg", "robust-fedavg": "robust-fedavg [cwmed]"}

@@ -209,3 +209,25 @@ def test_real_simulation_is_reproducible_alone_or_batched(tmp_path) -> None:
     assert json.loads((tmp_path / "a.json").read_text())["rounds"] == batched[1].to_dict()["rounds"]
     assert batched[0].config["method"] == "fedavg" and len(batched[0].rounds) == 2
     assert torch.isfinite(torch.tensor([r.loss for r in alone.rounds])).all()
+
+
+def test_finished_results_are_written_before_a_later_failure(tmp_path, monkeypatch) -> None:
+    from flwr_byz.simulations import runner
+
+    real = runner.train_on_grid
+
+    def fails_on_seed_1(grid, cfg, on_round=None, partitions=None):  # type: ignore[no-untyped-def]
+        if cfg.seed == 1:
+            raise RuntimeError("boom")
+        return real(grid, cfg, on_round, partitions)
+
+    monkeypatch.setattr(runner, "train_on_grid", fails_on_seed_1)
+    first = dataclasses.replace(BASE, clients=4, rounds=1, out=str(tmp_path / "first.json"))
+    second = dataclasses.replace(first, seed=1, out=str(tmp_path / "second.json"))
+    results: list = []
+    app = runner._server_app([first, second], results, None)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    with pytest.raises(RuntimeError, match="boom"):
+        app(grid=Federation(4, 0), context=context)
+    assert json.loads((tmp_path / "first.json").read_text())["config"]["seed"] == 0
+    assert not (tmp_path / "second.json").exists()
