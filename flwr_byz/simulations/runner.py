@@ -33,7 +33,7 @@ from ..clients.wrapping import innermost
 from .config import ExperimentConfig
 from .datasets import check_partition, load_dataset
 from .metering import RunGrid, discover_partitions, wait_for_nodes
-from .methods import build_strategy, check_method
+from .methods import build_strategy
 from .models import build_model
 from .result import Result, RoundRecord
 from .training import derive_seed, evaluate
@@ -55,7 +55,6 @@ OnRound = Callable[[ExperimentConfig, RoundRecord], None]
 def prepare(config: ExperimentConfig) -> ExperimentConfig:
     """Validate every option (before any process starts) and resolve the ``auto`` ones."""
     cfg = config.resolved()
-    check_method(cfg.method)
     get_attack(cfg.attack, seed=cfg.seed)
     dataset = load_dataset(cfg.dataset)
     check_partition(cfg.partition)
