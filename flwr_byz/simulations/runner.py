@@ -189,17 +189,31 @@ def _backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
     return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
 
 
+#: Flower log lines that say nothing to a flwr-byz user (we evaluate centrally on purpose,
+#: and call run_simulation knowingly).
+_NOISE = ("fraction_evaluate is set to 0.0", "The `run_simulation` function is deprecated")
+
+
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not any(text in record.getMessage() for text in _NOISE)
+
+
 @contextmanager
 def _flower_logging(verbose: bool, level: int = logging.WARNING) -> Iterator[None]:
     """Flower logs every round at INFO; keep ``level`` and above only unless ``verbose``."""
     logger = logging.getLogger("flwr")
     saved = logger.level
+    added = not verbose and _not_noise not in logger.filters  # nested use keeps the outer one
     if not verbose:
         logger.setLevel(level)
+    if added:
+        logger.addFilter(_not_noise)
     try:
         yield
     finally:
         logger.setLevel(saved)
+        if added:
+            logger.removeFilter(_not_noise)
 
 
 def run_experiments(
@@ -216,6 +230,7 @@ def run_experiments(
     from .app import client_app
 
     resolved = [prepare(c) for c in configs]
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence Ray's GPU tip
     groups: dict[tuple[int, str | None], list[int]] = {}
     for i, cfg in enumerate(resolved):
         groups.setdefault((cfg.clients, cfg.ray_address), []).append(i)
