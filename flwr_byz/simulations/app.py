@@ -22,11 +22,12 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
+from torch import Tensor
 
 from ..attacks import LabelFlip
 from ..clients import byzantine_mod, label_flip_requested
 from .config import ExperimentConfig
-from .datasets import client_data, load_dataset
+from .datasets import Dataset, client_data, load_dataset
 from .metering import PARTITION_QUERY, wait_for_nodes
 from .models import build_model
 from .result import RoundRecord
@@ -49,16 +50,21 @@ def _config(msg: Message) -> dict[str, Any]:
     return dict(record) if record is not None else {}
 
 
+def _local_data(cfg: dict[str, Any], context: Context) -> tuple[Dataset, Tensor, Tensor]:
+    """The dataset named in ``cfg`` and this node's partition of its training split."""
+    partition_id, num_partitions = _partition(context)
+    spec = str(cfg["dataset"])
+    x, y = client_data(spec, str(cfg["partition"]), partition_id, num_partitions, int(cfg["seed"]))
+    return load_dataset(spec), x, y
+
+
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local SGD epochs on this node's partition, from the global model in the message."""
     cfg = _config(msg)
-    partition_id, num_partitions = _partition(context)
+    partition_id, _ = _partition(context)
     seed = int(cfg["seed"])
-    dataset = load_dataset(str(cfg["dataset"]))
-    x, y = client_data(
-        str(cfg["dataset"]), str(cfg["partition"]), partition_id, num_partitions, seed
-    )
+    dataset, x, y = _local_data(cfg, context)
     if label_flip_requested(msg, context):
         y = LabelFlip(num_classes=dataset.num_classes)(y)
     model = build_model(str(cfg["model"]), dataset.input_shape, dataset.num_classes)
@@ -86,17 +92,9 @@ def query(msg: Message, context: Context) -> Message:
     op = _config(msg).get("op")
     if op != PARTITION_QUERY:
         raise ValueError(f"unknown query op {op!r}")
+    if "dataset" in _config(msg):  # warm up: load the data of the coming rounds now
+        _local_data(_config(msg), context)
     partition_id, num_partitions = _partition(context)
-    cfg = _config(msg)
-    if "dataset" in cfg:  # warm up: load the data of the coming rounds now
-        load_dataset(str(cfg["dataset"]))
-        client_data(
-            str(cfg["dataset"]),
-            str(cfg["partition"]),
-            partition_id,
-            num_partitions,
-            int(cfg["seed"]),
-        )
     record = MetricRecord({"partition-id": partition_id, "num-partitions": num_partitions})
     return Message(content=RecordDict({"partition": record}), reply_to=msg)
 
