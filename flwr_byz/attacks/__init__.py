@@ -5,6 +5,7 @@ from .base import Attack, check_attack_input, honest_stats
 from .data import LabelFlip
 from .omniscient import ALIE, IPM, Mimic, MinMax, MinSum, alie_z
 from .registry import ATTACKS, get_attack
+from .shiftback import ShiftBack, ShiftBackSource
 from .vector import BitFlip, Gaussian, NoAttack, NonFinite, Scale, SignFlip
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "NoAttack",
     "NonFinite",
     "Scale",
+    "ShiftBack",
+    "ShiftBackSource",
     "SignFlip",
     "alie_z",
     "check_attack_input",

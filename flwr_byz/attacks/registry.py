@@ -12,6 +12,7 @@ from ..specs import build, split_part
 from .base import Attack
 from .data import LabelFlip
 from .omniscient import ALIE, IPM, Mimic, MinMax, MinSum
+from .shiftback import ShiftBack
 from .vector import BitFlip, Gaussian, NoAttack, NonFinite, Scale, SignFlip
 
 __all__ = ["ALIASES", "ATTACKS", "get_attack"]
@@ -28,13 +29,14 @@ ATTACKS: dict[str, type] = {
     "min-max": MinMax,
     "min-sum": MinSum,
     "mimic": Mimic,
+    "shift-back": ShiftBack,
     "label-flip": LabelFlip,
 }
 """Attacks by canonical name (DESIGN.md)."""
 
 ALIASES = {
     "signflip": "sign-flip", "bitflip": "bit-flip", "nonfinite": "non-finite",
-    "minmax": "min-max", "minsum": "min-sum", "labelflip": "label-flip",
+    "minmax": "min-max", "minsum": "min-sum", "labelflip": "label-flip", "shiftback": "shift-back",
     "empire": "ipm", "little": "alie", "noise": "gaussian",
 }  # fmt: skip
 """Other spellings (``_`` reads as ``-`` too): the reference codes' ``empire``, ``little``."""

@@ -1,6 +1,8 @@
-"""Flower client side and adversaries: ByzantineGrid (server-side, omniscient, simulation),
+"""Flower client side and adversaries: GradientClient (the client step of the method
+strategies), ByzantineGrid (server-side, omniscient, simulation),
 byzantine_mod / byzantine_app (per-node, node config), label_flip_requested (data attack)."""
 
+from .gradient import OPS, GradientClient
 from .grid import ByzantineGrid
 from .injection import ATTACK_KEY
 from .mods import (
@@ -13,7 +15,9 @@ from .mods import (
 
 __all__ = [
     "ATTACK_KEY",
+    "OPS",
     "ByzantineGrid",
+    "GradientClient",
     "byzantine_app",
     "byzantine_mod",
     "label_flip_requested",

@@ -5,7 +5,10 @@ attacked vector is the concatenation of the reply's floating-point arrays (integ
 e.g. indices of a compressed payload or BatchNorm counters, are left alone). For replies to a
 FedAvg-like message (no ``"op"`` in its ConfigRecord) holding the model that was sent, the
 attack acts on the update ``reply - sent`` and the attacked update is added back (DESIGN.md);
-for our method strategies (an ``"op"``) it acts on the returned vectors themselves.
+for our method strategies (an ``"op"``) it acts on the returned vectors themselves. A reply
+carrying a compressor's ``"payload"`` (op ``grad_diff``) is decoded first, so the attack sees
+the dense vector Q(x) like the server does; the forged vector is sent in the wire format, as
+``Q(v)`` with the node's compressor seed (an unbiased compression of the chosen ``v``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,15 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from ..attacks import Attack
-from ..strategies.records import Layout, flatten, layout_of, unflatten
+from ..compressors import Compressor, get_compressor
+from ..strategies.records import (
+    Layout,
+    flatten,
+    layout_of,
+    payload_record,
+    record_payload,
+    unflatten,
+)
 
 __all__ = [
     "ATTACK_KEY",
@@ -40,6 +51,7 @@ class Target:
     records: tuple[tuple[str, Layout], ...]
     base: torch.Tensor
     vector: torch.Tensor
+    codec: tuple[Compressor, int] | None = None  # a compressed payload: (compressor, seed)
 
     @property
     def delta(self) -> torch.Tensor:
@@ -55,6 +67,15 @@ def target_of(
     ``sent`` is the content of the message the reply answers; ``cache`` memoises flattened
     sent records across replies (FedAvg sends one record object to every node).
     """
+    codec = _codec(reply, sent)
+    if codec is not None:
+        assert sent is not None
+        d = layout_of(sent.array_records["arrays"]).floating().numel
+        payload = record_payload(reply.array_records[PAYLOAD_KEY])
+        vector = codec[0].decompress(payload, d)
+        dtype = str(vector.dtype).removeprefix("torch.")
+        layout = Layout(keys=("decoded",), shapes=((d,),), dtypes=(dtype,))
+        return Target(((PAYLOAD_KEY, layout),), torch.zeros_like(vector), vector, codec)
     records = tuple(
         (key, lay)
         for key, rec in reply.array_records.items()
@@ -82,6 +103,10 @@ def target_of(
 def write_back(reply: RecordDict, target: Target, delta: torch.Tensor) -> None:
     """Replace the reply's float arrays by ``target.base + delta`` (other arrays untouched)."""
     values = target.base + delta.to(target.base.dtype)
+    if target.codec is not None:
+        compressor, seed = target.codec
+        reply[PAYLOAD_KEY] = payload_record(compressor.compress(values, seed))
+        return
     start = 0
     for key, lay in target.records:
         new = unflatten(values[start : start + lay.numel], lay)
@@ -91,9 +116,26 @@ def write_back(reply: RecordDict, target: Target, delta: torch.Tensor) -> None:
         start += lay.numel
 
 
+PAYLOAD_KEY = "payload"
+
+
+def _codec(reply: RecordDict, sent: RecordDict | None) -> tuple[Compressor, int] | None:
+    """(compressor, seed) when ``reply`` answers an op with a compressed payload."""
+    if sent is None or PAYLOAD_KEY not in reply.array_records or "arrays" not in sent.array_records:
+        return None
+    config = sent.config_records.get("config")
+    if config is None or "compressor" not in config:
+        return None
+    return get_compressor(str(config["compressor"])), int(config.get("compressor-seed", 0))  # type: ignore[arg-type]
+
+
 def apply_attack(attack: Attack, honest: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-    """``attack(honest, own)``; an omniscient attack with no honest vector sees ``own``."""
-    if getattr(attack, "omniscient", False) and honest.shape[0] == 0:
+    """``attack(honest, own)``; an omniscient attack with no honest vector sees ``own``
+    (except attacks that count the honest vectors themselves, ShiftBack)."""
+    substitute = getattr(attack, "omniscient", False) and not getattr(
+        attack, "counts_honest", False
+    )
+    if substitute and honest.shape[0] == 0:
         honest = own
     out = attack(honest.to(own.dtype), own)
     if out.shape != own.shape:

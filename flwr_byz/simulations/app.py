@@ -1,10 +1,11 @@
 """The Flower App of this repository: ``flwr run .`` (see ``[tool.flwr.app]`` in pyproject).
 
 - ``client_app``: trains the model named in the train message's ConfigRecord on this node's
-  partition (``partition-id`` / ``num-partitions`` of the node config) and answers the
-  runner's partition query. Data attacks (LabelFlip) are honoured; ``byzantine_mod`` is
-  installed, so a SuperNode started with ``--node-config "byzantine-attack='sign-flip'"``
-  corrupts its own replies in a deployment.
+  partition (``partition-id`` / ``num-partitions`` of the node config), answers the method
+  strategies' ops (an ``"op"`` in the ConfigRecord) with ``GradientClient`` on the same data
+  and model, and answers the runner's partition query. Data attacks (LabelFlip) are
+  honoured; ``byzantine_mod`` is installed, so a SuperNode started with
+  ``--node-config "byzantine-attack='sign-flip'"`` corrupts its own replies in a deployment.
 - ``server_app``: reads the run config (``[tool.flwr.app.config]`` plus ``--run-config``
   overrides; keys are ExperimentConfig's options in kebab-case, ``num-byzantine`` for the
   Byzantine count), runs ``train_on_grid`` on the connected nodes, logs every round and writes
@@ -13,11 +14,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from logging import INFO
 from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -25,14 +28,14 @@ from flwr.supercore import log
 from torch import Tensor
 
 from ..attacks import LabelFlip
-from ..clients import byzantine_mod, label_flip_requested
+from ..clients import GradientClient, byzantine_mod, label_flip_requested
 from .config import ExperimentConfig
 from .datasets import Dataset, client_data, load_dataset
 from .metering import PARTITION_QUERY, wait_for_nodes
 from .models import build_model
 from .result import RoundRecord
 from .runner import train_on_grid
-from .training import derive_seed, train_epochs
+from .training import derive_seed, objective, train_epochs
 
 __all__ = ["client_app", "server_app"]
 
@@ -58,10 +61,33 @@ def _local_data(cfg: dict[str, Any], context: Context) -> tuple[Dataset, Tensor,
     return load_dataset(spec), x, y
 
 
+def _model(cfg: dict[str, Any]) -> torch.nn.Module:
+    dataset = load_dataset(str(cfg["dataset"]))
+    return build_model(str(cfg["model"]), dataset.input_shape, dataset.num_classes)
+
+
+def _data(context: Context, cfg: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    _, x, y = _local_data(cfg, context)
+    return x, y
+
+
+@functools.lru_cache(maxsize=8)
+def _gradient_client(weight_decay: float) -> GradientClient:
+    """The GradientClient of the method strategies' ops (the loss: ``objective``)."""
+    return GradientClient(
+        model_fn=_model,
+        loss_fn=lambda model, x, y: objective(model, x, y, weight_decay),
+        data_fn=_data,
+    )
+
+
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local SGD epochs on this node's partition, from the global model in the message."""
+    """Local SGD epochs on this node's partition, from the global model in the message; an
+    ``op`` message goes to ``GradientClient``."""
     cfg = _config(msg)
+    if "op" in cfg:
+        return _gradient_client(float(cfg.get("weight-decay", 0.0))).handle(msg, context)
     partition_id, _ = _partition(context)
     seed = int(cfg["seed"])
     dataset, x, y = _local_data(cfg, context)
@@ -77,6 +103,7 @@ def train(msg: Message, context: Context) -> Message:
         batch_size=int(cfg["batch-size"]),
         lr=float(cfg["lr"]),
         momentum=float(cfg.get("momentum", 0.0)),
+        weight_decay=float(cfg.get("weight-decay", 0.0)),
         seed=derive_seed(seed, int(cfg.get("server-round", 0)), partition_id),
     )
     metrics = MetricRecord(

@@ -139,6 +139,7 @@ def run(
     batch_size: int | None = typer.Option(None, help=_help("batch_size")),
     local_epochs: int | None = typer.Option(None, help=_help("local_epochs")),
     momentum: float | None = typer.Option(None, help=_help("momentum")),
+    weight_decay: float | None = typer.Option(None, help=_help("weight_decay")),
     compressor: str | None = typer.Option(None, help=_help("compressor")),
     f: int | None = typer.Option(None, "--f", help=_help("f")),
     seed: int | None = typer.Option(None, help=_help("seed")),
@@ -157,7 +158,8 @@ def run(
         method=method, aggregator=aggregator, attack=attack, byzantine=byzantine,
         clients=clients, clients_per_round=clients_per_round, rounds=rounds, dataset=dataset,
         partition=partition, model=model, lr=lr, batch_size=batch_size,
-        local_epochs=local_epochs, momentum=momentum, compressor=compressor, f=f, seed=seed,
+        local_epochs=local_epochs, momentum=momentum, weight_decay=weight_decay,
+        compressor=compressor, f=f, seed=seed,
         ray_address=ray_address, out=str(out) if out else None,
     )  # fmt: skip
     cfg = _config(config, given, param)

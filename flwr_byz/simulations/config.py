@@ -39,8 +39,8 @@ class ExperimentConfig:
 
     method: str = _opt(
         "robust-fedavg",
-        "Training method: fedavg, robust-fedavg, flower-krum, flower-multikrum, "
-        "flower-bulyan, flower-median, flower-trimmedavg.",
+        "Training method: fedavg, robust-fedavg, robust-momentum, byz-vr-marina-pp, "
+        "flower-krum, flower-multikrum, flower-bulyan, flower-median, flower-trimmedavg.",
     )
     aggregator: str = _opt(
         "median", "Robust aggregator spec of robust methods, e.g. 'cwmed', 'nnm+krum'."
@@ -57,13 +57,30 @@ class ExperimentConfig:
         "Dataset spec: mnist1d, digits, breast-cancer, synthetic-logreg "
         "(options as 'synthetic-logreg:heterogeneity=2').",
     )
-    partition: str = _opt("iid", "Partition of the training data: 'iid' or 'dirichlet:<alpha>'.")
+    partition: str = _opt(
+        "iid",
+        "Partition of the training data: 'iid', 'dirichlet:<alpha>' or 'full' (every client "
+        "holds the whole training set).",
+    )
     model: str = _opt("auto", "Model: logreg, mlp, cnn1d ('auto': the dataset's default).")
-    lr: float = _opt(0.05, "Client learning rate (SGD).")
+    lr: float = _opt(
+        0.05, "Learning rate: the clients' (local SGD methods) or the server's (gradient methods)."
+    )
     batch_size: int = _opt(32, "Client minibatch size.")
     local_epochs: int = _opt(2, "Local epochs per round on each client.")
-    momentum: float = _opt(0.9, "Client SGD momentum (restarted every round).")
-    compressor: str = _opt("none", "Compressor spec of compressed methods ('none' otherwise).")
+    momentum: float = _opt(
+        0.9,
+        "Client momentum: local SGD momentum restarted every round (FedAvg-like methods), "
+        "the worker momentum beta kept across rounds (robust-momentum).",
+    )
+    weight_decay: float = _opt(
+        0.0, "L2 regularisation lambda: the training loss gets (lambda/2)||w||^2."
+    )
+    compressor: str = _opt(
+        "none",
+        "Compressor spec of compressed methods: none, randk:<fraction>, topk:<fraction>, "
+        "natural, qsgd:<levels>.",
+    )
     f: int | None = _opt(
         None,
         "Byzantine inputs per round the aggregator tolerates (None: the Byzantine clients "
@@ -152,6 +169,8 @@ class ExperimentConfig:
             raise ValueError(f"local_epochs must be >= 1, got {self.local_epochs}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.f is not None and self.f < 0:

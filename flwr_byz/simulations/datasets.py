@@ -16,8 +16,9 @@ change it. The sklearn sets are split 80/20 (stratified, fixed seed) and standar
 train split's statistics. ``groups_train`` is what label-skewed partitions are drawn over: the
 labels, or the group ids for ``synthetic-logreg``.
 
-A partition spec is ``iid`` or ``dirichlet:<alpha>`` (also ``dirichlet:alpha=<a>,min_size=<k>``);
-partitions are computed with flwr-datasets' ``IidPartitioner``/``DirichletPartitioner``.
+A partition spec is ``iid``, ``full`` (every client holds all the data) or
+``dirichlet:<alpha>`` (also ``dirichlet:alpha=<a>,min_size=<k>``); partitions are computed
+with flwr-datasets' ``IidPartitioner``/``DirichletPartitioner``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ __all__ = [
 DATASETS: tuple[str, ...] = ("mnist1d", "digits", "breast-cancer", "synthetic-logreg")
 """Dataset names accepted by ``load_dataset``."""
 
-PARTITIONS: tuple[str, ...] = ("iid", "dirichlet")
+PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "full")
 """Partition scheme names accepted by ``partition_indices``."""
 
 _SPLIT_SEED = 0  # fixed train/test split of the sklearn datasets (not the experiment seed)
@@ -313,9 +314,9 @@ def _parse_partition(spec: str) -> _Dirichlet | None:
     """``None`` for ``iid``, the Dirichlet options otherwise."""
     name, args = split_part(spec)
     key = name.lower()
-    if key == "iid":
+    if key in ("iid", "full"):
         if any(a.strip() for a in args):
-            raise ValueError(f"partition spec {spec!r}: iid takes no options")
+            raise ValueError(f"partition spec {spec!r}: {key} takes no options")
         return None
     if key == "dirichlet":
         if not any(a.strip() for a in args):
@@ -334,6 +335,8 @@ def partition_indices(
     """Split the train indices of ``dataset`` into ``num_partitions`` disjoint int64 arrays.
 
     ``iid``: rows shuffled with ``seed``, then ``IidPartitioner`` (equal contiguous shards).
+    ``full``: every partition is the whole training set (the Byz-VR-MARINA-PP paper's
+    homogeneous setting, f_i = f; not disjoint).
     ``dirichlet:<alpha>``: ``DirichletPartitioner`` over ``groups_train`` (``self_balancing``
     off, shuffled, seeded). Without ``min_size`` it asks for
     ``max(1, min(10, N // (2 * num_partitions)))`` samples per partition, then 1, then 0 when
@@ -352,6 +355,8 @@ def partition_indices(
     import datasets as hf
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
 
+    if split_part(spec)[0].strip().lower() == "full":  # every client holds the whole set
+        return [np.arange(n, dtype=np.int64) for _ in range(num_partitions)]
     groups = dataset.groups_train.numpy()
     if opts is None:
         order = np.random.default_rng(seed).permutation(n)

@@ -2,6 +2,9 @@
 
 Every strategy samples ``clients_per_round`` of the ``clients`` nodes per round and does no
 federated evaluation (the runner evaluates the global model centrally on the test split).
+FedAvg-like methods (fedavg, robust-fedavg, flower-*) train locally for ``local_epochs``;
+the method strategies (robust-momentum, byz-vr-marina-pp) take server steps of size ``lr``
+from the clients' ops (``GradientClient``).
 ``config.params`` are passed to the strategy's constructor by name, after the defaults below,
 so any of its arguments can be overridden (``--param weighted=true``).
 """
@@ -22,10 +25,16 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from ..strategies import RobustFedAvg
+from ..strategies import ByzVRMarinaPP, MethodStrategy, RobustFedAvg, RobustMomentum
 from .config import ExperimentConfig
 
-__all__ = ["LATER_METHODS", "METHODS", "build_strategy", "uses_aggregator"]
+__all__ = [
+    "COMPRESSED_METHODS",
+    "LATER_METHODS",
+    "METHODS",
+    "build_strategy",
+    "uses_aggregator",
+]
 
 
 def _fedavg_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -55,10 +64,34 @@ def _trimmed(cfg: ExperimentConfig) -> dict[str, Any]:
     return {"beta": min(0.49, (cfg.f or 0) / cfg.per_round)}
 
 
+def _method(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The arguments every method strategy (``MethodStrategy``) takes."""
+    return {
+        "aggregator": cfg.aggregator,
+        "f": cfg.f,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "clients_per_round": cfg.per_round,
+        "min_available_nodes": cfg.clients,
+        "seed": cfg.seed,
+    }
+
+
+def _marina(cfg: ExperimentConfig) -> dict[str, Any]:
+    # Full rounds sample every client: the rule there faces all the Byzantine clients.
+    return _method(cfg) | {"compressor": cfg.compressor, "f_full": cfg.byzantine}
+
+
+def _momentum(cfg: ExperimentConfig) -> dict[str, Any]:
+    return _method(cfg) | {"momentum": cfg.momentum}
+
+
 #: name -> (strategy class, extra constructor defaults from the config)
 METHODS: dict[str, tuple[type[Strategy], Callable[[ExperimentConfig], dict[str, Any]]]] = {
     "fedavg": (FedAvg, lambda cfg: {}),
     "robust-fedavg": (RobustFedAvg, _robust_fedavg),
+    "robust-momentum": (RobustMomentum, _momentum),
+    "byz-vr-marina-pp": (ByzVRMarinaPP, _marina),
     "flower-krum": (Krum, _malicious),
     "flower-multikrum": (MultiKrum, _multikrum),
     "flower-bulyan": (Bulyan, _malicious),
@@ -67,15 +100,10 @@ METHODS: dict[str, tuple[type[Strategy], Callable[[ExperimentConfig], dict[str, 
 }
 
 #: Methods of DESIGN.md that later issues add (named here to give a clear error).
-LATER_METHODS = (
-    "byz-vr-marina-pp",
-    "byz-ef21-sgdm",
-    "byz-ef21",
-    "br-csgd",
-    "mu2sgd",
-    "robust-momentum",
-    "byzsgd",
-)
+LATER_METHODS = ("byz-ef21-sgdm", "byz-ef21", "br-csgd", "mu2sgd", "byzsgd")
+
+#: Methods whose strategy takes a ``compressor``.
+COMPRESSED_METHODS = ("byz-vr-marina-pp",)
 
 
 def uses_aggregator(method: str) -> bool:
@@ -99,7 +127,8 @@ def build_strategy(cfg: ExperimentConfig) -> Strategy:
     """The strategy of ``cfg.method`` (``cfg`` resolved: ``f`` and ``clients_per_round`` set)."""
     check_method(cfg.method)
     cls, extra = METHODS[cfg.method]
-    kwargs = {**_fedavg_kwargs(cfg), **extra(cfg), **cfg.params}
+    base = {} if issubclass(cls, MethodStrategy) else _fedavg_kwargs(cfg)
+    kwargs = {**base, **extra(cfg), **cfg.params}
     accepted = set(inspect.signature(cls.__init__).parameters)
     if "kwargs" not in accepted:
         unknown = sorted(set(cfg.params) - accepted)

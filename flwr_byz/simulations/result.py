@@ -16,7 +16,9 @@ __all__ = ["Result", "RoundRecord"]
 class RoundRecord:
     """One round: central test loss/accuracy of the new global model, replies the strategy
     rejected, bytes of the Flower Messages the clients sent (up) and received (down), and the
-    round's wall-clock seconds (sampling, messaging, client work, aggregation)."""
+    round's wall-clock seconds (sampling, messaging, client work, aggregation); the training
+    objective ``train_loss`` (whole training set, with the weight decay) and, for convex
+    models, the optimality gap ``f(x) - f*``."""
 
     round: int
     loss: float
@@ -25,6 +27,8 @@ class RoundRecord:
     bytes_up: int = 0
     bytes_down: int = 0
     seconds: float = 0.0
+    train_loss: float = math.nan
+    gap: float = math.nan
 
 
 @dataclass
@@ -43,6 +47,8 @@ class Result:
         self.final = {
             "accuracy": last.accuracy if last else math.nan,
             "loss": last.loss if last else math.nan,
+            "train_loss": last.train_loss if last else math.nan,
+            "gap": last.gap if last else math.nan,
             "rounds": len(self.rounds),
             "rejected": sum(r.rejected for r in self.rounds),
             "bytes_up": sum(r.bytes_up for r in self.rounds),
@@ -91,9 +97,9 @@ _ROUND_FIELDS = {f.name for f in dataclasses.fields(RoundRecord)}
 
 
 def _round_fields(r: dict[str, Any]) -> dict[str, Any]:
-    """The RoundRecord fields of a round dict; ``null`` loss/accuracy read back as NaN."""
+    """The RoundRecord fields of a round dict; ``null`` metrics read back as NaN."""
     out = {k: v for k, v in r.items() if k in _ROUND_FIELDS}
-    for key in ("loss", "accuracy"):
+    for key in ("loss", "accuracy", "train_loss", "gap"):
         if out.get(key) is None:
             out[key] = math.nan
     return out

@@ -30,13 +30,14 @@ from flwr.serverapp import Grid, ServerApp
 from ..attacks import get_attack
 from ..clients import ByzantineGrid
 from ..clients.wrapping import innermost
+from ..compressors import get_compressor
 from .config import ExperimentConfig
 from .datasets import check_partition, load_dataset
 from .metering import RunGrid, discover_partitions, wait_for_nodes
-from .methods import build_strategy
+from .methods import COMPRESSED_METHODS, build_strategy
 from .models import build_model
 from .result import Result, RoundRecord
-from .training import derive_seed, evaluate
+from .training import TrainingObjective, derive_seed, evaluate
 
 __all__ = [
     "OnRound",
@@ -59,7 +60,9 @@ def prepare(config: ExperimentConfig) -> ExperimentConfig:
     dataset = load_dataset(cfg.dataset)
     check_partition(cfg.partition)
     build_model(cfg.model, dataset.input_shape, dataset.num_classes)
-    if cfg.compressor not in ("none", "", None):
+    if cfg.method in COMPRESSED_METHODS:
+        get_compressor(cfg.compressor)
+    elif cfg.compressor not in ("none", "", None):
         raise ValueError(f"method {cfg.method!r} takes no compressor, got {cfg.compressor!r}")
     with _flower_logging(verbose=False, level=logging.ERROR):  # no fraction_evaluate warning
         strategy = build_strategy(cfg)  # constructor errors (bad spec, unknown param) surface now
@@ -87,6 +90,7 @@ def train_config(cfg: ExperimentConfig) -> ConfigRecord:
             "batch-size": int(cfg.batch_size),
             "local-epochs": int(cfg.local_epochs),
             "momentum": float(cfg.momentum),
+            "weight-decay": float(cfg.weight_decay),
             "seed": int(cfg.seed),
         }
     )
@@ -121,6 +125,11 @@ def train_on_grid(
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
     strategy = build_strategy(cfg)
+    if isinstance(strategy_grid, ByzantineGrid) and hasattr(strategy_grid.attack, "bind"):
+        strategy_grid.attack.bind(strategy)  # ShiftBack reads the strategy's x^0, x^k, lr
+    objective = TrainingObjective(
+        dataset.x_train, dataset.y_train, cfg.weight_decay, convex=cfg.model == "logreg"
+    )
     records: list[RoundRecord] = []
     clock = [time.perf_counter()]
 
@@ -131,6 +140,7 @@ def train_on_grid(
         loss, accuracy = evaluate(model, dataset.x_test, dataset.y_test)
         if server_round > 0:
             record = RoundRecord(server_round, loss, accuracy, 0, up, down, seconds)
+            record.train_loss, record.gap = objective(model)
             records.append(record)
             if on_round is not None:
                 on_round(cfg, record)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["derive_seed", "evaluate", "train_epochs"]
+__all__ = ["TrainingObjective", "derive_seed", "evaluate", "objective", "train_epochs"]
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -114,3 +115,66 @@ def derive_seed(*parts: int | str) -> int:
         data = text.encode()
         h.update(tag + len(data).to_bytes(8, "little") + data)
     return int.from_bytes(h.digest(), "little") >> 1
+
+
+def objective(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, weight_decay: float = 0.0
+) -> torch.Tensor:
+    """The training objective ``f(w) = mean cross-entropy + (weight_decay/2) ||w||^2`` (the
+    loss every gradient method of the runner minimises; ``w`` all the model's parameters)."""
+    loss = F.cross_entropy(model(x), y)
+    if weight_decay:
+        loss = loss + 0.5 * weight_decay * sum(p.pow(2).sum() for p in model.parameters())
+    return loss
+
+
+class TrainingObjective:
+    """For the convex ``logreg`` model: ``f(x)`` on the whole training set (float64) and the
+    optimality gap ``f(x) - f*`` (``f*`` from full-batch L-BFGS, computed once, lazily)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, weight_decay: float, convex: bool) -> None:
+        self.x = x.to(torch.float64)
+        self.y = y
+        self.weight_decay = float(weight_decay)
+        self.convex = convex
+        self._f_star: float | None = None
+
+    def value(self, model: nn.Module) -> float:
+        """``f`` at ``model`` (evaluated on a float64 copy, gradients off)."""
+        twin = copy.deepcopy(model).to(torch.float64).eval()
+        with torch.no_grad():
+            return float(objective(twin, self.x, self.y, self.weight_decay))
+
+    def f_star(self, model: nn.Module) -> float:
+        """``min f`` over the model's parameters, by L-BFGS from ``model`` (convex only)."""
+        if self._f_star is None:
+            twin = copy.deepcopy(model).to(torch.float64).train()
+            opt = torch.optim.LBFGS(
+                twin.parameters(),
+                lr=1.0,
+                max_iter=2000,
+                tolerance_grad=1e-12,
+                tolerance_change=1e-15,
+                history_size=50,
+                line_search_fn="strong_wolfe",
+            )
+
+            def closure() -> torch.Tensor:
+                opt.zero_grad()
+                loss = objective(twin, self.x, self.y, self.weight_decay)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+            self._f_star = min(self.value(twin), self.value(model))
+        return self._f_star
+
+    def __call__(self, model: nn.Module) -> tuple[float, float]:
+        """``(f(x), f(x) - f*)`` for a convex model; ``(nan, nan)`` otherwise (a pass over the
+        whole training set every round costs more than the round itself for a CNN)."""
+        if not self.convex:
+            return math.nan, math.nan
+        value = self.value(model)
+        if not math.isfinite(value):
+            return value, math.nan
+        return value, value - self.f_star(model)

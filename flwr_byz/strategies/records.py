@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
-__all__ = ["Layout", "flatten", "layout_of", "unflatten"]
+__all__ = ["Layout", "flatten", "layout_of", "payload_record", "record_payload", "unflatten"]
 
 
 @dataclass(frozen=True)
@@ -107,3 +107,25 @@ def unflatten(vector: torch.Tensor, layout: Layout) -> ArrayRecord:
 
 def _entries(layout: Layout) -> Iterable[tuple[str, tuple[int, ...], str, int]]:
     return zip(layout.keys, layout.shapes, layout.dtypes, layout.sizes, strict=True)
+
+
+def payload_record(payload: dict[str, torch.Tensor]) -> ArrayRecord:
+    """A compressor's wire payload (name -> tensor) as an ArrayRecord, dtypes kept (int32
+    indices stay 4 bytes, int8 exponents 1 byte), so the Message carries exactly the payload."""
+    return ArrayRecord(
+        {k: Array(np.ascontiguousarray(v.detach().cpu().numpy())) for k, v in payload.items()}
+    )
+
+
+def record_payload(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`payload_record`; ``ValueError`` when an array cannot be decoded."""
+    out: dict[str, torch.Tensor] = {}
+    for key in record:
+        try:
+            arr = record[key].numpy()
+            if arr.dtype.kind not in "fiub":
+                raise TypeError(f"decodes to dtype {arr.dtype}")
+            out[key] = torch.from_numpy(np.array(arr))
+        except Exception as exc:  # a malformed Array from a peer
+            raise ValueError(f"array {key!r} cannot be decoded: {exc}") from exc
+    return out

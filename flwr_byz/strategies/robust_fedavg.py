@@ -16,6 +16,7 @@ from flwr.supercore import log
 from ..aggregators import Aggregator, get_aggregator
 from ..aggregators.base import with_f
 from .records import Layout, flatten, layout_of, unflatten
+from .updates import clip_rows
 from .validation import CheckedReplies, sample_count, validate_replies
 
 __all__ = ["RobustFedAvg"]
@@ -53,6 +54,12 @@ class RobustFedAvg(FedAvg):
         Only rules with a weighted form accept it (Mean, Median, GeometricMedian). The counts
         come from the clients, so a Byzantine client can inflate its own: keep it off unless
         the counts are trusted.
+    clip_alpha : float | None (default: None)
+        The partial-participation heuristic of Malinovsky et al. 2024 (Eq. (10)): from the
+        second round on, aggregate ``clip_lambda(u_i - u^{k-1})`` around the last applied
+        update ``u^{k-1}`` and add ``u^{k-1}`` back, ``lambda = clip_alpha ||u^{k-1}||``
+        (= ``clip_alpha ||x^k - x^{k-1}||``). A Byzantine majority in a round can then move
+        the model at most ``clip_alpha`` times the last step away from where it was heading.
     **kwargs
         Every keyword argument of ``flwr.serverapp.strategy.FedAvg`` (``fraction_train``,
         ``min_train_nodes``, ``weighted_by_key``, ``arrayrecord_key``, ...).
@@ -67,9 +74,15 @@ class RobustFedAvg(FedAvg):
         aggregator: Aggregator | str = "median",
         f: int | None = None,
         weighted: bool = False,
+        clip_alpha: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if clip_alpha is not None and not clip_alpha > 0:
+            raise ValueError(f"clip_alpha must be > 0 or None (no clipping), got {clip_alpha}")
+        self.clip_alpha = clip_alpha
+        self._last_update: torch.Tensor | None = None  # u^{k-1}, the last applied update
+        self._x0: torch.Tensor | None = None
         if isinstance(aggregator, str):
             self.aggregator: Aggregator = get_aggregator(aggregator, f=0 if f is None else f)
         elif callable(aggregator):
@@ -90,7 +103,8 @@ class RobustFedAvg(FedAvg):
         """Log the aggregator, then FedAvg's summary."""
         log(INFO, "\t├──> Robust aggregation:")
         log(INFO, "\t│\t├── Aggregator: %s", self.aggregator)
-        log(INFO, "\t│\t└── Weighted by sample count: %s", self.weighted)
+        log(INFO, "\t│\t├── Weighted by sample count: %s", self.weighted)
+        log(INFO, "\t│\t└── clip_alpha (Eq. 10): %s", self.clip_alpha or "off")
         super().summary()
 
     def configure_train(
@@ -105,7 +119,23 @@ class RobustFedAvg(FedAvg):
             vector=flatten(arrays, layout),
             node_ids=frozenset(m.metadata.dst_node_id for m in messages),
         )
+        if server_round == 1 or self._x0 is None:
+            self._x0 = flatten(arrays, layout.floating())
+            self._last_update = None
         return messages
+
+    def shift_back_vector(self, mult: float | None) -> torch.Tensor:
+        """ShiftBack's update: ``-mult (x^k - x^0)`` over the floating arrays (``mult=None``:
+        1, the model goes back to x^0 exactly)."""
+        if self._sent is None or self._x0 is None:
+            raise ValueError("RobustFedAvg has sent no model yet")
+        x = flatten(self.model_sent_record(), self._sent.layout.floating())
+        return -(1.0 if mult is None else float(mult)) * (x - self._x0)
+
+    def model_sent_record(self) -> ArrayRecord:
+        """The model sent this round."""
+        assert self._sent is not None
+        return unflatten(self._sent.vector, self._sent.layout)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -141,18 +171,27 @@ class RobustFedAvg(FedAvg):
     ) -> torch.Tensor | None:
         """The aggregated update, or None (previous model kept) if the rule cannot run."""
         updates = checked.vectors - sent.vector.to(checked.vectors.dtype)
+        anchor = self._last_update if self.clip_alpha is not None else None
+        if anchor is not None:  # Eq. (10): clip around the last update, add it back
+            floating = _floating_mask(sent.layout)  # integer arrays (counters) do not count
+            level = self.clip_alpha * float(torch.linalg.vector_norm(anchor[floating]))  # type: ignore[operator]
+            updates, clipped = clip_rows(updates - anchor.to(updates.dtype), level)
+            log(INFO, "%s: clip level %.4g, %d updates clipped", context, level, clipped)
         try:
             if self.weighted:
                 assert checked.weights is not None
                 step = self.aggregator.weighted(updates, checked.weights)  # type: ignore[attr-defined]
             else:
                 step = self.aggregator(updates)
+            if anchor is not None:
+                step = step + anchor.to(step.dtype)
         except ValueError as exc:
             log(WARNING, "%s: keeping the previous global model: %s", context, exc)
             return None
         if not bool(torch.isfinite(step).all()):
             log(WARNING, "%s: keeping the previous global model: non-finite aggregate", context)
             return None
+        self._last_update = step.to(sent.vector.dtype)
         return step.to(sent.vector.dtype)
 
     def _train_metrics(self, checked: CheckedReplies) -> MetricRecord:
@@ -180,3 +219,12 @@ def _has_weight(content: RecordDict, key: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _floating_mask(layout: Layout) -> torch.Tensor:
+    """``[d]`` bool: which coordinates of a flattened record come from floating-point arrays."""
+    parts = [
+        torch.full((size,), dtype.startswith("float"), dtype=torch.bool)
+        for size, dtype in zip(layout.sizes, layout.dtypes, strict=True)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from logging import WARNING
 
@@ -87,6 +87,7 @@ def validate_replies(
     expected_nodes: Collection[int] | None = None,
     weighted_by_key: str | None = None,
     context: str = "aggregate_train",
+    decode: Callable[[int, RecordDict], torch.Tensor] | None = None,
 ) -> CheckedReplies:
     """Validate ``replies`` against the ``expected`` ArrayRecords (record key -> layout).
 
@@ -95,6 +96,9 @@ def validate_replies(
     ``expected_nodes``: the node IDs the round was sent to (None: anyone may reply).
     ``weighted_by_key``: also read this sample-count metric (finite, > 0) as the weight.
     ``context`` prefixes the log lines (e.g. ``"RobustFedAvg round 3"``).
+    ``decode(node_id, content)``: turns a reply whose records have the expected structure
+    into its ``[d]`` vector (e.g. decompressing a compressor's payload) instead of
+    concatenating the arrays; any exception it raises rejects the reply as ``malformed``.
     """
     layouts = list(expected.values())
     wide = any(lay.vector_dtype == torch.float64 for lay in layouts)
@@ -117,7 +121,7 @@ def validate_replies(
             if node in seen:
                 raise _Reject("duplicate", "a reply from this node was already accepted")
             content = msg.content
-            vector = _vector(content, expected, dtype)
+            vector = _vector(content, expected, dtype, node, decode)
             if not bool(torch.isfinite(vector).all()):
                 bad = int((~torch.isfinite(vector)).sum())
                 raise _Reject("non-finite", f"{bad} of {vector.numel()} values are NaN/Inf")
@@ -139,6 +143,8 @@ def validate_replies(
         contents.append(content)
         rows.append(vector)
         weights.append(weight)
+    if decode is not None and not rows:
+        d = 0
     vectors = torch.stack(rows) if rows else torch.empty(0, d, dtype=dtype)
     return CheckedReplies(
         node_ids=node_ids,
@@ -150,8 +156,21 @@ def validate_replies(
 
 
 def _vector(
-    content: RecordDict, expected: Mapping[str, Layout], dtype: torch.dtype
+    content: RecordDict,
+    expected: Mapping[str, Layout],
+    dtype: torch.dtype,
+    node: int = 0,
+    decode: Callable[[int, RecordDict], torch.Tensor] | None = None,
 ) -> torch.Tensor:
+    if decode is not None:
+        _records(content, expected)  # the structure first
+        try:
+            vector = decode(node, content)
+        except Exception as exc:  # a payload the decoder refuses
+            raise _Reject("malformed", str(exc) or repr(exc)) from exc
+        if not isinstance(vector, torch.Tensor) or vector.dim() != 1:
+            raise _Reject("malformed", "the payload does not decode to a vector")
+        return vector.to(dtype)
     parts = []
     for record, layout in _records(content, expected):
         try:

@@ -25,7 +25,7 @@ from flwr_byz.specs import build, parse_value, split_part
 
 NAMES = [
     "none", "sign-flip", "bit-flip", "scale", "gaussian", "non-finite", "ipm", "alie",
-    "min-max", "min-sum", "mimic", "label-flip",
+    "min-max", "min-sum", "mimic", "shift-back", "label-flip",
 ]  # fmt: skip
 
 
@@ -79,7 +79,7 @@ def test_seed_goes_to_seeded_attacks() -> None:
     "spec,message",
     [
         ("foo", "unknown attack 'foo'.*known:.*'alie'"),
-        ("shift-back", "unknown attack"),
+        ("shift-back:mult=1,x=2", "unknown parameter 'x'"),
         ("", "unknown attack"),
         ("alie:q=1", r"attack spec 'alie:q=1': unknown parameter 'q' \(has \['z'\]\)"),
         ("gaussian:1,2", "too many positional"),

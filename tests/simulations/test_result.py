@@ -13,10 +13,15 @@ import pytest
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.result import Result, RoundRecord
 
-ROUND_KEYS = {"round", "loss", "accuracy", "rejected", "bytes_up", "bytes_down", "seconds"}
+ROUND_KEYS = {
+    "round", "loss", "accuracy", "rejected", "bytes_up", "bytes_down", "seconds",
+    "train_loss", "gap",  # the training objective and the optimality gap (NaN: not measured)
+}  # fmt: skip
 FINAL_KEYS = {
     "accuracy",
     "loss",
+    "train_loss",
+    "gap",
     "rounds",
     "rejected",
     "bytes_up",
@@ -133,6 +138,8 @@ def test_to_dict_keeps_finite_values_and_types() -> None:
         "bytes_up": 1100,
         "bytes_down": 2100,
         "seconds": 1.5,
+        "train_loss": None,
+        "gap": None,
     }
     assert isinstance(data["final"]["bytes_up"], int) and data["final"]["bytes_up"] == 3300
 

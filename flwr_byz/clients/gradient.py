@@ -1,0 +1,201 @@
+"""GradientClient: the client step of every method strategy, as a Flower ClientApp.
+
+The user plugs in their own model, loss and data::
+
+    client = GradientClient(
+        model_fn=lambda config: Net(),                       # a fresh torch.nn.Module
+        loss_fn=lambda model, x, y: F.cross_entropy(model(x), y),
+        data_fn=lambda context, config: load_partition(context),   # (x, y) tensors
+    )
+    app = client.app                                          # the ClientApp to serve
+
+Each train Message names an ``op`` in its ConfigRecord ``"config"`` and carries the point(s) as
+ArrayRecords (``"arrays"``: the model x; ``"prev"``: the previous model). The ops:
+
+- ``grad``: the gradient of the mean loss at ``arrays`` over a minibatch of ``batch-size``
+  samples drawn with ``batch-seed`` (``batch-size`` 0: the whole local data) -> ``"grad"``.
+- ``grad_diff``: the gradient difference between ``arrays`` and ``prev`` on the SAME minibatch,
+  compressed with ``compressor`` (a ``flwr_byz.compressors`` spec) and ``compressor-seed``
+  -> ``"payload"`` (the compressor's wire payload; Byz-VR-MARINA-PP).
+- ``momentum``: the minibatch gradient at ``arrays`` folded into the client's worker momentum
+  ``m = beta m + (1 - beta) grad`` (``beta``; the first step sets ``m = grad``), which is kept
+  in ``context.state`` -> ``"grad"`` holding m (RobustMomentum).
+
+Gradients are vectors over the model's floating-point arrays, in state-dict order (arrays with
+no gradient, e.g. BatchNorm statistics, are zero). Every reply also carries a MetricRecord
+``"metrics"`` with ``train-loss`` and ``num-examples`` (the local data size). Per-run state in
+``context.state`` is namespaced by the strategy's ``state-key``; a new key drops the old state.
+A data attack (LabelFlip, see ``label_flip_requested``) flips the labels before the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
+from torch import nn
+
+from ..attacks import LabelFlip
+from ..compressors import get_compressor
+from ..strategies.records import Layout, flatten, layout_of, payload_record, unflatten
+from ..strategies.updates import momentum_update
+from .mods import label_flip_requested
+
+__all__ = ["OPS", "GradientClient"]
+
+ModelFn = Callable[[dict[str, Any]], nn.Module]
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+DataFn = Callable[[Context, dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
+
+OPS = ("grad", "grad_diff", "momentum")
+"""The ops GradientClient answers."""
+
+_STATE_PREFIX = "flwr-byz:"
+
+
+class GradientClient:
+    """Builds the ClientApp (``.app``) that answers the method strategies' ops (module doc).
+
+    Parameters
+    ----------
+    model_fn : (config) -> nn.Module
+        A fresh model; ``config`` is the message's ConfigRecord as a dict (ignore it if the
+        model is fixed). Its state dict must match the arrays the server sends.
+    loss_fn : (model, x, y) -> scalar Tensor
+        The mean loss of a batch (add regularisation here if the objective has one).
+    data_fn : (context, config) -> (x, y)
+        This node's local training data (cache it yourself if loading is slow).
+    num_classes : int | None
+        For LabelFlip (``y' = C - 1 - y``); None: the width of the model's output.
+    mods : Sequence[Mod]
+        Flower client mods for the app (e.g. ``flwr_byz.clients.byzantine_mod``).
+    device : str | torch.device
+        Where the model runs.
+    """
+
+    def __init__(
+        self,
+        model_fn: ModelFn,
+        loss_fn: LossFn,
+        data_fn: DataFn,
+        num_classes: int | None = None,
+        mods: Sequence[Mod] = (),
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.model_fn = model_fn
+        self.loss_fn = loss_fn
+        self.data_fn = data_fn
+        self.num_classes = num_classes
+        self.device = torch.device(device)
+        self.app = ClientApp(mods=list(mods))
+        self.app.train()(self.handle)
+
+    # --- Flower entry point ------------------------------------------------------------------
+    def handle(self, msg: Message, context: Context) -> Message:
+        """Answer one train Message (raises ``ValueError`` for an unknown op or a malformed
+        message; Flower returns it to the server as an error reply)."""
+        record = msg.content.config_records.get("config")
+        config: dict[str, Any] = dict(record) if record is not None else {}
+        op = config.get("op")
+        if op not in OPS:
+            raise ValueError(f"GradientClient: unknown op {op!r}; it answers {OPS}")
+        x, y = self.data_fn(context, config)
+        if label_flip_requested(msg, context):
+            y = self._flip(y, x, config)
+        arrays = msg.content.array_records
+        if "arrays" not in arrays:
+            raise ValueError("GradientClient: the message has no 'arrays' record (the model)")
+        layout = layout_of(arrays["arrays"]).floating()
+        batch = _batch(len(y), int(config.get("batch-size", 0)), int(config.get("batch-seed", 0)))
+        xb, yb = x[batch].to(self.device), y[batch].to(self.device)
+        grad, loss = self.gradient(arrays["arrays"], layout, xb, yb, config)
+        out: dict[str, Any] = {}
+        if op == "grad":
+            out["grad"] = unflatten(grad, layout)
+        elif op == "momentum":
+            m = momentum_update(
+                self._load(context, config, "momentum"), grad, float(config["beta"])
+            )
+            self._store(context, config, "momentum", m)
+            out["grad"] = unflatten(m, layout)
+        else:  # grad_diff
+            if "prev" not in arrays:
+                raise ValueError("GradientClient: grad_diff needs the 'prev' record (x^k)")
+            prev, _ = self.gradient(arrays["prev"], layout, xb, yb, config)
+            compressor = get_compressor(str(config.get("compressor", "none")))
+            payload = compressor.compress(grad - prev, int(config.get("compressor-seed", 0)))
+            out["payload"] = payload_record(payload)
+        out["metrics"] = MetricRecord({"train-loss": loss, "num-examples": len(y)})
+        return Message(content=RecordDict(out), reply_to=msg)
+
+    # --- the numeric step ----------------------------------------------------------------------
+    def gradient(
+        self,
+        point: ArrayRecord,
+        layout: Layout,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        config: dict[str, Any],
+    ) -> tuple[torch.Tensor, float]:
+        """(gradient of ``loss_fn`` at ``point`` on the batch as a flat vector, the loss)."""
+        model = self.model_fn(config).to(self.device)
+        model.load_state_dict(point.to_torch_state_dict())
+        model.train()
+        model.zero_grad(set_to_none=True)
+        loss = self.loss_fn(model, x, y)
+        loss.backward()
+        params = dict(model.named_parameters(remove_duplicate=False))  # tied weights too
+        parts = []
+        for key, shape, dtype in zip(layout.keys, layout.shapes, layout.dtypes, strict=True):
+            p = params.get(key)
+            g = p.grad if p is not None else None
+            if g is None:
+                g = torch.zeros(shape, dtype=getattr(torch, dtype))
+            parts.append(g.detach().reshape(-1).to("cpu", layout.vector_dtype))
+        return torch.cat(parts), float(loss.detach())
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _flip(self, y: torch.Tensor, x: torch.Tensor, config: dict[str, Any]) -> torch.Tensor:
+        classes = self.num_classes
+        if classes is None:
+            model = self.model_fn(config).eval()  # eval: BatchNorm accepts one sample
+            with torch.no_grad():
+                classes = int(model(x[:1].to(self.device)).shape[-1])
+        return LabelFlip(num_classes=classes)(y)
+
+    @staticmethod
+    def _state_name(config: dict[str, Any], name: str) -> str:
+        return f"{_STATE_PREFIX}{config.get('state-key', '')}:{name}"
+
+    def _load(self, context: Context, config: dict[str, Any], name: str) -> torch.Tensor | None:
+        key = self._state_name(config, name)
+        record = context.state.array_records.get(key)
+        if record is None:
+            return None
+        return flatten(record)
+
+    def _store(
+        self, context: Context, config: dict[str, Any], name: str, vector: torch.Tensor
+    ) -> None:
+        key = self._state_name(config, name)
+        run = f"{_STATE_PREFIX}{config.get('state-key', '')}:"
+        for old in [
+            k for k in context.state if k.startswith(_STATE_PREFIX) and not k.startswith(run)
+        ]:
+            del context.state[old]  # an earlier run's state
+        context.state[key] = ArrayRecord({"v": Array(np.ascontiguousarray(vector.numpy()))})
+
+
+def _batch(n: int, size: int, seed: int) -> torch.Tensor:
+    """Indices of a minibatch of ``size`` of ``n`` samples, without replacement, from ``seed``
+    (``size`` 0 or >= n: all samples, in order)."""
+    if n == 0:
+        raise ValueError("GradientClient: the node has no local data")
+    if size <= 0 or size >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size]

@@ -1,0 +1,286 @@
+"""MethodStrategy: the plumbing every method strategy of flwr-byz shares (the Flower edge).
+
+A method strategy keeps the model ``x`` (its floating-point arrays as one vector) and its own
+state on the server, samples nodes with its own seeded generator, sends each sampled node an
+``op`` (``grad``, ``grad_diff``, ``momentum``, ...) that :class:`flwr_byz.clients.GradientClient`
+answers, validates the replies (``strategies.validation``) and aggregates them robustly. The
+paper's update rule itself is a pure function in ``strategies.updates``.
+
+Only the floating-point arrays of the model are trained; integer arrays (e.g. BatchNorm's
+``num_batches_tracked``) are sent back unchanged.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from logging import INFO, WARNING
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from ..aggregators import Aggregator, get_aggregator
+from ..aggregators.base import with_f
+from .records import Layout, flatten, layout_of, unflatten
+from .validation import CheckedReplies, validate_replies
+
+__all__ = ["MethodStrategy", "build_aggregator"]
+
+#: ArrayRecord key of the point the client evaluates at (x^{k+1}); ``"prev"`` holds x^k.
+POINT_KEY = "arrays"
+PREV_KEY = "prev"
+#: ArrayRecord keys of the replies: a dense vector, or a compressor's payload.
+VECTOR_KEY = "grad"
+PAYLOAD_KEY = "payload"
+CONFIG_KEY = "config"
+
+
+def build_aggregator(aggregator: Aggregator | str, f: int | None) -> Aggregator:
+    """An aggregator from an object or a spec string, set for ``f`` Byzantine inputs."""
+    if isinstance(aggregator, str):
+        return get_aggregator(aggregator, f=0 if f is None else f)
+    if callable(aggregator):
+        return aggregator if f is None else with_f(aggregator, f, exact=True)
+    raise TypeError(f"aggregator must be an Aggregator or a spec string, got {aggregator!r}")
+
+
+class MethodStrategy(Strategy):
+    """Base of the method strategies: model vector, sampling, messages, validation.
+
+    Parameters (shared by every subclass)
+    ----------
+    aggregator : Aggregator | str
+        The robust rule (object or ``get_aggregator`` spec).
+    f : int | None
+        Byzantine inputs per round the rule tolerates (None: 0 for a spec, the object's own).
+    lr : float
+        Server step size gamma.
+    batch_size : int
+        Minibatch size b of the clients' stochastic gradients (0: the full local data).
+    clients_per_round : int
+        Nodes sampled per round.
+    min_available_nodes : int
+        Wait until this many nodes are connected before sampling.
+    seed : int
+        Seeds node sampling, minibatches and compressor randomness (all logged per round).
+    """
+
+    def __init__(
+        self,
+        *,
+        aggregator: Aggregator | str,
+        f: int | None,
+        lr: float,
+        batch_size: int,
+        clients_per_round: int,
+        min_available_nodes: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 0:
+            raise ValueError(
+                f"batch_size must be an int >= 0 (0: full local data), got {batch_size}"
+            )
+        if clients_per_round < 1:
+            raise ValueError(f"clients_per_round must be >= 1, got {clients_per_round}")
+        self.aggregator = build_aggregator(aggregator, f)
+        self.lr = float(lr)
+        self.batch_size = int(batch_size)
+        self.clients_per_round = int(clients_per_round)
+        self.min_available_nodes = int(min_available_nodes)
+        self.seed = int(seed)
+        self._reset()
+
+    # --- state -----------------------------------------------------------------------------
+    def _reset(self) -> None:
+        """Forget the model and method state (a new run starts at round 1)."""
+        self._rng = random.Random(self.seed)
+        self.state_key = uuid.uuid4().hex[:12]  # namespaces the clients' context.state per run
+        self.x: torch.Tensor | None = None
+        self.x0: torch.Tensor | None = None
+        self._layout: Layout | None = None
+        self._frozen: ArrayRecord | None = None
+        self._sent_nodes: frozenset[int] = frozenset()
+        self._reset_method()
+
+    def _reset_method(self) -> None:
+        """Subclasses clear their own state here."""
+
+    def _start(self, server_round: int, arrays: ArrayRecord) -> None:
+        """Round 1 (or first use): take ``arrays`` as x^0."""
+        if server_round == 1 or self.x is None:
+            self._reset()
+            full = layout_of(arrays)
+            self._layout = full.floating()
+            if not self._layout.numel:
+                raise ValueError("the model has no floating-point arrays to train")
+            self._frozen = ArrayRecord(
+                {k: arrays[k] for k in full.keys if k not in self._layout.keys}
+            )
+            self.x = flatten(arrays, self._layout)
+            self.x0 = self.x.clone()
+
+    @property
+    def layout(self) -> Layout:
+        """Layout of the trained (floating-point) arrays."""
+        if self._layout is None:
+            raise RuntimeError(f"{type(self).__name__} has not started (no model yet)")
+        return self._layout
+
+    def model_record(self, x: torch.Tensor | None = None) -> ArrayRecord:
+        """``x`` (default: the current model) as an ArrayRecord with every array of the model."""
+        vec = self.x if x is None else x
+        assert vec is not None and self._frozen is not None
+        record = unflatten(vec, self.layout)
+        for key in self._frozen:
+            record[key] = self._frozen[key]
+        return record
+
+    # --- sampling and messages ---------------------------------------------------------------
+    def sample(self, grid: Grid, k: int, context: str) -> list[int]:
+        """``k`` nodes (all connected ones if fewer: the run goes on) from the seeded generator."""
+        wanted = self.min_available_nodes
+        nodes = list(grid.get_node_ids())
+        waited = 0.0
+        while len(nodes) < wanted and waited < 60:
+            log(INFO, "%s: waiting for nodes: %d connected, %d wanted", context, len(nodes), wanted)
+            time.sleep(1.0)
+            waited += 1.0
+            nodes = list(grid.get_node_ids())
+        if len(nodes) < k:
+            log(
+                WARNING, "%s: only %d nodes connected, %d wanted; using all", context, len(nodes), k
+            )
+        chosen = self._rng.sample(nodes, min(k, len(nodes)))
+        self._sent_nodes = frozenset(chosen)
+        return chosen
+
+    def draw_seed(self) -> int:
+        """A fresh 31-bit seed from the strategy's generator (minibatches, compressors)."""
+        return self._rng.getrandbits(31)
+
+    def messages(
+        self,
+        nodes: Iterable[int],
+        records: Mapping[str, ArrayRecord],
+        config: ConfigRecord,
+        op: Mapping[str, Any],
+        per_node: Callable[[int], Mapping[str, Any]] | None = None,
+    ) -> list[Message]:
+        """One train Message per node: ``records`` (shared), ``config`` + ``op`` (+ the
+        node's own entries) and the run's ``state-key``."""
+        out = []
+        for node in nodes:
+            cfg = ConfigRecord(dict(config.items()))
+            for key, value in {**op, **(per_node(node) if per_node else {})}.items():
+                cfg[key] = value
+            cfg["state-key"] = self.state_key
+            content = RecordDict({**records, CONFIG_KEY: cfg})
+            out.append(Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN))
+        return out
+
+    def validate(
+        self,
+        replies: Iterable[Message],
+        expected: Mapping[str, Layout],
+        context: str,
+        decode: Callable[[int, RecordDict], torch.Tensor] | None = None,
+    ) -> CheckedReplies:
+        """The shared validation against the nodes sampled this round."""
+        checked = validate_replies(
+            replies, expected, expected_nodes=self._sent_nodes, context=context, decode=decode
+        )
+        log(
+            INFO,
+            "%s: %d valid replies, %d rejected",
+            context,
+            len(checked.node_ids),
+            len(checked.rejected),
+        )
+        return checked
+
+    @staticmethod
+    def robust(
+        rule: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, context: str
+    ) -> torch.Tensor | None:
+        """``rule(x)``, or None (logged) when it cannot run on these inputs (too few for its f,
+        none at all) or its output is not finite."""
+        if x.shape[0] == 0:
+            log(WARNING, "%s: no valid reply; the step is skipped", context)
+            return None
+        try:
+            out = rule(x)
+        except ValueError as exc:
+            log(WARNING, "%s: the step is skipped: %s", context, exc)
+            return None
+        if not bool(torch.isfinite(out).all()):
+            log(WARNING, "%s: the step is skipped: non-finite aggregate", context)
+            return None
+        return out
+
+    @staticmethod
+    def metrics(checked: CheckedReplies, **extra: float | int) -> MetricRecord:
+        """The validation counts, the mean reported ``train-loss`` of the accepted replies,
+        and ``extra``."""
+        record = MetricRecord({k: v for k, v in checked.metrics().items()})
+        losses = []
+        for content in checked.contents:
+            for m in content.metric_records.values():
+                value = m.get("train-loss")
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    losses.append(float(value))
+        if losses:
+            record["train-loss"] = float(torch.tensor(losses).median())
+        for key, value in extra.items():
+            record[key] = value
+        return record
+
+    # --- the attack hook ------------------------------------------------------------------------
+    def shift_back_vector(self, mult: float | None) -> torch.Tensor:
+        """The reply vector that, aggregated, sends the model back to x^0 (ShiftBack attack):
+        ``(mult / lr) (x^k - x^0)`` as a gradient; ``mult=None`` is 1 (exactly x^0)."""
+        if self.x is None or self.x0 is None:
+            raise ValueError(f"{type(self).__name__} has no model yet")
+        scale = (1.0 if mult is None else float(mult)) / self.lr
+        return scale * (self.point() - self.x0)
+
+    def point(self) -> torch.Tensor:
+        """The model the clients were sent this round (the x^k the adversary sees)."""
+        assert self.x is not None
+        return self.x
+
+    # --- no federated evaluation: the runner evaluates centrally --------------------------------
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """No federated evaluation (evaluate the model centrally with ``evaluate_fn``)."""
+        return []
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Nothing to aggregate (see ``configure_evaluate``)."""
+        return None
+
+    def summary(self) -> None:
+        """Log the strategy's options."""
+        log(INFO, "\t├──> %s:", type(self).__name__)
+        for key, value in self.options().items():
+            log(INFO, "\t│\t├── %s: %s", key, value)
+
+    def options(self) -> dict[str, Any]:
+        """The options shown by ``summary``."""
+        return {
+            "aggregator": self.aggregator,
+            "lr": self.lr,
+            "batch size": self.batch_size or "full local data",
+            "clients per round": self.clients_per_round,
+            "seed": self.seed,
+        }
