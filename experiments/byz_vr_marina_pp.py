@@ -18,45 +18,77 @@ from flwr_byz.simulations.result import Result
 from flwr_byz.simulations.runner import run_experiments
 
 ATTACKS = ("bit-flip", "label-flip", "alie", "shift-back")
+MARINA_LR = 0.1
+MARINA_ALPHA = 10.0
 
 
 def c12(rounds: int) -> list[tuple[str, ExperimentConfig]]:
-    """MNIST-1D, 20 clients (5 Byzantine), Dirichlet(1) split: RobustMomentum +- Eq. (10)
-    clipping, partial (4 sampled) and full participation; Byz-VR-MARINA(-PP)."""
-    lr = 0.3
+    """MNIST-1D, 20 clients (5 Byzantine), Dirichlet(1) split: RobustMomentum (worker momentum
+    0.9, lr 1) with and without Eq. (10) clipping, partial (4 sampled) and full participation."""
+    lr = 1.0
     base = ExperimentConfig(
-        dataset="mnist1d", partition="dirichlet:1.0", clients=20, byzantine=5, rounds=rounds,
-        lr=lr, batch_size=32, aggregator="bucketing:2+median",
+        method="robust-momentum", dataset="mnist1d", partition="dirichlet:1.0", clients=20,
+        byzantine=5, rounds=rounds, lr=lr, batch_size=32, aggregator="bucketing:2+median",
     )  # fmt: skip
     runs = []
     for attack in ATTACKS:
         for per_round, part in ((4, "partial"), (20, "full")):
-            if part == "full" and attack not in ("bit-flip", "shift-back"):
-                continue
-            for clip in (None, 1 / lr):  # clip level ||g^{k-1}||: the reference code's mult 1
+            for clip in (None, 1 / lr):  # level ||x^k - x^{k-1}|| / lr = ||g^{k-1}||
                 name = f"mnist1d robust-momentum {attack} {part} clip={clip is not None}"
                 cfg = dataclasses.replace(
-                    base, method="robust-momentum", attack=attack, clients_per_round=per_round,
-                    params={"clip_alpha": clip},
-                )  # fmt: skip
+                    base, attack=attack, clients_per_round=per_round, params={"clip_alpha": clip}
+                )
                 runs.append((name, cfg))
-    marina = dataclasses.replace(base, method="byz-vr-marina-pp", attack="shift-back")
-    runs.append(
-        (
-            "mnist1d byz-vr-marina-pp shift-back partial clip=True",
-            dataclasses.replace(marina, clients_per_round=4, params={"alpha": 1.0}),
-        )
-    )
-    runs.append(
-        (
-            "mnist1d byz-vr-marina shift-back full clip=False",
-            dataclasses.replace(marina, clients_per_round=20, params={"alpha": None}),
-        )
-    )
-    runs.append(("mnist1d byz-vr-marina-pp randk:0.1 shift-back partial clip=True",
-                 dataclasses.replace(marina, clients_per_round=4, compressor="randk:0.1",
-                                     params={"alpha": 1.0})))  # fmt: skip
     return runs
+
+
+def marina(rounds: int) -> list[tuple[str, ExperimentConfig]]:
+    """MNIST-1D: Byz-VR-MARINA-PP (4 sampled, clipping) and Byz-VR-MARINA (all, no clipping)
+    under ShiftBack and BitFlip, and RandK(0.1) for the bytes."""
+    base = ExperimentConfig(
+        method="byz-vr-marina-pp", dataset="mnist1d", partition="dirichlet:1.0", clients=20,
+        byzantine=5, rounds=rounds, lr=MARINA_LR, batch_size=32,
+        aggregator="bucketing:2+median",
+    )  # fmt: skip
+    runs = []
+    for attack in ("shift-back", "bit-flip"):
+        runs.append(
+            (
+                f"mnist1d byz-vr-marina-pp {attack} partial alpha={MARINA_ALPHA}",
+                dataclasses.replace(
+                    base, attack=attack, clients_per_round=4, params={"alpha": MARINA_ALPHA}
+                ),
+            )
+        )
+        runs.append(
+            (
+                f"mnist1d byz-vr-marina-pp {attack} partial no clipping",
+                dataclasses.replace(
+                    base, attack=attack, clients_per_round=4, params={"alpha": None}
+                ),
+            )
+        )
+        runs.append(
+            (
+                f"mnist1d byz-vr-marina {attack} full no clipping",
+                dataclasses.replace(
+                    base, attack=attack, clients_per_round=20, params={"alpha": None}
+                ),
+            )
+        )
+    runs.append(
+        (
+            f"mnist1d byz-vr-marina-pp randk:0.1 shift-back partial alpha={MARINA_ALPHA}",
+            dataclasses.replace(
+                base,
+                attack="shift-back",
+                clients_per_round=4,
+                compressor="randk:0.1",
+                params={"alpha": MARINA_ALPHA},
+            ),
+        )
+    )
+    return runs  # fmt: skip
 
 
 def c11(rounds: int) -> list[tuple[str, ExperimentConfig]]:
@@ -79,18 +111,21 @@ def c11(rounds: int) -> list[tuple[str, ExperimentConfig]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--mnist-rounds", type=int, default=100)
+    parser.add_argument("--mnist-rounds", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("results/issue7"))
-    parser.add_argument("--only", choices=("c11", "c12"), default=None)
+    parser.add_argument("--only", choices=("c11", "c12", "marina"), default=None)
     args = parser.parse_args()
     runs = []
     if args.only in (None, "c11"):
         runs += c11(args.rounds)
     if args.only in (None, "c12"):
         runs += c12(args.mnist_rounds)
+    if args.only in (None, "marina"):
+        runs += marina(args.mnist_rounds)
     configs = []
-    for i, (_, cfg) in enumerate(runs):
-        configs.append(dataclasses.replace(cfg, out=str(args.out / f"run{i:02d}.json")))
+    for name, cfg in runs:
+        slug = "-".join(name.replace("=", "").replace(":", "").split())
+        configs.append(dataclasses.replace(cfg, out=str(args.out / f"{slug}.json")))
     todo = [c for c in configs if not (c.out and Path(c.out).exists())]  # resume
     run_experiments(todo)
     results = [Result.load(c.out) for c in configs if c.out]

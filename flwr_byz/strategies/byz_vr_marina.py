@@ -189,11 +189,6 @@ class ByzVRMarinaPP(MethodStrategy):
             return self.rounds_since_full >= steps - 1  # one full + (steps - 1) diff rounds
         return self._rng.random() < self.p_effective
 
-    def point(self) -> torch.Tensor:
-        """x^{k+1}, the point sent this round."""
-        assert self.x is not None
-        return self.x
-
     def shift_back_vector(self, mult: float | None) -> torch.Tensor:
         """ShiftBack's reply: in a full round the gradient ``G = (mult/lr)(x^{k+1} - x^0)``,
         in a difference round ``G - g^k`` (so that ``g^{k+1} = G`` if it wins)."""
@@ -264,7 +259,7 @@ class ByzVRMarinaPP(MethodStrategy):
         if plan.full:
             checked = self.validate(replies, {VECTOR_KEY: self.layout}, context)
             self._learn_local_size(checked.contents)
-            rule = with_f(self.aggregator, self._f_full(len(plan.nodes)))
+            rule = with_f(self.aggregator, self._f_full(len(plan.nodes)), exact=True)
             agg = self.robust(rule, checked.vectors, context)
             if agg is not None:
                 self.g = agg.to(self.x.dtype)

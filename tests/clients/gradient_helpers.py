@@ -13,6 +13,7 @@ intra-op threads make each tiny forward/backward pass 10-20x slower.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -28,15 +29,23 @@ from .fake_grid import ensure_task_identity
 ensure_task_identity()
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Run the test with one torch thread (restored afterwards)."""
+@contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """Run torch single-threaded (restored afterwards): these models are tiny, and intra-op
+    threads fighting over 2 busy cores make each backward pass ~100x slower."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Run the test with one torch thread (``single_torch_thread``)."""
+    with single_torch_thread():
+        yield
 
 
 NUM_CLASSES = 3

@@ -35,7 +35,10 @@ from flwr_byz.simulations.result import Result, RoundRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 COMMANDS = ("run", "grid", "plot", "demo", "bench", "aggregators", "attacks")
-ROUND_KEYS = {"round", "loss", "accuracy", "rejected", "bytes_up", "bytes_down", "seconds"}
+ROUND_KEYS = {
+    "round", "loss", "accuracy", "rejected", "bytes_up", "bytes_down", "seconds",
+    "train_loss", "gap",
+}  # fmt: skip
 # wide, so rich neither wraps help texts nor squeezes the summary table
 ENV = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}
 

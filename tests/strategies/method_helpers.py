@@ -10,8 +10,7 @@ from the algorithm text, in float64.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,18 +29,6 @@ CLASSES = 3
 
 #: tamper(server_round, instruction, honest reply) -> what the node sends instead
 Tamper = Callable[[int, Message, Message], Message | list[Message] | None]
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Run torch single-threaded: these models are tiny, and intra-op threads fighting over
-    2 busy cores make each backward pass ~100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def initial_arrays(seed: int = 0, features: int = FEATURES, classes: int = CLASSES) -> ArrayRecord:

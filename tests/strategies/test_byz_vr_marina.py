@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, Re
 
 from flwr_byz.simulations.metering import message_bytes
 from flwr_byz.strategies import ByzVRMarinaPP
+from tests.clients.gradient_helpers import single_torch_thread
 from tests.strategies.method_helpers import (
     Exchange,
     Network,
@@ -29,7 +30,6 @@ from tests.strategies.method_helpers import (
     initial_arrays,
     minibatch,
     model_grad,
-    one_torch_thread,
     replace_arrays,
     run_strategy,
     stranger,
@@ -47,7 +47,7 @@ ATOL = 1e-5
 
 @pytest.fixture(autouse=True, scope="module")
 def _single_thread():
-    with one_torch_thread():
+    with single_torch_thread():
         yield
 
 
@@ -562,3 +562,13 @@ def test_constructor_rejects(kwargs):
 def test_constructor_accepts_unbiased_compressors_and_p_one(compressor):
     strategy = make(compressor=compressor, p=1.0, alpha=None, full_round_clients=C)
     assert strategy.p_effective == 1.0
+
+
+def test_full_rounds_use_f_full_and_difference_rounds_f():
+    # Krum(f) needs n >= 2f + 3: with f_full = 2 the full round of 6 clients cannot run,
+    # while the difference rounds of 3 clients run Krum(f=0).
+    run = run_strategy(make(aggregator="krum", f=0, f_full=2, p=0.5), Network(NODES), 4)
+    for metrics in run.metrics:
+        assert metrics["skipped"] == int(metrics["full-round"] == 1)
+    strict = run_strategy(make(aggregator="krum", f=0, f_full=1, p=0.5), Network(NODES), 4)
+    assert all(m["skipped"] == 0 for m in strict.metrics)  # n = 6 >= 2*1 + 3

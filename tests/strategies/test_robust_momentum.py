@@ -18,6 +18,7 @@ import torch
 from flwr.app import Error, Message
 
 from flwr_byz.strategies import RobustMomentum
+from tests.clients.gradient_helpers import single_torch_thread
 from tests.strategies.method_helpers import (
     Exchange,
     Network,
@@ -26,7 +27,6 @@ from tests.strategies.method_helpers import (
     config_of,
     minibatch,
     model_grad,
-    one_torch_thread,
     replace_arrays,
     run_strategy,
     stranger,
@@ -43,7 +43,7 @@ ATOL = 1e-5
 
 @pytest.fixture(autouse=True, scope="module")
 def _single_thread():
-    with one_torch_thread():
+    with single_torch_thread():
         yield
 
 
