@@ -129,13 +129,8 @@ class RobustFedAvg(FedAvg):
         1, the model goes back to x^0 exactly)."""
         if self._sent is None or self._x0 is None:
             raise ValueError("RobustFedAvg has sent no model yet")
-        x = flatten(self.model_sent_record(), self._sent.layout.floating())
-        return -(1.0 if mult is None else float(mult)) * (x - self._x0)
-
-    def model_sent_record(self) -> ArrayRecord:
-        """The model sent this round."""
-        assert self._sent is not None
-        return unflatten(self._sent.vector, self._sent.layout)
+        x = self._sent.vector[_floating_mask(self._sent.layout)]
+        return -(1.0 if mult is None else float(mult)) * (x - self._x0.to(x.dtype))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
