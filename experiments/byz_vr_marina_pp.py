@@ -22,10 +22,11 @@ MARINA_LR = 0.1
 MARINA_ALPHA = 10.0
 
 
-def c12(rounds: int) -> list[tuple[str, ExperimentConfig]]:
+def c12(
+    rounds: int, lr: float = 1.0, partial_only: bool = False
+) -> list[tuple[str, ExperimentConfig]]:
     """MNIST-1D, 20 clients (5 Byzantine), Dirichlet(1) split: RobustMomentum (worker momentum
-    0.9, lr 1) with and without Eq. (10) clipping, partial (4 sampled) and full participation."""
-    lr = 1.0
+    0.9) with and without Eq. (10) clipping, partial (4 sampled) and full participation."""
     base = ExperimentConfig(
         method="robust-momentum", dataset="mnist1d", partition="dirichlet:1.0", clients=20,
         byzantine=5, rounds=rounds, lr=lr, batch_size=32, aggregator="bucketing:2+median",
@@ -33,8 +34,10 @@ def c12(rounds: int) -> list[tuple[str, ExperimentConfig]]:
     runs = []
     for attack in ATTACKS:
         for per_round, part in ((4, "partial"), (20, "full")):
+            if part == "full" and partial_only:
+                continue
             for clip in (None, 1 / lr):  # level ||x^k - x^{k-1}|| / lr = ||g^{k-1}||
-                name = f"mnist1d robust-momentum {attack} {part} clip={clip is not None}"
+                name = f"mnist1d robust-momentum lr={lr} {attack} {part} clip={clip is not None}"
                 cfg = dataclasses.replace(
                     base, attack=attack, clients_per_round=per_round, params={"clip_alpha": clip}
                 )
@@ -114,12 +117,14 @@ def main() -> None:
     parser.add_argument("--mnist-rounds", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("results/issue7"))
     parser.add_argument("--only", choices=("c11", "c12", "marina"), default=None)
+    parser.add_argument("--momentum-lr", type=float, default=1.0)
+    parser.add_argument("--partial-only", action="store_true")
     args = parser.parse_args()
     runs = []
     if args.only in (None, "c11"):
         runs += c11(args.rounds)
     if args.only in (None, "c12"):
-        runs += c12(args.mnist_rounds)
+        runs += c12(args.mnist_rounds, args.momentum_lr, args.partial_only)
     if args.only in (None, "marina"):
         runs += marina(args.mnist_rounds)
     configs = []
