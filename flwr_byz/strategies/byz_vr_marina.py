@@ -168,6 +168,7 @@ class ByzVRMarinaPP(MethodStrategy):
     def _reset_method(self) -> None:
         self.g: torch.Tensor | None = None  # g^k; None until the first full round succeeds
         self.x_prev: torch.Tensor | None = None
+        self._payload: Layout | None = None  # the payload's ArrayRecord layout, once per run
         self.local_size: float | None = None  # m, from the clients' reports
         self.rounds_since_full = 0
         self._round: _Round | None = None
@@ -292,7 +293,10 @@ class ByzVRMarinaPP(MethodStrategy):
     def _payload_layout(self) -> Layout:
         """The ArrayRecord layout of a payload of this model's size."""
         assert self.x is not None
-        return layout_of(payload_record(self.compressor.compress(torch.zeros_like(self.x), 0)))
+        if self._payload is None:
+            zero = torch.zeros_like(self.x)
+            self._payload = layout_of(payload_record(self.compressor.compress(zero, 0)))
+        return self._payload
 
     def _f_full(self, n: int) -> int:
         if self.f_full is not None:

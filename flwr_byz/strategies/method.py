@@ -249,12 +249,7 @@ class MethodStrategy(Strategy):
         if self.x is None or self.x0 is None:
             raise ValueError(f"{type(self).__name__} has no model yet")
         scale = (1.0 if mult is None else float(mult)) / self.lr
-        return scale * (self.point() - self.x0)
-
-    def point(self) -> torch.Tensor:
-        """The model the clients were sent this round (the x^k the adversary sees)."""
-        assert self.x is not None
-        return self.x
+        return scale * (self.x - self.x0)  # x: the model sent this round
 
     # --- no federated evaluation: the runner evaluates centrally --------------------------------
     def configure_evaluate(

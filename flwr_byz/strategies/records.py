@@ -52,6 +52,12 @@ class Layout:
             dtypes=tuple(self.dtypes[i] for i in keep),
         )
 
+    def floating_mask(self) -> torch.Tensor:
+        """``[numel]`` bool: which coordinates of the flat vector come from floating arrays."""
+        flags = [np.issubdtype(np.dtype(dt), np.floating) for dt in self.dtypes]
+        sizes = torch.tensor(self.sizes, dtype=torch.long)
+        return torch.tensor(flags, dtype=torch.bool).repeat_interleave(sizes)
+
     def spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """``{key: (shape, dtype)}``, what a conforming record must hold."""
         return dict(zip(self.keys, zip(self.shapes, self.dtypes, strict=True), strict=True))

@@ -13,8 +13,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from ..aggregators import Aggregator, get_aggregator
-from ..aggregators.base import with_f
+from ..aggregators import Aggregator
+from .method import build_aggregator
 from .records import Layout, flatten, layout_of, unflatten
 from .updates import clip_rows
 from .validation import CheckedReplies, sample_count, validate_replies
@@ -83,14 +83,7 @@ class RobustFedAvg(FedAvg):
         self.clip_alpha = clip_alpha
         self._last_update: torch.Tensor | None = None  # u^{k-1}, the last applied update
         self._x0: torch.Tensor | None = None
-        if isinstance(aggregator, str):
-            self.aggregator: Aggregator = get_aggregator(aggregator, f=0 if f is None else f)
-        elif callable(aggregator):
-            self.aggregator = aggregator if f is None else with_f(aggregator, f, exact=True)
-        else:
-            raise TypeError(
-                f"aggregator must be an Aggregator or a spec string, got {aggregator!r}"
-            )
+        self.aggregator: Aggregator = build_aggregator(aggregator, f)
         if weighted and not callable(getattr(self.aggregator, "weighted", None)):
             raise ValueError(
                 f"{type(self.aggregator).__name__} has no weighted form; weighted=True works "
@@ -129,7 +122,7 @@ class RobustFedAvg(FedAvg):
         1, the model goes back to x^0 exactly)."""
         if self._sent is None or self._x0 is None:
             raise ValueError("RobustFedAvg has sent no model yet")
-        x = self._sent.vector[_floating_mask(self._sent.layout)]
+        x = self._sent.vector[self._sent.layout.floating_mask()]
         return -(1.0 if mult is None else float(mult)) * (x - self._x0.to(x.dtype))
 
     def aggregate_train(
@@ -168,7 +161,7 @@ class RobustFedAvg(FedAvg):
         updates = checked.vectors - sent.vector.to(checked.vectors.dtype)
         anchor = self._last_update if self.clip_alpha is not None else None
         if anchor is not None:  # Eq. (10): clip around the last update, add it back
-            floating = _floating_mask(sent.layout)  # integer arrays (counters) do not count
+            floating = sent.layout.floating_mask()  # integer arrays (counters) do not count
             level = self.clip_alpha * float(torch.linalg.vector_norm(anchor[floating]))  # type: ignore[operator]
             updates, clipped = clip_rows(updates - anchor.to(updates.dtype), level)
             log(INFO, "%s: clip level %.4g, %d updates clipped", context, level, clipped)
@@ -214,12 +207,3 @@ def _has_weight(content: RecordDict, key: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _floating_mask(layout: Layout) -> torch.Tensor:
-    """``[d]`` bool: which coordinates of a flattened record come from floating-point arrays."""
-    parts = [
-        torch.full((size,), dtype.startswith("float"), dtype=torch.bool)
-        for size, dtype in zip(layout.sizes, layout.dtypes, strict=True)
-    ]
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
