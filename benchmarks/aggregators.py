@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from flwr_byz.aggregators import get_aggregator
+from flwr_byz.simulations.local import ensure_task_identity
 
 MIB = 2**20
 SIZES: tuple[tuple[int, int], ...] = ((20, 100_000), (50, 1_000_000), (100, 1_000_000))
@@ -271,25 +272,13 @@ def layer_bounds(d: int, layers: int) -> list[tuple[int, int]]:
 # --------------------------------------------------------------------------- Flower
 
 
-def _set_task_identity() -> None:
-    """Instruction Messages need a run/node/task identity, set by Flower inside a real run."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    try:
-        _ = TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id
-    except RuntimeError:
-        TaskIdentity.run_id = 1
-        TaskIdentity.node_id = 0
-        TaskIdentity.task_id = 1
-
-
 class FlowerReplies:
     """Reply Messages built from pre-serialised Arrays: cheap to rebuild before every run."""
 
     def __init__(self, xn: np.ndarray, bounds: list[tuple[int, int]]) -> None:
         from flwr.app import Array, ConfigRecord, Message, RecordDict
 
-        _set_task_identity()
+        ensure_task_identity()
         self.payload: list[list[tuple[str, Array]]] = [
             [
                 (f"layer{j}", Array(np.ascontiguousarray(row[a:b])))

@@ -20,6 +20,12 @@ ArrayRecords (``"arrays"``: the model x; ``"prev"``: the previous model). The op
 - ``momentum``: the minibatch gradient at ``arrays`` folded into the client's worker momentum
   ``m = beta m + (1 - beta) grad`` (``beta``; the first step sets ``m = grad``), which is kept
   in ``context.state`` -> ``"grad"`` holding m (RobustMomentum).
+  With ``ef21-version`` in the config (Byz-EF21-SGDM, Liu et al. 2024), the momentum v = m is
+  sent through EF21 error feedback instead: the client keeps g (the server's copy of it) and
+  replies ``"payload"`` = ``C(v - g)`` with ``compressor``, then ``g += C(v - g)``. See
+  :meth:`GradientClient.error_feedback` for the version handshake that keeps both copies of g
+  equal when a reply is lost or rejected.
+- ``grad`` with a ``compressor`` in the config replies ``"payload"`` = ``C(grad)`` (BR-CSGD).
 
 Gradients are vectors over the model's floating-point arrays, in state-dict order (arrays with
 no gradient, e.g. BatchNorm statistics, are zero). Every reply also carries a MetricRecord
@@ -33,18 +39,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from torch import nn
 
 from ..attacks import LabelFlip
 from ..compressors import get_compressor
-from ..strategies.records import Layout, flatten, layout_of, payload_record, unflatten
+from ..strategies.records import Layout, layout_of, payload_record, unflatten
 from ..strategies.updates import momentum_update
 from .mods import label_flip_requested
+from .state import drop, load_count, load_vector, store_count, store_vector
 
 __all__ = ["OPS", "GradientClient"]
 
@@ -54,8 +60,6 @@ DataFn = Callable[[Context, dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
 
 OPS = ("grad", "grad_diff", "momentum")
 """The ops GradientClient answers."""
-
-_STATE_PREFIX = "flwr-byz:"
 
 
 class GradientClient:
@@ -116,13 +120,21 @@ class GradientClient:
         grad, loss = self.gradient(arrays["arrays"], layout, xb, yb, config)
         out: dict[str, Any] = {}
         if op == "grad":
-            out["grad"] = unflatten(grad, layout)
+            if "compressor" in config:
+                compressor = get_compressor(str(config["compressor"]))
+                seed = int(config.get("compressor-seed", 0))
+                out["payload"] = payload_record(compressor.compress(grad, seed))
+            else:
+                out["grad"] = unflatten(grad, layout)
         elif op == "momentum":
             m = momentum_update(
-                self._load(context, config, "momentum"), grad, float(config["beta"])
+                load_vector(context, config, "momentum"), grad, float(config["beta"])
             )
-            self._store(context, config, "momentum", m)
-            out["grad"] = unflatten(m, layout)
+            store_vector(context, config, "momentum", m)
+            if "ef21-version" in config:
+                out.update(self.error_feedback(context, config, m, layout))
+            else:
+                out["grad"] = unflatten(m, layout)
         else:  # grad_diff
             if "prev" not in arrays:
                 raise ValueError("GradientClient: grad_diff needs the 'prev' record (x^k)")
@@ -159,6 +171,41 @@ class GradientClient:
             parts.append(g.detach().reshape(-1).to("cpu", layout.vector_dtype))
         return torch.cat(parts), float(loss.detach())
 
+    def error_feedback(
+        self, context: Context, config: dict[str, Any], v: torch.Tensor, layout: Layout
+    ) -> dict[str, ArrayRecord]:
+        """EF21 error feedback of the momentum ``v`` (Byz-EF21-SGDM, Liu et al. 2024, Alg. 1):
+        ``c = C(v - g)``, ``g += c``, reply ``{"payload": c}``.
+
+        The client keeps ``g``, the ``g`` before the last step and a version t (the number of
+        its replies the server has applied, minus one: the dense reset is version 0). The
+        server sends its own version as ``ef21-version`` (-1: it has no copy of this g):
+
+        - equal counts: the normal step above;
+        - the client is one ahead (its last reply was lost or rejected): it restores the
+          previous g first, then steps, so both sides apply the same c;
+        - anything else (first contact, lost client state): a reset, ``g = v`` sent dense
+          as ``{"grad": v}`` (the paper's initialisation ``g_i^0 = v_i^0``).
+        """
+        server = int(config["ef21-version"])
+        g = load_vector(context, config, "ef21-g")
+        prev = load_vector(context, config, "ef21-g-prev")
+        mine = load_count(context, config, "ef21-count")
+        if mine is not None and mine == server + 1:  # our last reply never reached the server
+            g, mine = prev, server
+        if server >= 0 and g is not None and mine == server and g.shape == v.shape:
+            compressor = get_compressor(str(config.get("compressor", "none")))
+            payload = compressor.compress(v - g, int(config.get("compressor-seed", 0)))
+            c = compressor.decompress(payload, v.numel()).to(g.dtype)
+            store_vector(context, config, "ef21-g-prev", g)
+            store_vector(context, config, "ef21-g", g + c)
+            store_count(context, config, "ef21-count", server + 1)
+            return {"payload": payload_record(payload)}
+        drop(context, config, "ef21-g-prev")  # a lost reset is followed by another reset
+        store_vector(context, config, "ef21-g", v)
+        store_count(context, config, "ef21-count", server + 1)
+        return {"grad": unflatten(v, layout)}
+
     # --- helpers ---------------------------------------------------------------------------------
     def _flip(self, y: torch.Tensor, x: torch.Tensor, config: dict[str, Any]) -> torch.Tensor:
         classes = self.num_classes
@@ -167,28 +214,6 @@ class GradientClient:
             with torch.no_grad():
                 classes = int(model(x[:1].to(self.device)).shape[-1])
         return LabelFlip(num_classes=classes)(y)
-
-    @staticmethod
-    def _state_name(config: dict[str, Any], name: str) -> str:
-        return f"{_STATE_PREFIX}{config.get('state-key', '')}:{name}"
-
-    def _load(self, context: Context, config: dict[str, Any], name: str) -> torch.Tensor | None:
-        key = self._state_name(config, name)
-        record = context.state.array_records.get(key)
-        if record is None:
-            return None
-        return flatten(record)
-
-    def _store(
-        self, context: Context, config: dict[str, Any], name: str, vector: torch.Tensor
-    ) -> None:
-        key = self._state_name(config, name)
-        run = f"{_STATE_PREFIX}{config.get('state-key', '')}:"
-        for old in [
-            k for k in context.state if k.startswith(_STATE_PREFIX) and not k.startswith(run)
-        ]:
-            del context.state[old]  # an earlier run's state
-        context.state[key] = ArrayRecord({"v": Array(np.ascontiguousarray(vector.numpy()))})
 
 
 def _batch(n: int, size: int, seed: int) -> torch.Tensor:

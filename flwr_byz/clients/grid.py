@@ -11,7 +11,7 @@ FedMedian, FedTrimmedAvg.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from logging import INFO, WARNING
 
 import torch
@@ -75,8 +75,21 @@ class ByzantineGrid(GridWrapper):
             None if node_ids is None else frozenset(int(n) for n in node_ids)
         )
         self._sent: dict[int, RecordDict] = {}
+        self._offset: Callable[[int], torch.Tensor | None] | None = None
         self.attacked_replies = 0
         """Number of replies rewritten so far."""
+
+    def bind(self, strategy: object) -> ByzantineGrid:
+        """Attack ``strategy``'s aggregated vectors where they differ from the replies: a
+        strategy with ``reply_offset(node_id)`` (Byz-EF21-SGDM) adds each compressed reply to
+        a per-node vector; the attack then forges that sum. Also binds the attack (ShiftBack).
+        Returns ``self``."""
+        offset = getattr(strategy, "reply_offset", None)
+        self._offset = offset if callable(offset) else None
+        bind = getattr(self.attack, "bind", None)
+        if callable(bind):
+            bind(strategy)
+        return self
 
     # --- which nodes are Byzantine --------------------------------------------------------
     @property
@@ -142,7 +155,8 @@ class ByzantineGrid(GridWrapper):
             if not self._attacked_type(reply) or node not in self._sent or reply.has_error():
                 continue
             try:
-                target = target_of(reply.content, self._sent[node], cache)
+                offset = self._offset(node) if self._offset is not None else None
+                target = target_of(reply.content, self._sent[node], cache, offset)
             except Exception:  # an undecodable reply: the strategy's validation rejects it
                 continue
             if target is None:

@@ -60,12 +60,18 @@ class Target:
 
 
 def target_of(
-    reply: RecordDict, sent: RecordDict | None, cache: dict[int, torch.Tensor] | None = None
+    reply: RecordDict,
+    sent: RecordDict | None,
+    cache: dict[int, torch.Tensor] | None = None,
+    offset: torch.Tensor | None = None,
 ) -> Target | None:
     """The attack target of ``reply`` (None if it holds no float array).
 
     ``sent`` is the content of the message the reply answers; ``cache`` memoises flattened
-    sent records across replies (FedAvg sends one record object to every node).
+    sent records across replies (FedAvg sends one record object to every node). ``offset``:
+    what the server adds a compressed reply to (Byz-EF21-SGDM's copy g_i); the attack then
+    sees and forges ``offset + C(.)``, the vector that is aggregated, and the reply carries
+    ``C(forged - offset)``.
     """
     codec = _codec(reply, sent)
     if codec is not None:
@@ -75,7 +81,10 @@ def target_of(
         vector = codec[0].decompress(payload, d)
         dtype = str(vector.dtype).removeprefix("torch.")
         layout = Layout(keys=("decoded",), shapes=((d,),), dtypes=(dtype,))
-        return Target(((PAYLOAD_KEY, layout),), torch.zeros_like(vector), vector, codec)
+        base = torch.zeros_like(vector)
+        if offset is not None and offset.shape == vector.shape:
+            base = -offset.to(vector.dtype)
+        return Target(((PAYLOAD_KEY, layout),), base, vector, codec)
     records = tuple(
         (key, lay)
         for key, rec in reply.array_records.items()

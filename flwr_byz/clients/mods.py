@@ -31,13 +31,24 @@ from collections.abc import Iterable, Mapping
 from logging import ERROR
 from typing import Any
 
-from flwr.app import Context, Message, MessageType
+import torch
+from flwr.app import ConfigRecord, Context, Message, MessageType
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.supercore import log
 
 from ..attacks import Attack, LabelFlip, get_attack
-from .injection import ATTACK_KEY, apply_attack, mark_label_flip, target_of, write_back
+from ..strategies.records import flatten, record_payload
+from .injection import (
+    ATTACK_KEY,
+    PAYLOAD_KEY,
+    Target,
+    apply_attack,
+    mark_label_flip,
+    target_of,
+    write_back,
+)
+from .state import load_vector, store_vector
 
 __all__ = [
     "byzantine_app",
@@ -167,12 +178,46 @@ def _byzantine_step(
     reply = call_next(msg, context)
     if reply.has_error() or not reply.has_content():
         return reply
-    target = target_of(reply.content, msg.content)
+    config = msg.content.config_records.get("config")
+    offset = _ef21_server_copy(context, config, reply)
+    target = target_of(reply.content, msg.content, offset=offset)
     if target is None:
         return reply
     own = target.delta.unsqueeze(0)
     write_back(reply.content, target, apply_attack(attack, own[:0], own)[0])
+    if config is not None and "ef21-version" in config:
+        _ef21_sync(context, config, reply, target, offset)
     return reply
+
+
+def _ef21_sync(
+    context: Context,
+    config: ConfigRecord,
+    reply: Message,
+    target: Target,
+    offset: torch.Tensor | None,
+) -> None:
+    """Keep this node's g_i equal to the server's copy, which now holds the forged vector:
+    ``offset + C(forged - offset)`` for a compressed reply, the forged vector for a reset."""
+    records = reply.content.array_records
+    if target.codec is not None and offset is not None:
+        sent = record_payload(records[PAYLOAD_KEY])
+        c = target.codec[0].decompress(sent, offset.numel()).to(offset.dtype)
+        store_vector(context, config, "ef21-g", offset + c)
+    elif target.codec is None and "grad" in records:
+        store_vector(context, config, "ef21-g", flatten(records["grad"]))
+
+
+def _ef21_server_copy(
+    context: Context, config: ConfigRecord | None, reply: Message
+) -> torch.Tensor | None:
+    """For an EF21 compressed reply (Byz-EF21-SGDM): the g_i the server adds it to, which is
+    the client's g before this step (``GradientClient.error_feedback``); else None."""
+    if config is None or "ef21-version" not in config:
+        return None
+    if PAYLOAD_KEY not in reply.content.array_records:
+        return None  # a dense reset: the server takes the vector as it is
+    return load_vector(context, config, "ef21-g-prev")
 
 
 class _ByzantineApp(ClientApp):

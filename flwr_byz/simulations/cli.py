@@ -104,12 +104,14 @@ def _summary(results: Sequence[Any], title: str) -> None:
     console.print(table)
 
 
-def _execute(configs: list[ExperimentConfig], verbose: bool) -> list[Any]:
+def _execute(
+    configs: list[ExperimentConfig], verbose: bool, engine: str = "simulation"
+) -> list[Any]:
     from .runner import run_experiments
 
     try:
         with _progress(configs) as on_round:
-            return run_experiments(configs, on_round=on_round, verbose=verbose)
+            return run_experiments(configs, on_round=on_round, verbose=verbose, engine=engine)
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -151,9 +153,14 @@ def run(
         None,
         help="Result JSON path. \\[default: results/<method>-<attack>-b<byzantine>-s<seed>.json]",
     ),
+    engine: str = typer.Option(
+        "simulation",
+        help="simulation: Flower's simulation engine (Ray); local: in this process, same "
+        "numbers, faster for quick runs.",
+    ),
     verbose: bool = typer.Option(False, help="Show Flower's per-round log."),
 ) -> None:
-    """Run one experiment in Flower's simulation engine and write its result JSON."""
+    """Run one experiment (Flower's simulation engine, or --engine local) and write its JSON."""
     given = _collect(
         method=method, aggregator=aggregator, attack=attack, byzantine=byzantine,
         clients=clients, clients_per_round=clients_per_round, rounds=rounds, dataset=dataset,
@@ -166,7 +173,7 @@ def run(
     if cfg.out is None:
         name = f"{cfg.method}-{cfg.attack.replace(':', '_')}-b{cfg.byzantine}-s{cfg.seed}.json"
         cfg = dataclasses.replace(cfg, out=str(Path("results") / name))
-    (result,) = _execute([cfg], verbose)
+    (result,) = _execute([cfg], verbose, engine)
     _summary([result], "flwr-byz run")
     console.print(f"result written to {cfg.out}")
 
@@ -200,6 +207,7 @@ def grid(
     param: list[str] = typer.Option([], "--param", help="Method hyperparameter name=value."),
     ray_address: str | None = typer.Option(None, help=_help("ray_address")),
     out_dir: Path = typer.Option(Path("results/grid"), help="Where results.md, heatmap.png go."),
+    engine: str = typer.Option("simulation", help="simulation (Ray) or local (in-process)."),
     verbose: bool = typer.Option(False, help="Show Flower's per-round log."),
 ) -> None:
     """Run methods x attacks x Byzantine counts; write results.md and heatmap.png.
@@ -233,7 +241,7 @@ def grid(
                     out=str(out_dir / "runs" / f"{name}.json"),
                 )
             )
-    results = _execute(configs, verbose)
+    results = _execute(configs, verbose, engine)
     cells = cells_from_results([r.to_dict() for r in results])
     markdown = grid_markdown(
         cells, title=f"final accuracy (%), {base.dataset}, {base.rounds} rounds"

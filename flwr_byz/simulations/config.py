@@ -40,7 +40,8 @@ class ExperimentConfig:
     method: str = _opt(
         "robust-fedavg",
         "Training method: fedavg, robust-fedavg, robust-momentum, byz-vr-marina-pp, "
-        "flower-krum, flower-multikrum, flower-bulyan, flower-median, flower-trimmedavg.",
+        "byz-ef21-sgdm, byz-ef21, br-csgd, flower-krum, flower-multikrum, flower-bulyan, "
+        "flower-median, flower-trimmedavg.",
     )
     aggregator: str = _opt(
         "median", "Robust aggregator spec of robust methods, e.g. 'cwmed', 'nnm+krum'."
@@ -71,7 +72,8 @@ class ExperimentConfig:
     momentum: float = _opt(
         0.9,
         "Client momentum: local SGD momentum restarted every round (FedAvg-like methods), "
-        "the worker momentum beta kept across rounds (robust-momentum).",
+        "the worker momentum beta kept across rounds (robust-momentum; byz-ef21-sgdm: "
+        "eta = 1 - momentum).",
     )
     weight_decay: float = _opt(
         0.0, "L2 regularisation lambda: the training loss gets (lambda/2)||w||^2."

@@ -3,8 +3,9 @@
 Every strategy samples ``clients_per_round`` of the ``clients`` nodes per round and does no
 federated evaluation (the runner evaluates the global model centrally on the test split).
 FedAvg-like methods (fedavg, robust-fedavg, flower-*) train locally for ``local_epochs``;
-the method strategies (robust-momentum, byz-vr-marina-pp) take server steps of size ``lr``
-from the clients' ops (``GradientClient``).
+the method strategies (robust-momentum, byz-vr-marina-pp, byz-ef21-sgdm, byz-ef21, br-csgd)
+take server steps of size ``lr`` from the clients' ops (``GradientClient``). For
+byz-ef21-sgdm, ``momentum`` is beta = 1 - eta (``--param eta=...`` sets eta directly).
 ``config.params`` are passed to the strategy's constructor by name, after the defaults below,
 so any of its arguments can be overridden (``--param weighted=true``).
 """
@@ -25,7 +26,15 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from ..strategies import ByzVRMarinaPP, MethodStrategy, RobustFedAvg, RobustMomentum
+from ..strategies import (
+    BRCSGD,
+    ByzEF21,
+    ByzEF21SGDM,
+    ByzVRMarinaPP,
+    MethodStrategy,
+    RobustFedAvg,
+    RobustMomentum,
+)
 from .config import ExperimentConfig
 
 __all__ = [
@@ -86,12 +95,24 @@ def _momentum(cfg: ExperimentConfig) -> dict[str, Any]:
     return _method(cfg) | {"momentum": cfg.momentum}
 
 
+def _compressed(cfg: ExperimentConfig) -> dict[str, Any]:
+    return _method(cfg) | {"compressor": cfg.compressor}
+
+
+def _ef21_sgdm(cfg: ExperimentConfig) -> dict[str, Any]:
+    # --momentum is the weight of the old momentum (beta); the paper's eta is 1 - beta.
+    return _compressed(cfg) | {"eta": 1.0 - cfg.momentum}
+
+
 #: name -> (strategy class, extra constructor defaults from the config)
 METHODS: dict[str, tuple[type[Strategy], Callable[[ExperimentConfig], dict[str, Any]]]] = {
     "fedavg": (FedAvg, lambda cfg: {}),
     "robust-fedavg": (RobustFedAvg, _robust_fedavg),
     "robust-momentum": (RobustMomentum, _momentum),
     "byz-vr-marina-pp": (ByzVRMarinaPP, _marina),
+    "byz-ef21-sgdm": (ByzEF21SGDM, _ef21_sgdm),
+    "byz-ef21": (ByzEF21, _compressed),
+    "br-csgd": (BRCSGD, _compressed),
     "flower-krum": (Krum, _malicious),
     "flower-multikrum": (MultiKrum, _multikrum),
     "flower-bulyan": (Bulyan, _malicious),
@@ -100,10 +121,10 @@ METHODS: dict[str, tuple[type[Strategy], Callable[[ExperimentConfig], dict[str, 
 }
 
 #: Methods of DESIGN.md that later issues add (named here to give a clear error).
-LATER_METHODS = ("byz-ef21-sgdm", "byz-ef21", "br-csgd", "mu2sgd", "byzsgd")
+LATER_METHODS = ("mu2sgd", "byzsgd")
 
 #: Methods whose strategy takes a ``compressor``.
-COMPRESSED_METHODS = ("byz-vr-marina-pp",)
+COMPRESSED_METHODS = ("byz-vr-marina-pp", "byz-ef21-sgdm", "byz-ef21", "br-csgd")
 
 
 def uses_aggregator(method: str) -> bool:

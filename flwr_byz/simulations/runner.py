@@ -125,8 +125,8 @@ def train_on_grid(
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
     strategy = build_strategy(cfg)
-    if isinstance(strategy_grid, ByzantineGrid) and hasattr(strategy_grid.attack, "bind"):
-        strategy_grid.attack.bind(strategy)  # ShiftBack reads the strategy's x^0, x^k, lr
+    if isinstance(strategy_grid, ByzantineGrid):
+        strategy_grid.bind(strategy)  # ShiftBack reads x^0, x^k, lr; EF21 the copies g_i
     objective = TrainingObjective(
         dataset.x_train, dataset.y_train, cfg.weight_decay, convex=cfg.model == "logreg"
     )
@@ -226,20 +226,33 @@ def _flower_logging(verbose: bool, level: int = logging.WARNING) -> Iterator[Non
             logger.removeFilter(_not_noise)
 
 
+ENGINES = ("simulation", "local")
+"""``simulation``: Flower's simulation engine (Ray); ``local``: in-process (``local.py``)."""
+
+
 def run_experiments(
     configs: Sequence[ExperimentConfig],
     on_round: OnRound | None = None,
     verbose: bool = False,
+    engine: str = "simulation",
 ) -> list[Result]:
     """Run several experiments; configs with the same ``clients`` and ``ray_address`` share
     one simulation (Ray starts once). Results come back in the order of ``configs``; each is
     written to its config's ``out`` (when set) as soon as it finishes. Every config is
-    validated before Ray starts."""
+    validated before Ray starts. ``engine="local"`` runs them in this process instead
+    (same numbers, no Ray; see ``flwr_byz.simulations.local``)."""
     from flwr.simulation import run_simulation
 
     from .app import client_app
 
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; one of {', '.join(ENGINES)}")
     resolved = [prepare(c) for c in configs]
+    if engine == "local":
+        from .local import run_local
+
+        with _flower_logging(verbose):
+            return run_local(resolved, on_round)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence Ray's GPU tip
     groups: dict[tuple[int, str | None], list[int]] = {}
     for i, cfg in enumerate(resolved):
@@ -263,7 +276,11 @@ def run_experiments(
 
 
 def run_experiment(
-    config: ExperimentConfig, on_round: OnRound | None = None, verbose: bool = False
+    config: ExperimentConfig,
+    on_round: OnRound | None = None,
+    verbose: bool = False,
+    engine: str = "simulation",
 ) -> Result:
-    """Run one experiment on Flower's simulation engine and return its ``Result``."""
-    return run_experiments([config], on_round=on_round, verbose=verbose)[0]
+    """Run one experiment on Flower's simulation engine (or ``engine="local"``: in this
+    process) and return its ``Result``."""
+    return run_experiments([config], on_round=on_round, verbose=verbose, engine=engine)[0]

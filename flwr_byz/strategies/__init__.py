@@ -1,6 +1,8 @@
 """Flower strategies (the Flower edge): RobustFedAvg (drop-in), the method strategies
-(RobustMomentum, ByzVRMarinaPP) and reply validation."""
+(RobustMomentum, ByzVRMarinaPP, ByzEF21SGDM with its baselines ByzEF21 and BRCSGD) and reply
+validation."""
 
+from .byz_ef21_sgdm import BRCSGD, ByzEF21, ByzEF21SGDM
 from .byz_vr_marina import ByzVRMarinaPP
 from .method import MethodStrategy
 from .robust_fedavg import RobustFedAvg
@@ -8,7 +10,10 @@ from .robust_momentum import RobustMomentum
 from .validation import REASONS, CheckedReplies, Rejection, validate_replies
 
 __all__ = [
+    "BRCSGD",
     "REASONS",
+    "ByzEF21",
+    "ByzEF21SGDM",
     "ByzVRMarinaPP",
     "CheckedReplies",
     "MethodStrategy",

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any, Literal
@@ -38,9 +38,9 @@ from flwr.supercore import log
 
 from ..aggregators import Aggregator, Mean
 from ..aggregators.base import with_f
-from ..compressors import Compressor, compressor_spec, get_compressor
+from ..compressors import Compressor
+from .compressed import PayloadCodec
 from .method import PAYLOAD_KEY, POINT_KEY, PREV_KEY, VECTOR_KEY, MethodStrategy
-from .records import Layout, layout_of, payload_record, record_payload
 from .updates import clip_rows, sgd_step
 
 __all__ = ["ByzVRMarinaPP"]
@@ -137,16 +137,13 @@ class ByzVRMarinaPP(MethodStrategy):
             raise ValueError(
                 f"batch_size must be >= 1 for the gradient differences, got {batch_size}"
             )
-        self.compressor: Compressor = (
-            get_compressor(compressor) if isinstance(compressor, str) else compressor
-        )
-        if getattr(self.compressor, "biased", False):
+        self.codec = PayloadCodec(compressor)
+        self.compressor: Compressor = self.codec.compressor
+        if self.codec.biased:
             raise ValueError(
                 f"Byz-VR-MARINA-PP needs an unbiased compressor; {self.compressor!r} is biased"
             )
-        self.compressor_spec = (
-            compressor if isinstance(compressor, str) else compressor_spec(compressor)
-        )
+        self.compressor_spec = self.codec.spec
         self.p = p
         self.alpha = alpha
         self.full_round_clients = full_round_clients
@@ -168,7 +165,6 @@ class ByzVRMarinaPP(MethodStrategy):
     def _reset_method(self) -> None:
         self.g: torch.Tensor | None = None  # g^k; None until the first full round succeeds
         self.x_prev: torch.Tensor | None = None
-        self._payload: Layout | None = None  # the payload's ArrayRecord layout, once per run
         self.local_size: float | None = None  # m, from the clients' reports
         self.rounds_since_full = 0
         self._round: _Round | None = None
@@ -267,8 +263,12 @@ class ByzVRMarinaPP(MethodStrategy):
                 self.rounds_since_full = 0
         else:
             assert self.g is not None
+            d = self.layout.numel
             checked = self.validate(
-                replies, {PAYLOAD_KEY: self._payload_layout()}, context, decode=self._decoder(plan)
+                replies,
+                {PAYLOAD_KEY: self.codec.layout(d, self.x.dtype)},
+                context,
+                decode=self.codec.decoder(d, plan.compressor_seeds),
             )
             deltas, clipped = clip_rows(checked.vectors, plan.level)
             rule = Mean() if self.plain_mean_on_diffs else self.aggregator
@@ -290,33 +290,11 @@ class ByzVRMarinaPP(MethodStrategy):
         return self.model_record(), metrics
 
     # --- helpers ---------------------------------------------------------------------------------
-    def _payload_layout(self) -> Layout:
-        """The ArrayRecord layout of a payload of this model's size."""
-        assert self.x is not None
-        if self._payload is None:
-            zero = torch.zeros_like(self.x)
-            self._payload = layout_of(payload_record(self.compressor.compress(zero, 0)))
-        return self._payload
-
     def _f_full(self, n: int) -> int:
         if self.f_full is not None:
             return self.f_full
         f = int(getattr(self.aggregator, "f", 0) or 0)
-        return min(math.ceil(f * n / self.clients_per_round), max(n - 1, 0))
-
-    def _decoder(self, plan: _Round) -> Callable[[int, RecordDict], torch.Tensor]:
-        d = self.layout.numel
-
-        def decode(node: int, content: RecordDict) -> torch.Tensor:
-            payload = record_payload(content.array_records[PAYLOAD_KEY])
-            if "seed" in payload:
-                sent = plan.compressor_seeds.get(node)
-                got = payload["seed"].reshape(-1)
-                if got.numel() != 1 or int(got[0]) != sent:
-                    raise ValueError(f"payload seed {got.tolist()} is not the seed sent ({sent})")
-            return self.compressor.decompress(payload, d)
-
-        return decode
+        return min(math.ceil(f * n / (self.clients_per_round or n)), max(n - 1, 0))
 
     def _learn_local_size(self, contents: list[RecordDict]) -> None:
         """m = median of the reported local data sizes (robust to a few inflated reports)."""

@@ -63,8 +63,8 @@ class MethodStrategy(Strategy):
         Server step size gamma.
     batch_size : int
         Minibatch size b of the clients' stochastic gradients (0: the full local data).
-    clients_per_round : int
-        Nodes sampled per round.
+    clients_per_round : int | None
+        Nodes sampled per round (None: every connected node).
     min_available_nodes : int
         Wait until this many nodes are connected before sampling.
     seed : int
@@ -78,7 +78,7 @@ class MethodStrategy(Strategy):
         f: int | None,
         lr: float,
         batch_size: int,
-        clients_per_round: int,
+        clients_per_round: int | None,
         min_available_nodes: int = 1,
         seed: int = 0,
     ) -> None:
@@ -88,12 +88,12 @@ class MethodStrategy(Strategy):
             raise ValueError(
                 f"batch_size must be an int >= 0 (0: full local data), got {batch_size}"
             )
-        if clients_per_round < 1:
-            raise ValueError(f"clients_per_round must be >= 1, got {clients_per_round}")
+        if clients_per_round is not None and clients_per_round < 1:
+            raise ValueError(f"clients_per_round must be >= 1 or None, got {clients_per_round}")
         self.aggregator = build_aggregator(aggregator, f)
         self.lr = float(lr)
         self.batch_size = int(batch_size)
-        self.clients_per_round = int(clients_per_round)
+        self.clients_per_round = None if clients_per_round is None else int(clients_per_round)
         self.min_available_nodes = int(min_available_nodes)
         self.seed = int(seed)
         self._reset()
@@ -108,6 +108,7 @@ class MethodStrategy(Strategy):
         self._layout: Layout | None = None
         self._frozen: ArrayRecord | None = None
         self._sent_nodes: frozenset[int] = frozenset()
+        self.server_round = 0
         self._reset_method()
 
     def _reset_method(self) -> None:
@@ -126,6 +127,7 @@ class MethodStrategy(Strategy):
             )
             self.x = flatten(arrays, self._layout)
             self.x0 = self.x.clone()
+        self.server_round = server_round
 
     @property
     def layout(self) -> Layout:
@@ -144,8 +146,9 @@ class MethodStrategy(Strategy):
         return record
 
     # --- sampling and messages ---------------------------------------------------------------
-    def sample(self, grid: Grid, k: int, context: str) -> list[int]:
-        """``k`` nodes (all connected ones if fewer: the run goes on) from the seeded generator."""
+    def sample(self, grid: Grid, k: int | None, context: str) -> list[int]:
+        """``k`` nodes (all connected ones if fewer: the run goes on) from the seeded generator;
+        ``k=None``: every connected node, in ID order."""
         wanted = self.min_available_nodes
         nodes = list(grid.get_node_ids())
         waited = 0.0
@@ -154,6 +157,9 @@ class MethodStrategy(Strategy):
             time.sleep(1.0)
             waited += 1.0
             nodes = list(grid.get_node_ids())
+        if k is None:
+            self._sent_nodes = frozenset(nodes)
+            return sorted(nodes)
         if len(nodes) < k:
             log(
                 WARNING, "%s: only %d nodes connected, %d wanted; using all", context, len(nodes), k
@@ -182,6 +188,7 @@ class MethodStrategy(Strategy):
             for key, value in {**op, **(per_node(node) if per_node else {})}.items():
                 cfg[key] = value
             cfg["state-key"] = self.state_key
+            cfg["server-round"] = self.server_round  # seeds per-node attacks (byzantine_mod)
             content = RecordDict({**records, CONFIG_KEY: cfg})
             out.append(Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN))
         return out
@@ -276,6 +283,6 @@ class MethodStrategy(Strategy):
             "aggregator": self.aggregator,
             "lr": self.lr,
             "batch size": self.batch_size or "full local data",
-            "clients per round": self.clients_per_round,
+            "clients per round": self.clients_per_round or "all",
             "seed": self.seed,
         }

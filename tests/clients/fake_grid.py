@@ -18,18 +18,8 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
 
-
-def ensure_task_identity() -> None:
-    """Give this process a Flower task identity unless one is set already."""
-    try:
-        _ = TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id
-    except RuntimeError:
-        TaskIdentity.run_id = 1
-        TaskIdentity.node_id = 0
-        TaskIdentity.task_id = 1
-
+from flwr_byz.simulations.local import ensure_task_identity
 
 ensure_task_identity()
 

@@ -30,6 +30,7 @@ F = 4  # Byzantine nodes out of 20
 ROBUST = ["median", "trimmedmean", "krum", "nnm+krum"]
 ASSERTED_ATTACKS = ["gaussian:sigma=1", "sign-flip:scale=10"]
 REPORTED_ATTACKS = ["alie", "ipm", "min-max", "mimic"]
+REPORTED_METHODS = ["FedAvg", "median", "nnm+krum"]  # the reported attacks run on these only
 
 
 def _methods() -> dict[str, Callable]:
@@ -54,6 +55,7 @@ def matrix() -> dict[str, dict]:
         Run(f"{name}|{attack}", factory, _adversary(attack))
         for attack in ["none", *ASSERTED_ATTACKS, *REPORTED_ATTACKS]
         for name, factory in _methods().items()
+        if attack not in REPORTED_ATTACKS or name in REPORTED_METHODS
     ]
     # The drop-in run: RobustFedAvg with nothing but FedAvg's defaults (client evaluation on).
     runs.append(Run("drop-in", lambda: RobustFedAvg(aggregator="median"), rounds=3))
@@ -69,7 +71,10 @@ def _report(results: dict[str, dict]) -> None:
         "|---" * (len(attacks) + 1) + "|",
     ]
     for name in _methods():
-        cells = [f"{100 * results[f'{name}|{a}']['accuracy']:.1f}" for a in attacks]
+        cells = [
+            f"{100 * results[f'{name}|{a}']['accuracy']:.1f}" if f"{name}|{a}" in results else ""
+            for a in attacks
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print("\nHeld-out accuracy (%), 20 nodes, 4 Byzantine, 20 rounds, mean of last 3:\n" + table)
@@ -117,7 +122,7 @@ def test_flower_krum_behind_the_same_adversary(matrix: dict[str, dict], attack: 
 @pytest.mark.parametrize("attack", REPORTED_ATTACKS)
 def test_omniscient_attacks_run(matrix: dict[str, dict], attack: str) -> None:
     """ALIE/IPM/MinMax/Mimic are reported, not asserted: they ran and were applied."""
-    for name in _methods():
+    for name in REPORTED_METHODS:
         run = matrix[f"{name}|{attack}"]
         assert run["attacked"] == F * 20
         assert all(math.isfinite(a) for a in run["curve"])
