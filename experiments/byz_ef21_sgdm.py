@@ -167,13 +167,23 @@ def _cum_up(r: Result) -> list[float]:
     return out
 
 
+TAIL = 10  # accuracies are the mean of the last TAIL rounds (MNIST-1D curves are noisy)
+
+
+def tail_acc(r: Result, upto: int | None = None) -> float:
+    """Mean accuracy of the ``TAIL`` rounds ending at round index ``upto`` (default: last)."""
+    end = len(r.rounds) if upto is None else upto + 1
+    accs = [rec.accuracy for rec in r.rounds[max(0, end - TAIL) : end]]
+    return sum(accs) / len(accs) if accs else float("nan")
+
+
 def acc_at_bytes(r: Result, budget: float) -> float:
-    """Accuracy of the last round whose cumulative uplink is within ``budget`` (NaN: none)."""
-    best = float("nan")
-    for rec, up in zip(r.rounds, _cum_up(r), strict=True):
+    """``tail_acc`` at the last round whose cumulative uplink is within ``budget``."""
+    last = None
+    for i, up in enumerate(_cum_up(r)):
         if up <= budget * 1.0001:
-            best = rec.accuracy
-    return best
+            last = i
+    return float("nan") if last is None else tail_acc(r, last)
 
 
 def mb_to_reach(r: Result, target: float) -> float:
@@ -211,14 +221,27 @@ def _attack_tables(dataset: str, runs: list[Result]) -> str:
     for b in sorted({int(_cfg(r)["byzantine"]) for r in runs}):
         group = [r for r in runs if int(_cfg(r)["byzantine"]) == b]
         labels = sorted({_label(r) for r in group}, key=_order)
-        lines.append(f"\n### {dataset}: final accuracy (%), {b} of 20 Byzantine\n")
+        lines.append(
+            f"\n### {dataset}: accuracy (%, mean of the last {TAIL} rounds), {b} of 20 Byzantine\n"
+        )
         lines.append("| attack | " + " | ".join(labels) + " |")
         lines.append("|---" * (len(labels) + 1) + "|")
         for attack in ATTACKS:
             cells = []
             for label in labels:
                 hit = [r for r in group if _label(r) == label and _cfg(r)["attack"] == attack]
-                cells.append(_pct(hit[0].accuracy) if hit else "")
+                cells.append(_pct(tail_acc(hit[0])) if hit else "")
+            lines.append(f"| {attack} | " + " | ".join(cells) + " |")
+        lines.append(f"\nChange vs the attack-free run (points), {b} Byzantine\n")
+        lines.append("| attack | " + " | ".join(labels) + " |")
+        lines.append("|---" * (len(labels) + 1) + "|")
+        for attack in ATTACKS[1:]:
+            cells = []
+            for label in labels:
+                hit = [r for r in group if _label(r) == label and _cfg(r)["attack"] == attack]
+                ref = [r for r in group if _label(r) == label and _cfg(r)["attack"] == "none"]
+                diff = 100 * (tail_acc(hit[0]) - tail_acc(ref[0])) if hit and ref else None
+                cells.append("" if diff is None else f"{diff:+.1f}")
             lines.append(f"| {attack} | " + " | ".join(cells) + " |")
         lines.append(_bytes_table(dataset, b, group))
     return "\n".join(lines)
@@ -226,7 +249,7 @@ def _attack_tables(dataset: str, runs: list[Result]) -> str:
 
 def _bytes_table(dataset: str, b: int, group: list[Result]) -> str:
     """Bytes to accuracy: per method (no attack and sign-flip), uplink MB of the run, accuracy
-    at Byz-EF21-SGDM TopK(0.1)'s uplink, MB until 90% of that run's final accuracy."""
+    at Byz-EF21-SGDM TopK(0.1)'s uplink, MB until 90% of that run's accuracy."""
     ref = [
         r for r in group
         if _cfg(r)["method"] == "byz-ef21-sgdm" and _cfg(r)["compressor"] == "topk:0.1"
@@ -242,7 +265,7 @@ def _bytes_table(dataset: str, b: int, group: list[Result]) -> str:
         if not base_run:
             continue
         budget = _cum_up(base_run[0])[-1]
-        target = 0.9 * base_run[0].accuracy
+        target = 0.9 * tail_acc(base_run[0])
         for r in sorted(
             (r for r in group if _cfg(r)["attack"] == attack), key=lambda r: _order(_label(r))
         ):
@@ -255,7 +278,10 @@ def _bytes_table(dataset: str, b: int, group: list[Result]) -> str:
 
 
 def _batch_table(dataset: str, runs: list[Result]) -> str:
-    lines = [f"\n### {dataset}: final accuracy (%) by batch size (TopK(0.1), 4 Byzantine)\n"]
+    lines = [
+        f"\n### {dataset}: accuracy (%, last {TAIL} rounds) by batch size "
+        "(TopK(0.1), 4 Byzantine)\n"
+    ]
     sizes = sorted({int(_cfg(r)["batch_size"]) for r in runs})
     lines.append("| method | attack | " + " | ".join(f"b={s}" for s in sizes) + " |")
     lines.append("|---|---" + "|---" * len(sizes) + "|")
@@ -269,7 +295,7 @@ def _batch_table(dataset: str, runs: list[Result]) -> str:
                     and int(_cfg(r)["batch_size"]) == size and int(_cfg(r)["byzantine"]) == 4
                     and _cfg(r)["compressor"] == "topk:0.1"
                 ]  # fmt: skip
-                cells.append(_pct(hit[0].accuracy) if hit else "")
+                cells.append(_pct(tail_acc(hit[0])) if hit else "")
             lines.append(f"| {method} | {attack} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
