@@ -3,6 +3,7 @@ Byz-VR-MARINA-PP (ALGORITHMS.md claims C2.1 and C2.2), on the ``local`` engine (
 strategies and ClientApp handlers in one process; ``flwr-byz run --engine local``).
 
     .venv/bin/python experiments/byz_ef21_sgdm.py [--rounds 300] [--jobs 2] [--out results/issue8]
+    .venv/bin/python experiments/byz_ef21_sgdm.py --only key --seed 1 --out results/issue8-seed1
 
 Every run is one ``flwr-byz run`` configuration (its JSON holds the config); runs whose JSON
 exists already are not run again (delete the folder to start over). Writes ``table.md``.
@@ -94,6 +95,17 @@ def c22(s: Setting, batches: Iterable[int]) -> list[ExperimentConfig]:
     ]
 
 
+def key_runs(s: Setting) -> list[ExperimentConfig]:
+    """The EF family under no attack, SignFlip and LabelFlip, 4 Byzantine, both TopK levels
+    (the cells of the 3-point criterion; rerun with ``--seed`` to see the seed noise)."""
+    return [
+        base(s, method=m, attack=a, byzantine=4, compressor=comp)
+        for comp in TOPK
+        for a in ("none", "sign-flip", "label-flip")
+        for m in EF_METHODS
+    ]
+
+
 def name_of(cfg: ExperimentConfig) -> str:
     """A file name for a run."""
     agg = cfg.aggregator.replace("+", "_").replace(":", "")
@@ -126,13 +138,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/issue8"))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=None, help="override every setting's")
-    parser.add_argument("--only", choices=("mnist", "logreg", "batch"), default=None)
+    parser.add_argument("--only", choices=("mnist", "logreg", "batch", "key"), default=None)
+    parser.add_argument("--seed", type=int, default=0, help="seed of every run")
     args = parser.parse_args()
     mnist, logreg = MNIST, LOGREG
     if args.rounds:
         mnist = dataclasses.replace(mnist, rounds=args.rounds)
         logreg = dataclasses.replace(logreg, rounds=args.rounds)
     configs: list[ExperimentConfig] = []
+    if args.only == "key":
+        configs += key_runs(mnist)
     if args.only in (None, "mnist"):
         configs += c21(mnist, (4,), TOPK)
     if args.only in (None, "logreg"):
@@ -141,7 +156,11 @@ def main() -> None:
         configs += c22(mnist, (1, 4, 32))
     if args.only in (None, "mnist"):
         configs += c21(mnist, (2,), ("topk:0.1",), baselines=False)  # 10%: the EF family
-    configs = [dataclasses.replace(c, out=str(args.out / f"{name_of(c)}.json")) for c in configs]
+    suffix = f"-s{args.seed}" if args.seed else ""
+    configs = [
+        dataclasses.replace(c, seed=args.seed, out=str(args.out / f"{name_of(c)}{suffix}.json"))
+        for c in configs
+    ]
     run_all(configs, args.jobs)
     results = [Result.load(c.out) for c in configs if c.out and Path(c.out).exists()]
     text = tables(results)
