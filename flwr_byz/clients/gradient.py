@@ -26,6 +26,9 @@ ArrayRecords (``"arrays"``: the model x; ``"prev"``: the previous model). The op
   :meth:`GradientClient.error_feedback` for the version handshake that keeps both copies of g
   equal when a reply is lost or rejected.
 - ``grad`` with a ``compressor`` in the config replies ``"payload"`` = ``C(grad)`` (BR-CSGD).
+- ``double``: mu2-SGD's corrected momentum ``d = grad f(x_t; z) + (1 - beta)(d - grad f(x_prev;
+  z))`` on one minibatch z at ``arrays`` and at the client's previous point (both kept in
+  ``context.state``) -> ``"grad"`` holding d (Mu2SGD).
 
 Gradients are vectors over the model's floating-point arrays, in state-dict order (arrays with
 no gradient, e.g. BatchNorm statistics, are zero). Every reply also carries a MetricRecord
@@ -47,7 +50,7 @@ from torch import nn
 
 from ..attacks import LabelFlip
 from ..compressors import get_compressor
-from ..strategies.records import Layout, layout_of, payload_record, unflatten
+from ..strategies.records import Layout, flatten, layout_of, payload_record, unflatten
 from ..strategies.updates import momentum_update
 from .mods import label_flip_requested
 from .state import drop, load_count, load_vector, store_count, store_vector
@@ -58,7 +61,7 @@ ModelFn = Callable[[dict[str, Any]], nn.Module]
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 DataFn = Callable[[Context, dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
 
-OPS = ("grad", "grad_diff", "momentum")
+OPS = ("grad", "grad_diff", "momentum", "double")
 """The ops GradientClient answers."""
 
 
@@ -135,6 +138,9 @@ class GradientClient:
                 out.update(self.error_feedback(context, config, m, layout))
             else:
                 out["grad"] = unflatten(m, layout)
+        elif op == "double":
+            d = self.double_momentum(context, config, arrays["arrays"], layout, grad, xb, yb)
+            out["grad"] = unflatten(d, layout)
         else:  # grad_diff
             if "prev" not in arrays:
                 raise ValueError("GradientClient: grad_diff needs the 'prev' record (x^k)")
@@ -205,6 +211,32 @@ class GradientClient:
         store_vector(context, config, "ef21-g", v)
         store_count(context, config, "ef21-count", server + 1)
         return {"grad": unflatten(v, layout)}
+
+    def double_momentum(
+        self,
+        context: Context,
+        config: dict[str, Any],
+        point: ArrayRecord,
+        layout: Layout,
+        grad: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+    ) -> torch.Tensor:
+        """mu2-SGD's corrected momentum (Dahan & Levy 2024; STORM, Cutkosky & Orabona 2019):
+        ``d = grad f(x_t; z) + (1 - beta) (d_prev - grad f(x_prev; z))`` with the SAME minibatch
+        z at both points, where x_prev and d_prev are this client's previous point and estimate
+        (kept in ``context.state``); the first call returns ``grad f(x_t; z)``."""
+        d_prev = load_vector(context, config, "double-d")
+        x_prev = load_vector(context, config, "double-x")
+        here = flatten(point, layout)
+        d = grad
+        if d_prev is not None and x_prev is not None and x_prev.shape == here.shape:
+            prev_point = ArrayRecord(dict(point.items()) | dict(unflatten(x_prev, layout).items()))
+            g_prev, _ = self.gradient(prev_point, layout, x, y, config)
+            d = grad + (1.0 - float(config["beta"])) * (d_prev - g_prev)
+        store_vector(context, config, "double-d", d)
+        store_vector(context, config, "double-x", here)
+        return d
 
     # --- helpers ---------------------------------------------------------------------------------
     def _flip(self, y: torch.Tensor, x: torch.Tensor, config: dict[str, Any]) -> torch.Tensor:

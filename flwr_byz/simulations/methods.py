@@ -32,6 +32,7 @@ from ..strategies import (
     ByzEF21SGDM,
     ByzVRMarinaPP,
     MethodStrategy,
+    Mu2SGD,
     RobustFedAvg,
     RobustMomentum,
 )
@@ -113,6 +114,7 @@ METHODS: dict[str, tuple[type[Strategy], Callable[[ExperimentConfig], dict[str, 
     "byz-ef21-sgdm": (ByzEF21SGDM, _ef21_sgdm),
     "byz-ef21": (ByzEF21, _compressed),
     "br-csgd": (BRCSGD, _compressed),
+    "mu2sgd": (Mu2SGD, _method),
     "flower-krum": (Krum, _malicious),
     "flower-multikrum": (MultiKrum, _multikrum),
     "flower-bulyan": (Bulyan, _malicious),
@@ -121,7 +123,7 @@ METHODS: dict[str, tuple[type[Strategy], Callable[[ExperimentConfig], dict[str, 
 }
 
 #: Methods of DESIGN.md that later issues add (named here to give a clear error).
-LATER_METHODS = ("mu2sgd", "byzsgd")
+LATER_METHODS = ("byzsgd",)
 
 #: Methods whose strategy takes a ``compressor``.
 COMPRESSED_METHODS = ("byz-vr-marina-pp", "byz-ef21-sgdm", "byz-ef21", "br-csgd")

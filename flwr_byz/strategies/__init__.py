@@ -1,10 +1,11 @@
 """Flower strategies (the Flower edge): RobustFedAvg (drop-in), the method strategies
-(RobustMomentum, ByzVRMarinaPP, ByzEF21SGDM with its baselines ByzEF21 and BRCSGD) and reply
-validation."""
+(RobustMomentum, ByzVRMarinaPP, ByzEF21SGDM with its baselines ByzEF21 and BRCSGD, Mu2SGD) and
+reply validation."""
 
 from .byz_ef21_sgdm import BRCSGD, ByzEF21, ByzEF21SGDM
 from .byz_vr_marina import ByzVRMarinaPP
 from .method import MethodStrategy
+from .mu2sgd import Mu2SGD
 from .robust_fedavg import RobustFedAvg
 from .robust_momentum import RobustMomentum
 from .validation import REASONS, CheckedReplies, Rejection, validate_replies
@@ -17,6 +18,7 @@ __all__ = [
     "ByzVRMarinaPP",
     "CheckedReplies",
     "MethodStrategy",
+    "Mu2SGD",
     "Rejection",
     "RobustFedAvg",
     "RobustMomentum",
