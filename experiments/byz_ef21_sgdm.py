@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from common import TAIL, pct, run_all, tail_acc  # type: ignore[import-not-found]
 
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.result import Result
-from flwr_byz.simulations.runner import _flower_logging, run_experiments
 
 ATTACKS = ("none", "sign-flip", "label-flip", "alie", "ipm", "min-max")
 EF_METHODS = ("byz-ef21-sgdm", "byz-ef21", "br-csgd")
@@ -115,24 +114,6 @@ def name_of(cfg: ExperimentConfig) -> str:
     )
 
 
-def _run_one(cfg: ExperimentConfig) -> str:
-    import torch
-
-    torch.set_num_threads(1)  # one core per job
-    with _flower_logging(False, logging.ERROR):
-        run_experiments([cfg], engine="local")
-    return str(cfg.out)
-
-
-def run_all(configs: list[ExperimentConfig], jobs: int) -> None:
-    """Run the configs whose JSON is missing, ``jobs`` processes at a time."""
-    todo = [c for c in configs if not (c.out and Path(c.out).exists())]
-    print(f"{len(configs)} runs, {len(todo)} to do", flush=True)
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        for i, out in enumerate(pool.map(_run_one, todo), 1):
-            print(f"[{i}/{len(todo)}] {out}", flush=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("results/issue8"))
@@ -186,16 +167,6 @@ def _cum_up(r: Result) -> list[float]:
     return out
 
 
-TAIL = 10  # accuracies are the mean of the last TAIL rounds (MNIST-1D curves are noisy)
-
-
-def tail_acc(r: Result, upto: int | None = None) -> float:
-    """Mean accuracy of the ``TAIL`` rounds ending at round index ``upto`` (default: last)."""
-    end = len(r.rounds) if upto is None else upto + 1
-    accs = [rec.accuracy for rec in r.rounds[max(0, end - TAIL) : end]]
-    return sum(accs) / len(accs) if accs else float("nan")
-
-
 def acc_at_bytes(r: Result, budget: float) -> float:
     """``tail_acc`` at the last round whose cumulative uplink is within ``budget``."""
     last = None
@@ -211,10 +182,6 @@ def mb_to_reach(r: Result, target: float) -> float:
         if rec.accuracy >= target:
             return up / 1e6
     return float("inf")
-
-
-def _pct(x: float) -> str:
-    return "n/a" if x != x else f"{100 * x:.1f}"
 
 
 def tables(results: list[Result]) -> str:
@@ -249,7 +216,7 @@ def _attack_tables(dataset: str, runs: list[Result]) -> str:
             cells = []
             for label in labels:
                 hit = [r for r in group if _label(r) == label and _cfg(r)["attack"] == attack]
-                cells.append(_pct(tail_acc(hit[0])) if hit else "")
+                cells.append(pct(tail_acc(hit[0])) if hit else "")
             lines.append(f"| {attack} | " + " | ".join(cells) + " |")
         lines.append(f"\nChange vs the attack-free run (points), {b} Byzantine\n")
         lines.append("| attack | " + " | ".join(labels) + " |")
@@ -290,7 +257,7 @@ def _bytes_table(dataset: str, b: int, group: list[Result]) -> str:
         ):
             lines.append(
                 f"| {attack} | {_label(r)} | {_cum_up(r)[-1] / 1e6:.1f} | "
-                f"{_pct(acc_at_bytes(r, budget))} | {mb_to_reach(r, target):.1f} |"
+                f"{pct(acc_at_bytes(r, budget))} | {mb_to_reach(r, target):.1f} |"
             )
         lines.append(f"| {attack} | (target: {100 * target:.1f}% accuracy) | | | |")
     return "\n".join(lines)
@@ -314,7 +281,7 @@ def _batch_table(dataset: str, runs: list[Result]) -> str:
                     and int(_cfg(r)["batch_size"]) == size and int(_cfg(r)["byzantine"]) == 4
                     and _cfg(r)["compressor"] == "topk:0.1"
                 ]  # fmt: skip
-                cells.append(_pct(tail_acc(hit[0])) if hit else "")
+                cells.append(pct(tail_acc(hit[0])) if hit else "")
             lines.append(f"| {method} | {attack} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -40,7 +40,7 @@ class ExperimentConfig:
     method: str = _opt(
         "robust-fedavg",
         "Training method: fedavg, robust-fedavg, robust-momentum, byz-vr-marina-pp, "
-        "byz-ef21-sgdm, byz-ef21, br-csgd, flower-krum, flower-multikrum, flower-bulyan, "
+        "byz-ef21-sgdm, byz-ef21, br-csgd, mu2sgd, flower-krum, flower-multikrum, flower-bulyan, "
         "flower-median, flower-trimmedavg.",
     )
     aggregator: str = _opt(

@@ -3,8 +3,8 @@
 Every strategy samples ``clients_per_round`` of the ``clients`` nodes per round and does no
 federated evaluation (the runner evaluates the global model centrally on the test split).
 FedAvg-like methods (fedavg, robust-fedavg, flower-*) train locally for ``local_epochs``;
-the method strategies (robust-momentum, byz-vr-marina-pp, byz-ef21-sgdm, byz-ef21, br-csgd)
-take server steps of size ``lr`` from the clients' ops (``GradientClient``). For
+the method strategies (robust-momentum, byz-vr-marina-pp, byz-ef21-sgdm, byz-ef21, br-csgd,
+mu2sgd) take server steps of size ``lr`` from the clients' ops (``GradientClient``). For
 byz-ef21-sgdm, ``momentum`` is beta = 1 - eta (``--param eta=...`` sets eta directly).
 ``config.params`` are passed to the strategy's constructor by name, after the defaults below,
 so any of its arguments can be overridden (``--param weighted=true``).

@@ -143,5 +143,17 @@ class Mu2SGD(MethodStrategy):
         )
         return self.model_record(), metrics
 
+    def shift_back_vector(self, mult: float | None) -> torch.Tensor:
+        """ShiftBack's reply: the d_hat whose step lands the query point x_{t+1} on
+        ``x_t - mult (x_t - x^0)`` (``mult=None``: exactly x^0), through w and the average."""
+        if self.x is None or self.x0 is None or self.w is None:
+            raise ValueError("Mu2SGD has no model yet")
+        m = 1.0 if mult is None else float(mult)
+        target = self.x - m * (self.x - self.x0)
+        gamma = anytime_weight(self.t + 1, self.floor)
+        w_target = (target - (1.0 - gamma) * self.x) / gamma
+        step = self.lr * (self.t if self.alpha_lr else 1.0)
+        return (self.w - w_target) / step
+
     def options(self) -> dict[str, Any]:
         return super().options() | {"alpha_t step": self.alpha_lr, "floor": self.floor}

@@ -124,7 +124,7 @@ def test_on_round_sees_every_round_in_order() -> None:
     ("change", "message"),
     [
         ({"method": "nope"}, "unknown method 'nope'"),
-        ({"method": "mu2sgd"}, "not available in this version yet"),
+        ({"method": "byzsgd"}, "not available in this version yet"),
         ({"aggregator": "nosuch"}, "nosuch"),
         ({"attack": "nosuch"}, "nosuch"),
         ({"dataset": "cifar"}, "cifar"),
