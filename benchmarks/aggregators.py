@@ -465,8 +465,11 @@ def _chain(*stages: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return run
 
 
-def byzfl_factory(name: str, bz: types.ModuleType, f: int) -> Callable[[], Callable[[Any], Any]]:
-    """A factory of fresh ByzFL callables for rule ``name`` (CenteredClipping is stateful)."""
+def byzfl_factory(
+    name: str, bz: types.ModuleType, f: int
+) -> Callable[[], Callable[[Any], Any]] | None:
+    """A factory of fresh ByzFL callables for rule ``name`` (CenteredClipping is stateful);
+    None where ByzFL has no such rule."""
     table: dict[str, Callable[[], Callable[[Any], Any]]] = {
         "Mean": lambda: bz.Average(),
         "Median": lambda: bz.Median(),
@@ -486,7 +489,7 @@ def byzfl_factory(name: str, bz: types.ModuleType, f: int) -> Callable[[], Calla
         "Clipping+Mean": lambda: _chain(bz.Clipping(c=1.0), bz.Average()),
         "ARC+Mean": lambda: _chain(bz.ARC(f=f), bz.Average()),
     }
-    return table[name]
+    return table.get(name)
 
 
 BYZFL_MISSING = {
@@ -557,7 +560,12 @@ def select_rules(only: str | None) -> list[tuple[str, str]]:
             continue
         key = norm_name(item)
         if key not in lookup:
-            raise SystemExit(f"unknown rule {item!r}; known: {', '.join(n for n, _ in RULES)}")
+            try:  # any other spec of ours (no baseline has it)
+                get_aggregator(item.strip(), f=1)
+            except ValueError:
+                known = ", ".join(n for n, _ in RULES)
+                raise SystemExit(f"unknown rule {item!r}; known: {known}, or any spec") from None
+            lookup[key] = (item.strip(), item.strip())
         if lookup[key] not in chosen:
             chosen.append(lookup[key])
     return chosen
@@ -723,11 +731,14 @@ class Bench:
                 )
 
         reason = self.bz_error or byzfl_skip(name, n, d, f)
+        if not reason and self.bz is not None and byzfl_factory(name, self.bz, f) is None:
+            reason = "skipped: no ByzFL counterpart"
         if reason or self.bz is None:
             for key in ("byzfl_torch", "byzfl_numpy"):
                 self.skip(e, key, reason or "skipped: ByzFL not importable")
         else:
             factory = byzfl_factory(name, self.bz, f)
+            assert factory is not None  # checked above
             copy = name in BYZFL_MUTATES
             for key, data in (("byzfl_torch", self.x), ("byzfl_numpy", self.xn)):
                 _log(f"[{n}x{d}] {name}: {key}")

@@ -31,15 +31,21 @@ SETTINGS = {
 CLIENTS = 17
 
 
-def runs(dataset: str, byzantine: int, lr: float) -> list[ExperimentConfig]:
-    """attack x base x {CTMA, none} x {mu2-SGD, momentum}; bases whose rule cannot take
-    ``byzantine`` of 17 inputs (Krum needs n >= 2f + 3) are left out."""
+def runs(
+    dataset: str,
+    byzantine: int,
+    lr: float,
+    metas: tuple[str, ...] = ("", "ctma"),
+    bases: tuple[str, ...] = BASES,
+) -> list[ExperimentConfig]:
+    """attack x base x meta-aggregator (default: none and CTMA) x {mu2-SGD, momentum}; bases
+    whose rule cannot take ``byzantine`` of 17 inputs (Krum needs n >= 2f + 3) are left out."""
     s = SETTINGS[dataset]
     out = []
-    for base in BASES:
+    for base in bases:
         if not _takes(base, byzantine):
             continue  # e.g. Krum with f = 8 of 17
-        for agg in (base, f"ctma+{base}"):
+        for agg in (f"{meta}+{base}" if meta else base for meta in metas):
             for method in METHODS:
                 for attack in ATTACKS:
                     out.append(
@@ -76,19 +82,20 @@ def tables(results: list[Result]) -> str:
     keys = sorted({(str(r.config["dataset"]), int(r.config["byzantine"])) for r in results})
     for dataset, b in keys:
         group = [r for r in results if (r.config["dataset"], r.config["byzantine"]) == (dataset, b)]
-        cols = [(m, c) for m in METHODS for c in (False, True)]
+        metas = sorted({_meta(str(r.config["aggregator"])) for r in group})
+        cols = [(m, meta) for m in METHODS for meta in metas]
         out.append(f"\n### {dataset}, {b} of {CLIENTS} Byzantine: accuracy (%)\n")
         out.append(
             "| attack | base | "
-            + " | ".join(f"{m}{' + CTMA' if c else ''}" for m, c in cols)
+            + " | ".join(f"{m}{' + ' + meta.upper() if meta else ''}" for m, meta in cols)
             + " |"
         )
         out.append("|---|---" + "|---" * len(cols) + "|")
         for attack in ATTACKS:
             for base in BASES:
                 cells = []
-                for method, ctma in cols:
-                    agg = f"ctma+{base}" if ctma else base
+                for method, meta in cols:
+                    agg = f"{meta}+{base}" if meta else base
                     hit = [
                         r for r in group
                         if r.config["method"] == method and r.config["aggregator"] == agg
@@ -100,6 +107,10 @@ def tables(results: list[Result]) -> str:
     return "\n".join(out)
 
 
+def _meta(spec: str) -> str:
+    return spec.split("+")[0] if "+" in spec else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("results/issue9"))
@@ -107,11 +118,16 @@ def main() -> None:
     parser.add_argument("--only", choices=tuple(SETTINGS), default=None)
     parser.add_argument("--byzantine", type=int, action="append", default=None)
     parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument(
+        "--meta", action="append", default=None, help="meta-aggregators (none, ctma, nnm)"
+    )
+    parser.add_argument("--base", action="append", default=None, help="base rules")
     args = parser.parse_args()
     configs = []
     for dataset in [args.only] if args.only else list(SETTINGS):
         for b in args.byzantine or [8]:
-            configs += runs(dataset, b, args.lr)
+            metas = tuple("" if m == "none" else m for m in args.meta or ["none", "ctma"])
+            configs += runs(dataset, b, args.lr, metas, tuple(args.base or BASES))
     configs = [dataclasses.replace(c, out=str(args.out / f"{name_of(c)}.json")) for c in configs]
     run_all(configs, args.jobs)
     results = [Result.load(c.out) for c in configs if c.out and Path(c.out).exists()]
