@@ -5,6 +5,7 @@ from .base import Attack, check_attack_input, honest_stats
 from .data import LabelFlip
 from .omniscient import ALIE, IPM, Mimic, MinMax, MinSum, alie_z
 from .registry import ATTACKS, get_attack
+from .server import SERVER_ATTACKS, ServerAttack, get_server_attack
 from .shiftback import ShiftBack, ShiftBackSource
 from .vector import BitFlip, Gaussian, NoAttack, NonFinite, Scale, SignFlip
 
@@ -12,6 +13,7 @@ __all__ = [
     "ALIE",
     "ATTACKS",
     "IPM",
+    "SERVER_ATTACKS",
     "Attack",
     "BitFlip",
     "Gaussian",
@@ -22,11 +24,13 @@ __all__ = [
     "NoAttack",
     "NonFinite",
     "Scale",
+    "ServerAttack",
     "ShiftBack",
     "ShiftBackSource",
     "SignFlip",
     "alie_z",
     "check_attack_input",
     "get_attack",
+    "get_server_attack",
     "honest_stats",
 ]

@@ -29,6 +29,10 @@ ArrayRecords (``"arrays"``: the model x; ``"prev"``: the previous model). The op
 - ``double``: mu2-SGD's corrected momentum ``d = grad f(x_t; z) + (1 - beta)(d - grad f(x_prev;
   z))`` on one minibatch z at ``arrays`` and at the client's previous point (both kept in
   ``context.state``) -> ``"grad"`` holding d (Mu2SGD).
+- ``byzsgd``: the servers' models arrive as ``model-0``, ``model-1``, ...; the worker takes
+  their coordinate-wise median or, in ByzSGD's synchronous variant, the first that passes its
+  Lipschitz and Outliers filters, and returns the minibatch gradient there -> ``"grad"``
+  (ByzSGD; ``flwr_byz.clients.byzsgd``).
 
 Gradients are vectors over the model's floating-point arrays, in state-dict order (arrays with
 no gradient, e.g. BatchNorm statistics, are zero). Every reply also carries a MetricRecord
@@ -52,6 +56,7 @@ from ..attacks import LabelFlip
 from ..compressors import get_compressor
 from ..strategies.records import Layout, flatten, layout_of, payload_record, unflatten
 from ..strategies.updates import momentum_update
+from .byzsgd import worker_step
 from .mods import label_flip_requested
 from .state import drop, load_count, load_vector, store_count, store_vector
 
@@ -61,7 +66,7 @@ ModelFn = Callable[[dict[str, Any]], nn.Module]
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 DataFn = Callable[[Context, dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
 
-OPS = ("grad", "grad_diff", "momentum", "double")
+OPS = ("grad", "grad_diff", "momentum", "double", "byzsgd")
 """The ops GradientClient answers."""
 
 
@@ -115,13 +120,17 @@ class GradientClient:
         if label_flip_requested(msg, context):
             y = self._flip(y, x, config)
         arrays = msg.content.array_records
+        batch = _batch(len(y), int(config.get("batch-size", 0)), int(config.get("batch-seed", 0)))
+        xb, yb = x[batch].to(self.device), y[batch].to(self.device)
+        out: dict[str, Any] = {}
+        if op == "byzsgd":
+            out["grad"], loss, counts = worker_step(self, context, config, msg.content, xb, yb)
+            out["metrics"] = MetricRecord({"train-loss": loss, "num-examples": len(y), **counts})
+            return Message(content=RecordDict(out), reply_to=msg)
         if "arrays" not in arrays:
             raise ValueError("GradientClient: the message has no 'arrays' record (the model)")
         layout = layout_of(arrays["arrays"]).floating()
-        batch = _batch(len(y), int(config.get("batch-size", 0)), int(config.get("batch-seed", 0)))
-        xb, yb = x[batch].to(self.device), y[batch].to(self.device)
         grad, loss = self.gradient(arrays["arrays"], layout, xb, yb, config)
-        out: dict[str, Any] = {}
         if op == "grad":
             if "compressor" in config:
                 compressor = get_compressor(str(config["compressor"]))

@@ -40,8 +40,8 @@ class ExperimentConfig:
     method: str = _opt(
         "robust-fedavg",
         "Training method: fedavg, robust-fedavg, robust-momentum, byz-vr-marina-pp, "
-        "byz-ef21-sgdm, byz-ef21, br-csgd, mu2sgd, flower-krum, flower-multikrum, flower-bulyan, "
-        "flower-median, flower-trimmedavg.",
+        "byz-ef21-sgdm, byz-ef21, br-csgd, mu2sgd, byzsgd, flower-krum, flower-multikrum, "
+        "flower-bulyan, flower-median, flower-trimmedavg.",
     )
     aggregator: str = _opt(
         "median", "Robust aggregator spec of robust methods, e.g. 'cwmed', 'nnm+krum'."

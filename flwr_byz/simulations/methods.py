@@ -4,7 +4,7 @@ Every strategy samples ``clients_per_round`` of the ``clients`` nodes per round 
 federated evaluation (the runner evaluates the global model centrally on the test split).
 FedAvg-like methods (fedavg, robust-fedavg, flower-*) train locally for ``local_epochs``;
 the method strategies (robust-momentum, byz-vr-marina-pp, byz-ef21-sgdm, byz-ef21, br-csgd,
-mu2sgd) take server steps of size ``lr`` from the clients' ops (``GradientClient``). For
+mu2sgd, byzsgd) take server steps of size ``lr`` from the clients' ops (``GradientClient``). For
 byz-ef21-sgdm, ``momentum`` is beta = 1 - eta (``--param eta=...`` sets eta directly).
 ``config.params`` are passed to the strategy's constructor by name, after the defaults below,
 so any of its arguments can be overridden (``--param weighted=true``).
@@ -30,6 +30,7 @@ from ..strategies import (
     BRCSGD,
     ByzEF21,
     ByzEF21SGDM,
+    ByzSGD,
     ByzVRMarinaPP,
     MethodStrategy,
     Mu2SGD,
@@ -40,7 +41,6 @@ from .config import ExperimentConfig
 
 __all__ = [
     "COMPRESSED_METHODS",
-    "LATER_METHODS",
     "METHODS",
     "build_strategy",
     "uses_aggregator",
@@ -100,6 +100,12 @@ def _compressed(cfg: ExperimentConfig) -> dict[str, Any]:
     return _method(cfg) | {"compressor": cfg.compressor}
 
 
+def _byzsgd(cfg: ExperimentConfig) -> dict[str, Any]:
+    # ``--aggregator`` is the servers' rule over the workers' gradients (the paper: mda).
+    kwargs = _method(cfg)
+    return kwargs | {"worker_aggregator": kwargs.pop("aggregator")}
+
+
 def _ef21_sgdm(cfg: ExperimentConfig) -> dict[str, Any]:
     # --momentum is the weight of the old momentum (beta); the paper's eta is 1 - beta.
     return _compressed(cfg) | {"eta": 1.0 - cfg.momentum}
@@ -115,15 +121,13 @@ METHODS: dict[str, tuple[type[Strategy], Callable[[ExperimentConfig], dict[str, 
     "byz-ef21": (ByzEF21, _compressed),
     "br-csgd": (BRCSGD, _compressed),
     "mu2sgd": (Mu2SGD, _method),
+    "byzsgd": (ByzSGD, _byzsgd),
     "flower-krum": (Krum, _malicious),
     "flower-multikrum": (MultiKrum, _multikrum),
     "flower-bulyan": (Bulyan, _malicious),
     "flower-median": (FedMedian, lambda cfg: {}),
     "flower-trimmedavg": (FedTrimmedAvg, _trimmed),
 }
-
-#: Methods of DESIGN.md that later issues add (named here to give a clear error).
-LATER_METHODS = ("byzsgd",)
 
 #: Methods whose strategy takes a ``compressor``.
 COMPRESSED_METHODS = ("byz-vr-marina-pp", "byz-ef21-sgdm", "byz-ef21", "br-csgd")
@@ -135,14 +139,9 @@ def uses_aggregator(method: str) -> bool:
 
 
 def check_method(method: str) -> None:
-    """Raise ``ValueError`` for an unknown method (or one not built yet)."""
+    """Raise ``ValueError`` for an unknown method."""
     if method in METHODS:
         return
-    if method in LATER_METHODS:
-        raise ValueError(
-            f"method {method!r} is not available in this version yet; available: "
-            f"{', '.join(METHODS)}"
-        )
     raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
 
 

@@ -18,7 +18,8 @@ class RoundRecord:
     rejected, bytes of the Flower Messages the clients sent (up) and received (down), and the
     round's wall-clock seconds (sampling, messaging, client work, aggregation); the training
     objective ``train_loss`` (whole training set, with the weight decay) and, for convex
-    models, the optimality gap ``f(x) - f*``."""
+    models, the optimality gap ``f(x) - f*``; ``metrics``: the strategy's own numeric train
+    metrics of the round (e.g. ByzSGD's replica ``diameter``)."""
 
     round: int
     loss: float
@@ -29,6 +30,7 @@ class RoundRecord:
     seconds: float = 0.0
     train_loss: float = math.nan
     gap: float = math.nan
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -157,8 +157,15 @@ def train_on_grid(
     )
     for record in records:
         metrics = result.train_metrics_clientapp.get(record.round)
-        if metrics is not None and "rejected" in metrics:
+        if metrics is None:
+            continue
+        if "rejected" in metrics:
             record.rejected = int(metrics["rejected"])  # type: ignore[arg-type]
+        record.metrics = {
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
     meta = cfg.to_dict() | {"byzantine_partitions": byz if attacked else []}
     return Result(config=meta, rounds=records).finish()
 

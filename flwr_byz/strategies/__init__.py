@@ -1,9 +1,10 @@
 """Flower strategies (the Flower edge): RobustFedAvg (drop-in), the method strategies
-(RobustMomentum, ByzVRMarinaPP, ByzEF21SGDM with its baselines ByzEF21 and BRCSGD, Mu2SGD) and
-reply validation."""
+(RobustMomentum, ByzVRMarinaPP, ByzEF21SGDM with its baselines ByzEF21 and BRCSGD, Mu2SGD,
+ByzSGD) and reply validation."""
 
 from .byz_ef21_sgdm import BRCSGD, ByzEF21, ByzEF21SGDM
 from .byz_vr_marina import ByzVRMarinaPP
+from .byzsgd import ByzSGD
 from .method import MethodStrategy
 from .mu2sgd import Mu2SGD
 from .robust_fedavg import RobustFedAvg
@@ -15,6 +16,7 @@ __all__ = [
     "REASONS",
     "ByzEF21",
     "ByzEF21SGDM",
+    "ByzSGD",
     "ByzVRMarinaPP",
     "CheckedReplies",
     "MethodStrategy",

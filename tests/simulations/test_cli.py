@@ -194,7 +194,7 @@ TINY = ("--dataset", "digits", "--clients", "6", "--rounds", "1")
     ("args", "expected"),
     [
         (("--method", "nope"), ["unknown method 'nope'", *METHODS]),
-        (("--method", "byzsgd"), ["'byzsgd' is not available", "fedavg", "robust-fedavg"]),
+        (("--method", "byzsgd", "--param", "n_servers=4"), ["n_servers >= 3 f_servers + 2 = 5"]),
         (("--aggregator", "nosuch"), ["unknown aggregator 'nosuch'", "median"]),
         (("--attack", "nosuch", "--byzantine", "1"), ["unknown attack 'nosuch'", "sign-flip"]),
         (("--attack", "sign-flip:bogus=1", "--byzantine", "1"), ["unknown parameter 'bogus'"]),

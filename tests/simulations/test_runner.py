@@ -124,7 +124,7 @@ def test_on_round_sees_every_round_in_order() -> None:
     ("change", "message"),
     [
         ({"method": "nope"}, "unknown method 'nope'"),
-        ({"method": "byzsgd"}, "not available in this version yet"),
+        ({"method": "byzsgd", "params": {"n_servers": 4}}, "n_servers >= 3 f_servers + 2"),
         ({"aggregator": "nosuch"}, "nosuch"),
         ({"attack": "nosuch"}, "nosuch"),
         ({"dataset": "cifar"}, "cifar"),

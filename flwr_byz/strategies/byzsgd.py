@@ -1,0 +1,336 @@
+"""ByzSGD (El-Mhamdi, Guerraoui, Guirguis, Hoang, Rouault, "Genuinely Distributed Byzantine
+Machine Learning", PODC 2020 / Distributed Computing 2022, arXiv 1905.03853; ALGORITHMS.md 4.4):
+Byzantine workers AND Byzantine parameter servers.
+
+The ServerApp hosts ``n_servers`` parameter-server replicas, each with its own model theta_s;
+``f_servers`` of them are Byzantine (they run the honest algorithm internally and corrupt what
+they send, see ``flwr_byz.attacks.server``). Each step t = 1, 2, ... (one Flower round):
+
+    scatter  every server sends its model to the workers: each worker's Message carries the
+             models it pulls as ArrayRecords ``model-0``, ``model-1``, ... (so the wire cost is
+             real). ``worker_rule="median"`` (the paper's main algorithm): q_ps = n_ps - f_ps
+             models, and the worker computes its gradient at their coordinate-wise median.
+             ``worker_rule="filter"`` (the paper's synchronous variant): the worker pulls one
+             server at a time, round-robin, and keeps the first model that passes its Lipschitz
+             and Outliers filters; the Message carries the f_ps + 1 next servers' models in
+             that order (what successive pulls would bring, in one round trip).
+    server   honest server s: G_s = q_w = n_w - f_w of the gradients (the first to arrive;
+             emulated by a seeded random subset per server);  theta_s -= eta MDA_{f_w}(G_s)
+    gather   every T steps (DMC): honest server s: theta_s = coordinate-wise Median of q_ps
+             servers' models, its own included; workers pull the median set that step.
+
+Scheduling is adversarial: the Byzantine servers' models always arrive among the first q_ps
+(unless they stall). The global model the ServerApp returns (and the runner evaluates) is the
+median of the models every server presents to an observer, what a worker pulling them all
+computes. A single trusted server is ``n_servers=1, f_servers=0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import WARNING
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+from ..aggregators import Aggregator, Median
+from ..attacks.server import ServerAttack, get_server_attack
+from .method import VECTOR_KEY, MethodStrategy
+from .scatter_gather import check_quorums, diameter
+from .scatter_gather import gather_period as paper_period
+
+__all__ = ["MODEL_KEY", "WORKER_RULES", "ByzSGD"]
+
+MODEL_KEY = "model-{}"
+"""ArrayRecord keys of the models a worker pulls, in pull order."""
+
+WORKER_RULES = ("median", "filter")
+
+_median = Median()
+
+
+class ByzSGD(MethodStrategy):
+    """ByzSGD (module doc) as a Flower strategy.
+
+    Parameters
+    ----------
+    n_servers : int (default: 5)
+        Parameter-server replicas n_ps hosted by this ServerApp.
+    f_servers : int (default: 1)
+        Byzantine replicas f_ps (n_ps >= 3 f_ps + 2): the last ``f_servers`` replicas.
+    server_attack : str | ServerAttack (default: "none")
+        What the Byzantine replicas send: ``none``, ``perturb``, ``negate``, ``random`` (a
+        different random model to each receiver), ``stale``, ``stall``, ``non-finite``.
+    worker_aggregator : Aggregator | str (default: "mda")
+        The servers' rule over the workers' gradients (the paper: MDA).
+    f : int | None (default: None)
+        Byzantine workers f_w the rule tolerates (n_w >= 3 f_w + 1 workers per step).
+    lr : float (default: 0.05)
+        Step size eta of every replica.
+    gather_period : int | None (default: None)
+        T, steps between gathers (None: the paper's floor(1 / (3 l eta)) with ``lipschitz``).
+    lipschitz : float (default: 1.0)
+        l, the gradient's Lipschitz constant assumed for T (the authors' code: 1).
+    worker_rule : str (default: "median")
+        ``median`` (median of q_ps models) or ``filter`` (the synchronous variant's filters).
+    gradient_quorum : int | None (default: None)
+        q_w, gradients each server aggregates (None: n_w - f_w).
+    batch_size : int (default: 32)
+        Minibatch size of the workers' gradients.
+    clients_per_round : int | None (default: None)
+        Workers per step (None: all).
+    min_available_nodes : int (default: 1)
+        Wait until this many nodes are connected.
+    seed : int (default: 0)
+        Seeds sampling, minibatches, quorums and the server attack.
+    """
+
+    def __init__(
+        self,
+        n_servers: int = 5,
+        f_servers: int = 1,
+        server_attack: str | ServerAttack = "none",
+        worker_aggregator: Aggregator | str = "mda",
+        f: int | None = None,
+        lr: float = 0.05,
+        gather_period: int | None = None,
+        lipschitz: float = 1.0,
+        worker_rule: str = "median",
+        gradient_quorum: int | None = None,
+        batch_size: int = 32,
+        clients_per_round: int | None = None,
+        min_available_nodes: int = 1,
+        seed: int = 0,
+    ) -> None:
+        check_quorums(int(n_servers), int(f_servers))
+        if worker_rule not in WORKER_RULES:
+            raise ValueError(f"worker_rule must be one of {WORKER_RULES}, got {worker_rule!r}")
+        if gather_period is not None and (isinstance(gather_period, bool) or gather_period < 1):
+            raise ValueError(f"gather_period must be an int >= 1 or None, got {gather_period!r}")
+        if gradient_quorum is not None and gradient_quorum < 1:
+            raise ValueError(f"gradient_quorum must be >= 1 or None, got {gradient_quorum}")
+        self.n_servers = int(n_servers)
+        self.f_servers = int(f_servers)
+        self.f_workers = 0 if f is None else int(f)
+        self.server_attack = get_server_attack(server_attack, seed)
+        self.period = (
+            int(gather_period) if gather_period is not None else paper_period(lipschitz, lr)
+        )
+        self.worker_rule = worker_rule
+        self.gradient_quorum = None if gradient_quorum is None else int(gradient_quorum)
+        super().__init__(
+            aggregator=worker_aggregator,
+            f=f,
+            lr=lr,
+            batch_size=batch_size,
+            clients_per_round=clients_per_round,
+            min_available_nodes=min_available_nodes,
+            seed=seed,
+        )
+
+    # --- state ------------------------------------------------------------------------------
+    def _reset_method(self) -> None:
+        self.replicas: torch.Tensor | None = None  # [n_ps, d]: every replica's own model
+        self.t = 0  # the step being taken
+        self.fresh: frozenset[int] = frozenset()  # workers whose last step's reply was applied
+        self.pulled: dict[int, list[int]] = {}  # worker -> servers whose models it was sent
+        self.diameters: list[tuple[int, float, float]] = []  # (step, before, after) per gather
+
+    @property
+    def honest(self) -> list[int]:
+        """Indices of the honest replicas."""
+        return list(range(self.n_servers - self.f_servers))
+
+    @property
+    def byzantine(self) -> list[int]:
+        """Indices of the Byzantine replicas."""
+        return list(range(self.n_servers - self.f_servers, self.n_servers))
+
+    def honest_models(self) -> torch.Tensor:
+        """``[n_ps - f_ps, d]``: the honest replicas' models."""
+        if self.replicas is None:
+            raise RuntimeError("ByzSGD has not started (no model yet)")
+        return self.replicas[: self.n_servers - self.f_servers]
+
+    def sent_by(self, server: int, recipient: int) -> torch.Tensor | None:
+        """What replica ``server`` sends to ``recipient`` this step (None: nothing)."""
+        assert self.replicas is not None and self.x0 is not None
+        own = self.replicas[server]
+        if server not in self.byzantine:
+            return own
+        return self.server_attack(own, self.x0, recipient, self.t)
+
+    def arrivals(
+        self, recipient: int, exclude: int | None = None
+    ) -> list[tuple[int, torch.Tensor]]:
+        """The models reaching ``recipient`` in arrival order: the Byzantine replicas' first
+        (adversarial scheduling; stalled ones never arrive), then the honest ones shuffled."""
+        byz = [(s, self.sent_by(s, recipient)) for s in self.byzantine if s != exclude]
+        honest = [s for s in self.honest if s != exclude]
+        self._rng.shuffle(honest)
+        assert self.replicas is not None
+        return [(s, m) for s, m in byz if m is not None] + [(s, self.replicas[s]) for s in honest]
+
+    # --- scatter ----------------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send each worker the models it pulls (``model-<j>``) with op ``byzsgd``."""
+        self._start(server_round, arrays)
+        if self.replicas is None:
+            assert self.x is not None
+            self.replicas = self.x.unsqueeze(0).repeat(self.n_servers, 1)
+        self.t += 1
+        context = f"ByzSGD step {self.t}"
+        nodes = self.sample(grid, self.clients_per_round, context)
+        if self.t == 1:
+            check_quorums(self.n_servers, self.f_servers, len(nodes), self.f_workers)
+        elif len(nodes) < 3 * self.f_workers + 1:
+            need = 3 * self.f_workers + 1
+            log(WARNING, "%s: %d workers < 3 f_w + 1 = %d", context, len(nodes), need)
+        gather = self.t % self.period == 0
+        rank = {n: i for i, n in enumerate(sorted(nodes))}
+        op = {
+            "op": "byzsgd",
+            "batch-size": self.batch_size,
+            "lr": self.lr,
+            "step": self.t,
+            "gather-period": self.period,
+            "n-servers": self.n_servers,
+            "f-servers": self.f_servers,
+            "n-workers": len(nodes),
+            "f-workers": self.f_workers,
+        }
+        out: list[Message] = []
+        self.pulled = {}
+        honest = {s: self.model_record(self.replicas[s]) for s in self.honest}  # built once
+        for node in nodes:
+            filtering = self.worker_rule == "filter" and not gather and node in self.fresh
+            pulls = self._pull_order(node, rank[node]) if filtering else self._median_set(node)
+            self.pulled[node] = [s for s, _ in pulls]
+            records = {
+                MODEL_KEY.format(j): honest[s] if s in honest else self.model_record(m)
+                for j, (s, m) in enumerate(pulls)
+            }
+            own: dict[str, Any] = {
+                "byzsgd-rule": "filter" if filtering else "median",
+                "batch-seed": self.draw_seed(),
+            }
+            out.extend(self.messages([node], records, config, op | own))
+        return out
+
+    def _median_set(self, node: int) -> list[tuple[int, torch.Tensor]]:
+        """The first q_ps = n_ps - f_ps models to reach ``node``."""
+        return self.arrivals(node)[: self.n_servers - self.f_servers]
+
+    def _pull_order(self, node: int, rank: int) -> list[tuple[int, torch.Tensor]]:
+        """The f_ps + 1 servers a filtering worker pulls in turn, round-robin from
+        (rank + t) mod n_ps, skipping servers that send nothing."""
+        out: list[tuple[int, torch.Tensor]] = []
+        for i in range(self.n_servers):
+            s = (rank + self.t + i) % self.n_servers
+            model = self.sent_by(s, node)
+            if model is not None:
+                out.append((s, model))
+            if len(out) == self.f_servers + 1:
+                break
+        return out
+
+    # --- server steps and gather -------------------------------------------------------------
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Each replica: MDA over its quorum of gradients and a step; every T steps, DMC."""
+        context = f"ByzSGD step {self.t}"
+        if self.replicas is None or self.server_round != server_round:
+            log(WARNING, "%s: nothing was sent this round; nothing to aggregate", context)
+            return None, None
+        checked = self.validate(replies, {VECTOR_KEY: self.layout}, context)
+        grads = checked.vectors.to(self.replicas.dtype)
+        m = grads.shape[0]
+        wanted = self.gradient_quorum or max(len(self._sent_nodes) - self.f_workers, 1)
+        quorum = min(m, wanted)
+        skipped = 0
+        for s in range(self.n_servers):
+            rows = sorted(self._rng.sample(range(m), quorum)) if quorum < m else list(range(m))
+            agg = self.robust(self.aggregator, grads[rows], f"{context} server {s}")
+            if agg is None:
+                skipped += 1
+                continue
+            self.replicas[s] = self.replicas[s] - self.lr * agg
+        self.fresh = frozenset(checked.node_ids)
+        extra: dict[str, float | int] = {
+            "sampled": len(self._sent_nodes),
+            "quorum": quorum,
+            "skipped": skipped,
+            "gather": 0,
+            "period": self.period,
+        }
+        if self.t % self.period == 0:
+            extra |= self.gather()
+        extra["diameter"] = diameter(self.honest_models())
+        extra |= _worker_counts(checked.contents)
+        self.x = self.observed_model()
+        return self.model_record(), self.metrics(checked, **extra)
+
+    def gather(self) -> dict[str, float | int]:
+        """DMC: every honest replica takes the coordinate-wise median of q_ps models (its own
+        first); non-finite or missing models are dropped. Returns the gather's metrics."""
+        assert self.replicas is not None
+        before = diameter(self.honest_models())
+        q = self.n_servers - self.f_servers
+        new = self.replicas.clone()
+        dropped = 0
+        for s in self.honest:
+            others = self.arrivals(-(s + 1), exclude=s)
+            rows = [self.replicas[s]]
+            for _, model in others:
+                if len(rows) == q:
+                    break
+                if model.shape != self.replicas[s].shape or not _finite(model):
+                    dropped += 1
+                    continue
+                rows.append(model.to(self.replicas.dtype))
+            new[s] = _median(torch.stack(rows))
+        honest_new = new[: len(self.honest)]
+        for s in self.byzantine:  # their internal state stays plausible
+            new[s] = _median(honest_new)
+        self.replicas = new
+        after = diameter(self.honest_models())
+        self.diameters.append((self.t, before, after))
+        return {"gather": 1, "diameter-before-gather": before, "dropped-models": dropped}
+
+    def observed_model(self) -> torch.Tensor:
+        """The median of the (finite) models every replica presents to an observer."""
+        assert self.replicas is not None
+        shape = self.replicas[0].shape
+        rows = [m for _, m in self.arrivals(0)]
+        return _median(torch.stack([m for m in rows if m.shape == shape and _finite(m)]))
+
+    def options(self) -> dict[str, Any]:
+        return super().options() | {
+            "servers": f"{self.n_servers} ({self.f_servers} Byzantine: {self.server_attack})",
+            "Byzantine workers f_w": self.f_workers,
+            "gather period T": self.period,
+            "worker rule": self.worker_rule,
+            "gradient quorum": self.gradient_quorum or "n_w - f_w",
+        }
+
+
+def _finite(x: torch.Tensor) -> bool:
+    return bool(torch.isfinite(x).all())
+
+
+def _worker_counts(contents: Iterable[Any]) -> dict[str, float | int]:
+    """Sum of the workers' filter counters over the accepted replies."""
+    keys = {"filter-rejected": "byzsgd-rejected", "filter-fallback": "byzsgd-fallback"}
+    keys["worker-dropped-models"] = "byzsgd-dropped"
+    out: dict[str, float | int] = dict.fromkeys(keys, 0)
+    for content in contents:
+        for record in content.metric_records.values():
+            for name, key in keys.items():
+                out[name] += int(record.get(key, 0))
+    return out
