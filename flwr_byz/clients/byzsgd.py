@@ -71,7 +71,10 @@ def worker_step(
         and prev_x.shape == models[0][1].shape
     )
     counts = {"byzsgd-dropped": dropped, "byzsgd-rejected": 0, "byzsgd-fallback": 0}
-    if config.get("byzsgd-rule", "median") == "filter":
+    rule = config.get("byzsgd-rule", "median")
+    if rule not in ("median", "filter"):
+        raise ValueError(f"ByzSGD worker: unknown byzsgd-rule {rule!r} (median or filter)")
+    if rule == "filter":
         if not continuing:
             raise ValueError(
                 "ByzSGD worker: a filter step needs this worker's state from step "

@@ -55,7 +55,7 @@ def diameter(models: torch.Tensor) -> float:
     if models.shape[0] < 2:
         return 0.0
     x = models.to(torch.float64)
-    return float(torch.cdist(x, x).max())
+    return float(torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist").max())
 
 
 def lipschitz_coefficient(

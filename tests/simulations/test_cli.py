@@ -37,7 +37,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 COMMANDS = ("run", "grid", "plot", "demo", "bench", "aggregators", "attacks")
 ROUND_KEYS = {
     "round", "loss", "accuracy", "rejected", "bytes_up", "bytes_down", "seconds",
-    "train_loss", "gap",
+    "train_loss", "gap", "metrics",
 }  # fmt: skip
 # wide, so rich neither wraps help texts nor squeezes the summary table
 ENV = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}

@@ -16,6 +16,7 @@ from flwr_byz.simulations.result import Result, RoundRecord
 ROUND_KEYS = {
     "round", "loss", "accuracy", "rejected", "bytes_up", "bytes_down", "seconds",
     "train_loss", "gap",  # the training objective and the optimality gap (NaN: not measured)
+    "metrics",  # the strategy's own numeric metrics of the round (e.g. ByzSGD's diameter)
 }  # fmt: skip
 FINAL_KEYS = {
     "accuracy",
@@ -140,6 +141,7 @@ def test_to_dict_keeps_finite_values_and_types() -> None:
         "seconds": 1.5,
         "train_loss": None,
         "gap": None,
+        "metrics": {},
     }
     assert isinstance(data["final"]["bytes_up"], int) and data["final"]["bytes_up"] == 3300
 
@@ -181,6 +183,17 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert _same(back.final, {**result.final, "loss": math.nan})
     assert back.accuracy == 0.1
     assert _same(Result.from_dict(back.to_dict()).rounds, back.rounds)
+
+
+def test_strategy_metrics_round_trip(tmp_path: Path) -> None:
+    rounds = _rounds()
+    rounds[0].metrics = {"diameter": 0.25, "gather": 1.0, "nan-metric": math.nan}
+    path = Result(config={"seed": 0}, rounds=rounds).finish().save(tmp_path / "r.json")
+    data = json.loads(path.read_text(), parse_constant=_reject_constant)
+    assert data["rounds"][0]["metrics"] == {"diameter": 0.25, "gather": 1.0, "nan-metric": None}
+    assert data["rounds"][1]["metrics"] == {}
+    back = Result.load(path)
+    assert back.rounds[0].metrics["diameter"] == 0.25 and back.rounds[1].metrics == {}
 
 
 def test_from_dict_ignores_unknown_round_keys_and_missing_parts() -> None:
