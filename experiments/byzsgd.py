@@ -41,7 +41,11 @@ def config(
     name = f"s{servers}-{server}-{worker}{'-' + rule if rule else ''}"
     return ExperimentConfig(
         **COMMON,  # type: ignore[arg-type]
-        attack=worker, rounds=rounds, seed=seed, params=params, out=str(out / f"{name}.json"),
+        attack=worker,
+        rounds=rounds,
+        seed=seed,
+        params=params,
+        out=str(out / f"{name}.json"),
     )
 
 

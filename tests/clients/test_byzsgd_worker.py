@@ -626,7 +626,6 @@ def test_a_full_history_drops_its_oldest_coefficient() -> None:
     assert history(ctx) == pytest.approx([*full[1:].tolist(), k], rel=1e-12)
 
 
-
 def test_unknown_rule_is_refused() -> None:
     """A rule the worker does not know is an error reply, not a silent median step."""
     ctx = context(NODE)
