@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from ..specs import build, split_part
@@ -44,7 +45,10 @@ class ServerAttack(Protocol):
 
 def _noise(like: torch.Tensor, seed: int, step: int, recipient: int, norm: float) -> torch.Tensor:
     """A Gaussian vector of Euclidean norm about ``norm``, seeded by (seed, step, recipient)."""
-    g = torch.Generator().manual_seed(hash((int(seed), int(step), int(recipient))) & 0x7FFFFFFF)
+    mask = (1 << 64) - 1  # negative recipients (server replicas) map to distinct words
+    words = [int(seed) & mask, int(step) & mask, int(recipient) & mask]
+    state = np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0]
+    g = torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
     z = torch.randn(like.shape, generator=g, dtype=torch.float64)
     return (z * (norm / max(like.numel(), 1) ** 0.5)).to(like.dtype)
 

@@ -32,7 +32,7 @@ from logging import WARNING
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
@@ -212,7 +212,7 @@ class ByzSGD(MethodStrategy):
             pulls = self._pull_order(node, rank[node]) if filtering else self._median_set(node)
             self.pulled[node] = [s for s, _ in pulls]
             records = {
-                MODEL_KEY.format(j): honest[s] if s in honest else self.model_record(m)
+                MODEL_KEY.format(j): honest[s] if s in honest else self._wire(m)
                 for j, (s, m) in enumerate(pulls)
             }
             own: dict[str, Any] = {
@@ -221,6 +221,13 @@ class ByzSGD(MethodStrategy):
             }
             out.extend(self.messages([node], records, config, op | own))
         return out
+
+    def _wire(self, model: torch.Tensor) -> ArrayRecord:
+        """A Byzantine model as sent: the model's arrays, or (wrong length) one raw array
+        that the worker drops."""
+        if model.numel() == self.layout.numel:
+            return self.model_record(model.reshape(-1))
+        return ArrayRecord({"model": Array(model.detach().cpu().numpy())})
 
     def _median_set(self, node: int) -> list[tuple[int, torch.Tensor]]:
         """The first q_ps = n_ps - f_ps models to reach ``node``."""

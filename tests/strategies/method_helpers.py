@@ -185,6 +185,23 @@ class Network:
         return sent
 
 
+def network64(nodes: list[int], **kwargs: Any) -> Network:
+    """A ``Network`` whose clients compute in float64 (model, loss, replies)."""
+    net = Network(nodes, **kwargs)
+    net.client = GradientClient(
+        model_fn=lambda config: nn.Linear(FEATURES, CLASSES).double(),
+        loss_fn=lambda model, x, y: F.cross_entropy(model(x.double()), y),
+        data_fn=lambda context, config: net.data[int(context.node_id)],
+    )
+    return net
+
+
+def initial64(seed: int = 0) -> ArrayRecord:
+    """x^0 of the float64 problem (``network64``)."""
+    torch.manual_seed(seed)
+    return ArrayRecord(nn.Linear(FEATURES, CLASSES).double().state_dict())
+
+
 @dataclass
 class Run:
     """What ``strategy.start`` produced, round by round (index 0 = round 1)."""

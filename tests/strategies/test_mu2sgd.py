@@ -20,24 +20,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from flwr.app import ArrayRecord, Error, Message
-from torch import nn
+from flwr.app import Error, Message
 
-from flwr_byz.clients import GradientClient
 from flwr_byz.clients.state import load_vector
 from flwr_byz.strategies import Mu2SGD
 from flwr_byz.strategies.mu2sgd import anytime_weight
 from tests.clients.gradient_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from tests.strategies.method_helpers import (
-    CLASSES,
-    FEATURES,
     Exchange,
     Network,
     Run,
     config_of,
+    initial64,
     minibatch,
     model_grad,
+    network64,
     replace_arrays,
     run_strategy,
     vec,
@@ -49,22 +46,6 @@ BATCH = 4
 SEED = 5
 TOL = dict(rtol=1e-9, atol=1e-11)
 WATCH = ("w", "x")
-
-
-def network(nodes: list[int], **kwargs) -> Network:
-    """A ``Network`` whose clients compute in float64 (model, loss, replies)."""
-    net = Network(nodes, **kwargs)
-    net.client = GradientClient(
-        model_fn=lambda config: nn.Linear(FEATURES, CLASSES).double(),
-        loss_fn=lambda model, x, y: F.cross_entropy(model(x.double()), y),
-        data_fn=lambda context, config: net.data[int(context.node_id)],
-    )
-    return net
-
-
-def initial64(seed: int = 0) -> ArrayRecord:
-    torch.manual_seed(seed)
-    return ArrayRecord(nn.Linear(FEATURES, CLASSES).double().state_dict())
 
 
 def make(**kwargs) -> Mu2SGD:
@@ -225,7 +206,7 @@ def single_machine(
 def test_one_client_is_the_single_machine_recursion(alpha_lr: bool, floor: float) -> None:
     rounds = 8
     lr = 0.05 if alpha_lr else LR
-    net = network([7])
+    net = network64([7])
     run = start(make(alpha_lr=alpha_lr, floor=floor, lr=lr), net, rounds)
     single_machine(run, net.data[7], lr, alpha_lr, floor)
     replay(run, net, mean_rule, lr=lr, alpha_lr=alpha_lr, floor=floor)  # the same, per node
@@ -247,7 +228,7 @@ def test_one_client_is_the_single_machine_recursion(alpha_lr: bool, floor: float
 @pytest.mark.parametrize(("aggregator", "alpha_lr"), [("mean", False), ("median", True)])
 def test_x_is_the_t_weighted_average_of_the_ws(aggregator: str, alpha_lr: bool) -> None:
     rounds = 7
-    net = network(NODES[:3])
+    net = network64(NODES[:3])
     run = start(make(aggregator=aggregator, alpha_lr=alpha_lr, lr=0.1), net, rounds)
     ws = [run.x0] + [s["w"] for s in run.state]  # w_1 = x^0, then w_2, ..., w_{T+1}
     for k in range(rounds):
@@ -294,7 +275,7 @@ def accept_all(ex: Exchange, msg: Message) -> bool:
     [("median", median_rule, None), ("ctma+median", ctma_median_rule(1), 1)],
 )
 def test_several_clients_match_the_brute_force(aggregator, rule, f) -> None:
-    net = network(NODES, tamper=sign_flip(NODES[2]))
+    net = network64(NODES, tamper=sign_flip(NODES[2]))
     run = start(make(aggregator=aggregator, f=f), net, 5)
     assert all(s == set(NODES) for s in sampled(run))
     got = replay(run, net, rule, accept=accept_all)  # the flipped rows are aggregated too
@@ -311,7 +292,7 @@ def test_several_clients_match_the_brute_force(aggregator, rule, f) -> None:
 
 def test_partial_participation_clients_correct_from_their_own_last_point() -> None:
     rounds = 7
-    net = network(NODES)
+    net = network64(NODES)
     strategy = make(aggregator="median", clients_per_round=2, seed=SEED)
     run = start(strategy, net, rounds)
     rounds_of = sampled(run)
@@ -369,7 +350,7 @@ def test_bad_replies_are_rejected_and_counted(reason: str) -> None:
         hit.add(server_round)
         return BAD[reason](ins, reply)
 
-    net = network(NODES, tamper=tamper)
+    net = network64(NODES, tamper=tamper)
     run = start(make(aggregator="median"), net, 4)
     for m in run.metrics:
         assert m["rejected"] == 1 and m[f"rejected-{reason}"] == 1
@@ -390,7 +371,7 @@ def test_a_rule_that_cannot_run_skips_the_step() -> None:
             return _error(ins, reply)
         return reply
 
-    net = network(nodes, tamper=tamper)
+    net = network64(nodes, tamper=tamper)
     run = start(make(aggregator="ctma+median", f=1), net, 4)
     m = run.metrics[1]
     assert m["skipped"] == 1 and m["accepted"] == 1 and m["rejected"] == 2
@@ -463,7 +444,7 @@ def test_runner_method_mu2sgd() -> None:
 
 
 def test_a_restart_starts_the_clients_fresh() -> None:
-    net = network(NODES[:3])
+    net = network64(NODES[:3])
     strategy = make(aggregator="median")
     first = start(strategy, net, 3)
     second = start(strategy, net, 3)  # same seed, new state-key: the same run again
@@ -491,7 +472,7 @@ def test_shift_back_vector_sends_the_model_back_to_x0() -> None:
         )
         return Message(content, reply_to=ins)
 
-    net = network(NODES[:3], tamper=tamper)
+    net = network64(NODES[:3], tamper=tamper)
     run = start(strategy, net, 3)
     assert not torch.allclose(run.arrays[1], run.x0, atol=1e-3)  # the model had moved
     torch.testing.assert_close(run.arrays[2], run.x0, rtol=0, atol=1e-10)
