@@ -1,13 +1,15 @@
 """Issue 10 experiments: ByzSGD with Byzantine servers and workers on MNIST-1D (ALGORITHMS.md
 4.4, claims C4.1 and C4.2), on the ``local`` engine.
 
-    .venv/bin/python experiments/byzsgd.py [--jobs 2] [--rounds 200] [--seed 0] \
+    .venv/bin/python experiments/byzsgd.py [--jobs 2] [--rounds 200] [--seeds 0 1] \
         [--out results/issue10]
 
 5 parameter-server replicas (1 Byzantine) and 20 workers (4 Byzantine), IID split, MLP, MDA at
 the servers, server attack x worker attack, against a single trusted server with the same
-aggregator (``n_servers=1``). Runs whose JSON exists are not run again. Writes ``table.md`` and
-the replica-diameter plot ``diameter.png`` (copied to docs/img by hand).
+aggregator (``n_servers=1``). Seed 0 goes to ``--out``, seed s to ``<out>-seed<s>``; runs whose
+JSON exists are not run again. Writes ``table.md`` and the replica-diameter plot
+``diameter.png`` per seed (copied to docs/img by hand) and, for several seeds,
+``table-seeds.md`` (the accuracy table, mean and each seed).
 """
 
 from __future__ import annotations
@@ -79,15 +81,20 @@ def table(cfgs: dict[str, ExperimentConfig]) -> str:
         cells = [pct(tail_acc(res[f"{key}/{w}"])) for w in WORKER_ATTACKS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "## Synchronous variant (worker filters)", ""]
-    lines.append("| server / worker attack | median rule | filter rule | rejected | fallbacks |")
-    lines.append("|---|---|---|---|---|")
+    lines.append(
+        "| server / worker attack | median rule | filter rule | rejected | fallbacks "
+        "| MB down per round (median / filter) |"
+    )
+    lines.append("|---|---|---|---|---|---|")
     for server, worker in FILTER_RUNS:
         r = res[f"filter/{server}/{worker}"]
+        m = res[f"{server}/{worker}"]
         rej = sum(rec.metrics.get("filter-rejected", 0) for rec in r.rounds)
         fb = sum(rec.metrics.get("filter-fallback", 0) for rec in r.rounds)
+        down = [sum(x.bytes_down for x in z.rounds) / len(z.rounds) / 1e6 for z in (m, r)]
         lines.append(
-            f"| {server} / {worker} | {pct(tail_acc(res[f'{server}/{worker}']))} | "
-            f"{pct(tail_acc(r))} | {rej:.0f} | {fb:.0f} |"
+            f"| {server} / {worker} | {pct(tail_acc(m))} | {pct(tail_acc(r))} | {rej:.0f} "
+            f"| {fb:.0f} | {down[0]:.2f} / {down[1]:.2f} |"
         )
     lines += ["", "## Steps and bytes (C4.1)", ""]
     lines.append(
@@ -147,20 +154,49 @@ def plot(cfgs: dict[str, ExperimentConfig], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def seeds_table(results: list[dict[str, Result]]) -> str:
+    """The accuracy table over seeds: ``mean (seed 0 / seed 1 / ...)``."""
+    lines = ["## Accuracy (%), mean over seeds (each seed): server x worker attack", ""]
+    lines.append("| server attack | " + " | ".join(WORKER_ATTACKS) + " |")
+    lines.append("|---|" + "---|" * len(WORKER_ATTACKS))
+    keys = [("single trusted server", "single")] + [(s, s) for s in SERVER_ATTACKS]
+    keys += [(f"filter rule, {s}", f"filter/{s}") for s, w in FILTER_RUNS if w == "none"]
+    for label, key in keys:
+        cells = []
+        for w in WORKER_ATTACKS:
+            accs = [tail_acc(r[f"{key}/{w}"]) for r in results if f"{key}/{w}" in r]
+            if not accs:
+                cells.append("")
+                continue
+            each = " / ".join(pct(a) for a in accs)
+            cells.append(f"{pct(sum(accs) / len(accs))} ({each})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seed", type=int, help="one seed, written to --out itself")
     parser.add_argument("--out", default="results/issue10")
     args = parser.parse_args()
-    out = Path(args.out)
-    cfgs = runs(out, args.rounds, args.seed)
-    run_all(list(cfgs.values()), args.jobs)
-    text = table(cfgs)
-    (out / "table.md").write_text(text)
-    plot(cfgs, out / "diameter.png")
-    print(text)
+    results = []
+    for seed in [args.seed] if args.seed is not None else args.seeds:
+        plain = seed == 0 or args.seed is not None  # no "-seed<s>" suffix
+        out = Path(args.out if plain else f"{args.out}-seed{seed}")
+        cfgs = runs(out, args.rounds, seed)
+        run_all(list(cfgs.values()), args.jobs)
+        text = table(cfgs)
+        (out / "table.md").write_text(text)
+        plot(cfgs, out / "diameter.png")
+        print(f"# seed {seed}\n\n{text}")
+        results.append({k: Result.load(str(c.out)) for k, c in cfgs.items()})
+    if len(results) > 1:
+        text = seeds_table(results)
+        (Path(args.out) / "table-seeds.md").write_text(text)
+        print(text)
 
 
 if __name__ == "__main__":
