@@ -51,7 +51,9 @@ def gather_period(lipschitz: float, lr: float) -> int:
 
 
 def diameter(models: torch.Tensor) -> float:
-    """max_{i,j} ||x_i - x_j|| of ``[m, d]`` models (0 for m < 2)."""
+    """max_{i,j} ||x_i - x_j|| of ``[m, d]`` models (0 for m < 2), from the differences
+    themselves: the Gram form of ``aggregators.base.pairwise_sq_distances`` (and cdist's
+    default above 25 rows) cancels for nearly equal models, the honest replicas' usual state."""
     if models.shape[0] < 2:
         return 0.0
     x = models.to(torch.float64)
