@@ -30,7 +30,7 @@ F = 4  # Byzantine nodes out of 20
 ROBUST = ["median", "trimmedmean", "krum", "nnm+krum"]
 ASSERTED_ATTACKS = ["gaussian:sigma=1", "sign-flip:scale=10"]
 REPORTED_ATTACKS = ["alie", "ipm", "min-max", "mimic"]
-REPORTED_METHODS = ["FedAvg", "median", "nnm+krum"]  # the reported attacks run on these only
+REPORTED_METHODS = ["FedAvg", "nnm+krum"]  # the reported attacks run on these only (CI time)
 
 
 def _methods() -> dict[str, Callable]:
