@@ -1,4 +1,5 @@
-"""The ``flwr-byz`` command line (typer): run, grid, plot, bench, aggregators, attacks."""
+"""The ``flwr-byz`` command line (typer): run, grid, plot, demo, deploy, bench, aggregators,
+attacks."""
 
 from __future__ import annotations
 
@@ -153,6 +154,10 @@ def run(
         None,
         help="Result JSON path. \\[default: results/<method>-<attack>-b<byzantine>-s<seed>.json]",
     ),
+    injection: str | None = typer.Option(None, help=_help("injection")),
+    round_timeout: float | None = typer.Option(None, help=_help("round_timeout")),
+    checkpoint: str | None = typer.Option(None, help=_help("checkpoint")),
+    resume: bool | None = typer.Option(None, "--resume", help=_help("resume")),
     engine: str = typer.Option(
         "simulation",
         help="simulation: Flower's simulation engine (Ray); local: in this process, same "
@@ -167,7 +172,8 @@ def run(
         partition=partition, model=model, lr=lr, batch_size=batch_size,
         local_epochs=local_epochs, momentum=momentum, weight_decay=weight_decay,
         compressor=compressor, f=f, seed=seed,
-        ray_address=ray_address, out=str(out) if out else None,
+        ray_address=ray_address, out=str(out) if out else None, round_timeout=round_timeout,
+        injection=injection, checkpoint=checkpoint, resume=resume,
     )  # fmt: skip
     cfg = _config(config, given, param)
     if cfg.out is None:
@@ -332,6 +338,97 @@ def demo(
         curves, out_dir / "accuracy.png", title=f"MNIST-1D, 20 clients: test accuracy ({attack})"
     )
     console.print(f"wrote {len(results)} result files and {png}")
+
+
+@app.command()
+def deploy(
+    config: Path | None = typer.Option(
+        None, "--config", exists=True, dir_okay=False, help="TOML file of options."
+    ),
+    nodes: int | None = typer.Option(None, "--nodes", help="Number of SuperNodes [default: 5]."),
+    byzantine: int | None = typer.Option(None, help="Byzantine SuperNodes among them."),
+    attack: str | None = typer.Option(
+        None, help="Per-node attack of the Byzantine SuperNodes (e.g. sign-flip, label-flip)."
+    ),
+    method: str | None = typer.Option(None, help=_help("method")),
+    aggregator: str | None = typer.Option(None, help=_help("aggregator")),
+    rounds: int | None = typer.Option(None, help=_help("rounds")),
+    dataset: str | None = typer.Option(None, help=_help("dataset")),
+    partition: str | None = typer.Option(None, help=_help("partition")),
+    model: str | None = typer.Option(None, help=_help("model")),
+    lr: float | None = typer.Option(None, help=_help("lr")),
+    batch_size: int | None = typer.Option(None, help=_help("batch_size")),
+    local_epochs: int | None = typer.Option(None, help=_help("local_epochs")),
+    compressor: str | None = typer.Option(None, help=_help("compressor")),
+    f: int | None = typer.Option(None, "--f", help=_help("f")),
+    seed: int | None = typer.Option(None, help=_help("seed")),
+    param: list[str] = typer.Option(
+        [], "--param", help="Method hyperparameter name=value (repeatable). \\[default: none]"
+    ),
+    round_timeout: float = typer.Option(
+        120.0, help="Seconds a round waits for replies; a node lost mid-round is counted missing."
+    ),
+    checkpoint: str | None = typer.Option(None, help=_help("checkpoint")),
+    resume: bool = typer.Option(False, "--resume", help=_help("resume")),
+    out: Path = typer.Option(Path("results/deploy.json"), help="Result JSON path."),
+    workdir: Path | None = typer.Option(
+        None, help="Credentials, FLWR_HOMEs and logs. \\[default: a new temporary directory]"
+    ),
+    app_dir: Path | None = typer.Option(
+        None, "--app", help="The Flower App directory. \\[default: this source tree]"
+    ),
+    insecure: bool = typer.Option(
+        False,
+        "--insecure",
+        help="No TLS and no SuperNode authentication: for local tests only, never on a network.",
+    ),
+) -> None:
+    """Run one experiment on a real SuperLink and SuperNodes on 127.0.0.1 (separate
+    processes; TLS from a generated CA and SuperNode authentication unless --insecure), then
+    stop them all. See docs/DEPLOYMENT.md for the same on real hosts."""
+    from flwr_byz.deployment import handle_termination
+    from flwr_byz.deployment.deploy import DeploymentError
+    from flwr_byz.deployment.deploy import deploy as run_deployment
+
+    given = _collect(
+        clients=nodes if nodes is not None else (None if config else 5), byzantine=byzantine,
+        attack=attack, method=method, aggregator=aggregator, rounds=rounds, dataset=dataset,
+        partition=partition, model=model, lr=lr, batch_size=batch_size,
+        local_epochs=local_epochs, compressor=compressor, f=f, seed=seed,
+        round_timeout=round_timeout, checkpoint=checkpoint, resume=resume or None, out=str(out),
+    )  # fmt: skip
+    cfg = _config(config, given, param)
+    if insecure:
+        console.print(
+            "[yellow]warning:[/yellow] --insecure: no TLS and no SuperNode authentication. "
+            "Anyone who can reach the port can join and read the traffic; local tests only."
+        )
+    progress = Progress(
+        TextColumn("deploy"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("acc {task.fields[acc]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    task = progress.add_task("deploy", total=cfg.rounds, acc="—")
+
+    def on_round(r: int, total: int, accuracy: float) -> None:
+        progress.update(task, completed=r, total=total, acc=f"{100 * accuracy:.1f}%")
+
+    try:
+        with handle_termination(), progress:
+            result = run_deployment(
+                cfg, workdir=workdir, insecure=insecure, app=app_dir, on_round=on_round
+            )
+    except (ValueError, DeploymentError, TimeoutError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+    _summary([result], "flwr-byz deploy")
+    console.print(
+        f"tls={result.config['tls']} auth={result.config['auth']} "
+        f"missing replies={result.final.get('missing', 0)}; result written to {out}"
+    )
 
 
 @app.command()

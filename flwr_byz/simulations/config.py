@@ -23,7 +23,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["RUN_CONFIG_ALIASES", "ExperimentConfig", "parse_params"]
+__all__ = ["INJECTIONS", "RUN_CONFIG_ALIASES", "ExperimentConfig", "parse_params"]
+
+#: Where the Byzantine replies are made (``ExperimentConfig.injection``).
+INJECTIONS = ("server", "nodes")
 
 #: run-config key -> field name, where they differ beyond dashes/underscores.
 RUN_CONFIG_ALIASES = {"num-byzantine": "byzantine"}
@@ -97,6 +100,26 @@ class ExperimentConfig:
         None, "Address of an existing Ray cluster (e.g. 'auto', '10.0.0.1:6379'); None: local."
     )
     out: str | None = _opt(None, "Write the result JSON here.")
+    injection: str = _opt(
+        "server",
+        "Where Byzantine replies are made: 'server' (ByzantineGrid rewrites the replies of the "
+        "Byzantine partitions; any attack, omniscient ones included) or 'nodes' (the SuperNodes "
+        "started with a byzantine-attack node config corrupt their own replies: a deployment).",
+    )
+    round_timeout: float | None = _opt(
+        None,
+        "Seconds a round waits for replies (None: Flower's 3600); a sampled node that has not "
+        "answered by then is counted as missing and the round goes on without it.",
+    )
+    checkpoint: str | None = _opt(
+        None,
+        "Checkpoint file, rewritten after every round (global model, strategy and attack "
+        "state, rounds so far); None: no checkpoint.",
+    )
+    resume: bool = _opt(
+        False,
+        "Continue from ``checkpoint`` when it exists (same experiment; more rounds allowed).",
+    )
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
@@ -132,11 +155,29 @@ class ExperimentConfig:
             values["clients-per-round"] = None  # 0: all clients
         if "f" in values and int(values["f"]) < 0:
             values["f"] = None  # -1: auto
-        for key in ("ray-address", "out"):
+        for key in ("ray-address", "out", "checkpoint"):
             if values.get(key) == "":
                 values[key] = None
+        if "round-timeout" in values and float(values["round-timeout"]) <= 0:
+            values["round-timeout"] = None  # 0: Flower's default
         values["clients"] = clients
         return cls.from_mapping(values)
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The Flower run config of this experiment (``flwr run --run-config``): the inverse
+        of ``from_run_config`` (kebab-case keys; None as ``0``/``-1``/``""``; ``clients`` is
+        left out, it is the number of connected nodes)."""
+        aliases = {name: key for key, name in RUN_CONFIG_ALIASES.items()}
+        values = self.to_dict()
+        values.pop("clients")
+        values.pop("ray_address")
+        values["clients_per_round"] = values["clients_per_round"] or 0
+        values["f"] = -1 if values["f"] is None else values["f"]
+        values["round_timeout"] = values["round_timeout"] or 0.0
+        values["params"] = ",".join(f"{k}={v!r}" for k, v in values["params"].items())
+        for key in ("out", "checkpoint"):
+            values[key] = values[key] or ""
+        return {aliases.get(k, k.replace("_", "-")): v for k, v in values.items()}
 
     # --- derived values -------------------------------------------------------------------
     @property
@@ -177,6 +218,12 @@ class ExperimentConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.f is not None and self.f < 0:
             raise ValueError(f"f must be >= 0, got {self.f}")
+        if self.injection not in INJECTIONS:
+            raise ValueError(f"injection must be one of {INJECTIONS}, got {self.injection!r}")
+        if self.round_timeout is not None and not self.round_timeout > 0:
+            raise ValueError(f"round_timeout must be > 0 or None, got {self.round_timeout}")
+        if self.resume and not self.checkpoint:
+            raise ValueError("resume needs a checkpoint file (checkpoint=...)")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (snake_case keys)."""

@@ -24,6 +24,7 @@ with flwr-datasets' ``IidPartitioner``/``DirichletPartitioner``.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import numbers
 import os
@@ -233,6 +234,33 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _sklearn(name: str) -> Dataset:
+    """A bundled scikit-learn set, split and standardised; cached on disk like MNIST-1D (the
+    sklearn import alone costs each ClientApp process of a deployment about 2 s)."""
+    path = _cache_dir() / f"{name}-v{_CACHE_VERSION}.npz"
+    keys = ("x", "y", "x_test", "y_test")
+    arrays: dict[str, np.ndarray] | None = None
+    if path.exists():
+        try:
+            with np.load(path) as data:
+                arrays = {k: data[k] for k in keys}
+        except (OSError, ValueError, KeyError):
+            arrays = None  # unreadable or stale: rebuild and overwrite
+    if arrays is None:
+        arrays = _split_sklearn(name)
+        _atomic_savez(path, arrays)
+    y_train = torch.from_numpy(arrays["y"].astype(np.int64))
+    return Dataset(
+        name,
+        torch.from_numpy(arrays["x"].astype(np.float32)),
+        y_train,
+        torch.from_numpy(arrays["x_test"].astype(np.float32)),
+        torch.from_numpy(arrays["y_test"].astype(np.int64)),
+        max(int(y_train.max()), int(arrays["y_test"].max())) + 1,
+        y_train,
+    )
+
+
+def _split_sklearn(name: str) -> dict[str, np.ndarray]:
     from sklearn.datasets import load_breast_cancer, load_digits
     from sklearn.model_selection import train_test_split
 
@@ -243,16 +271,12 @@ def _sklearn(name: str) -> Dataset:
     )
     mean, std = x_tr.mean(axis=0), x_tr.std(axis=0)
     std = np.where(std > 0, std, 1.0)
-    y_train = torch.from_numpy(y_tr)
-    return Dataset(
-        name,
-        torch.from_numpy(((x_tr - mean) / std).astype(np.float32)),
-        y_train,
-        torch.from_numpy(((x_te - mean) / std).astype(np.float32)),
-        torch.from_numpy(y_te),
-        int(y.max()) + 1,
-        y_train,
-    )
+    return {
+        "x": ((x_tr - mean) / std).astype(np.float32),
+        "y": y_tr,
+        "x_test": ((x_te - mean) / std).astype(np.float32),
+        "y_test": y_te,
+    }
 
 
 def _synthetic(o: _SyntheticOptions) -> Dataset:
@@ -413,7 +437,25 @@ def _indices(partition: Any) -> np.ndarray:
 def _partitions(
     dataset_spec: str, partition_spec: str, num_partitions: int, seed: int
 ) -> tuple[np.ndarray, ...]:
-    parts = partition_indices(load_dataset(dataset_spec), partition_spec, num_partitions, seed)
+    """The partitions, memoised here and cached on disk (``partitions-<hash>.npz`` in the
+    dataset cache): each ClientApp process of a deployment would otherwise import
+    flwr-datasets and repartition (seconds per message)."""
+    dataset = load_dataset(dataset_spec)
+    digest = hashlib.blake2b(digest_size=12)
+    for part in (dataset_spec, partition_spec, str(num_partitions), str(seed)):
+        digest.update(part.encode() + b"\0")
+    digest.update(np.ascontiguousarray(dataset.groups_train.numpy()).tobytes())
+    path = _cache_dir() / f"partitions-{digest.hexdigest()}-v{_CACHE_VERSION}.npz"
+    parts: list[np.ndarray] | None = None
+    if path.exists():
+        try:
+            with np.load(path) as data:
+                parts = [np.asarray(data[f"p{i}"], dtype=np.int64) for i in range(num_partitions)]
+        except (OSError, ValueError, KeyError):
+            parts = None  # unreadable or stale: recompute and overwrite
+    if parts is None:
+        parts = partition_indices(dataset, partition_spec, num_partitions, seed)
+        _atomic_savez(path, {f"p{i}": p for i, p in enumerate(parts)})
     for p in parts:
         p.flags.writeable = False
     return tuple(parts)

@@ -16,7 +16,8 @@ __all__ = ["Result", "RoundRecord"]
 class RoundRecord:
     """One round: central test loss/accuracy of the new global model, replies the strategy
     rejected, bytes of the Flower Messages the clients sent (up) and received (down), and the
-    round's wall-clock seconds (sampling, messaging, client work, aggregation); the training
+    round's wall-clock seconds (sampling, messaging, client work, aggregation); ``missing``:
+    sampled nodes that sent no reply before the round's timeout (e.g. a lost node); the training
     objective ``train_loss`` (whole training set, with the weight decay) and, for convex
     models, the optimality gap ``f(x) - f*``; ``metrics``: the strategy's own numeric train
     metrics of the round (e.g. ByzSGD's replica ``diameter``)."""
@@ -31,6 +32,7 @@ class RoundRecord:
     train_loss: float = math.nan
     gap: float = math.nan
     metrics: dict[str, float] = field(default_factory=dict)
+    missing: int = 0
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Result:
             "gap": last.gap if last else math.nan,
             "rounds": len(self.rounds),
             "rejected": sum(r.rejected for r in self.rounds),
+            "missing": sum(r.missing for r in self.rounds),
             "bytes_up": sum(r.bytes_up for r in self.rounds),
             "bytes_down": sum(r.bytes_down for r in self.rounds),
             "seconds_per_round": sum(seconds) / len(seconds) if seconds else math.nan,

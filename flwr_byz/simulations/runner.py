@@ -21,16 +21,19 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from logging import INFO, WARNING
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
 
 from ..attacks import get_attack
 from ..clients import ByzantineGrid
 from ..clients.wrapping import innermost
 from ..compressors import get_compressor
+from .checkpoint import Checkpoint
 from .config import ExperimentConfig
 from .datasets import check_partition, load_dataset
 from .metering import RunGrid, discover_partitions, wait_for_nodes
@@ -104,7 +107,9 @@ def train_on_grid(
 ) -> Result:
     """Run one experiment on the nodes behind ``grid`` (the body of the ServerApp).
 
-    ``partitions`` (node ID -> partition ID) is asked from the nodes when not given.
+    ``partitions`` (node ID -> partition ID) is asked from the nodes when not given. With
+    ``config.checkpoint`` the state is saved after every round; with ``config.resume`` a run
+    continues from that checkpoint when it exists (``flwr_byz.simulations.checkpoint``).
     """
     cfg = prepare(config)
     if partitions is None:
@@ -113,61 +118,131 @@ def train_on_grid(
     attacked = cfg.byzantine > 0 and cfg.attack.strip().lower() not in ("none", "")
     run_grid = RunGrid(grid, partitions)  # innermost: the wire bytes, replies in order
     strategy_grid: Grid = run_grid
-    if attacked:
+    if attacked and cfg.injection == "server":
         node_of = {p: n for n, p in partitions.items()}
         missing = [p for p in byz if p not in node_of]
         if missing:
             raise RuntimeError(f"no node reported Byzantine partition(s) {missing}")
         nodes = [node_of[p] for p in byz]
         strategy_grid = ByzantineGrid(run_grid, cfg.attack, node_ids=nodes, seed=cfg.seed)
+    meta = cfg.to_dict() | {"byzantine_partitions": byz if attacked else []}
 
     dataset = load_dataset(cfg.dataset)
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
-    strategy = build_strategy(cfg)
+    saved = _resume_from(cfg)
+    if saved is None:
+        strategy = build_strategy(cfg)
+        arrays = ArrayRecord(model.state_dict())
+        records: list[RoundRecord] = []
+    else:
+        strategy, arrays, records = saved.strategy, saved.arrays, list(saved.records)
+        if saved.torch_rng is not None:
+            torch.set_rng_state(saved.torch_rng)
+        if isinstance(strategy_grid, ByzantineGrid) and saved.attack is not None:
+            strategy_grid.attack = saved.attack
+            strategy_grid.attacked_replies = saved.attacked_replies
     if isinstance(strategy_grid, ByzantineGrid):
         strategy_grid.bind(strategy)  # ShiftBack reads x^0, x^k, lr; EF21 the copies g_i
     objective = TrainingObjective(
         dataset.x_train, dataset.y_train, cfg.weight_decay, convex=cfg.model == "logreg"
     )
-    records: list[RoundRecord] = []
-    clock = [time.perf_counter()]
-
-    def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        seconds = time.perf_counter() - clock[0]
+    first = len(records) + 1
+    timeout = 3600.0 if cfg.round_timeout is None else float(cfg.round_timeout)
+    strategy.summary()
+    for server_round in range(first, cfg.rounds + 1):
+        random.seed(derive_seed(cfg.seed, "sample", server_round))  # Flower samples with it
+        clock = time.perf_counter()
+        messages = list(
+            strategy.configure_train(server_round, arrays, train_config(cfg), strategy_grid)
+        )
+        replies = list(strategy_grid.send_and_receive(messages, timeout=timeout))
+        replies, lost = _missing(messages, replies, server_round)
+        new_arrays, metrics = strategy.aggregate_train(server_round, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+        seconds = time.perf_counter() - clock
         up, down = run_grid.take_bytes()
         model.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = evaluate(model, dataset.x_test, dataset.y_test)
-        if server_round > 0:
-            record = RoundRecord(server_round, loss, accuracy, 0, up, down, seconds)
-            record.train_loss, record.gap = objective(model)
-            records.append(record)
-            if on_round is not None:
-                on_round(cfg, record)
-        random.seed(derive_seed(cfg.seed, "sample", server_round + 1))
-        clock[0] = time.perf_counter()
-        return MetricRecord({"loss": loss, "accuracy": accuracy})
-
-    result = strategy.start(
-        grid=strategy_grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=cfg.rounds,
-        train_config=train_config(cfg),
-        evaluate_fn=central_evaluation,
-    )
-    for record in records:
-        metrics = result.train_metrics_clientapp.get(record.round)
-        if metrics is None:
-            continue
-        if "rejected" in metrics:
-            record.rejected = int(metrics["rejected"])  # type: ignore[arg-type]
-        record.metrics = {
-            k: float(v)
-            for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
-    meta = cfg.to_dict() | {"byzantine_partitions": byz if attacked else []}
+        record = RoundRecord(server_round, loss, accuracy, 0, up, down, seconds, missing=lost)
+        record.train_loss, record.gap = objective(model)
+        if metrics is not None:
+            if "rejected" in metrics:
+                record.rejected = int(metrics["rejected"])  # type: ignore[arg-type]
+            record.metrics = {
+                k: float(v)
+                for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+        records.append(record)
+        if cfg.checkpoint:
+            _checkpoint(cfg, meta, server_round, arrays, strategy, strategy_grid, records)
+        if on_round is not None:
+            on_round(cfg, record)
     return Result(config=meta, rounds=records).finish()
+
+
+#: Error codes the SuperLink itself puts in a reply when the node or its reply is gone
+#: (Flower's ``ErrorCode``: MESSAGE_, REPLY_MESSAGE_, NODE_UNAVAILABLE): a lost node, counted
+#: as missing rather than as a bad reply.
+UNAVAILABLE_CODES = frozenset({3, 4, 5})
+
+
+def _missing(
+    messages: Sequence[Message], replies: Sequence[Message], server_round: int
+) -> tuple[list[Message], int]:
+    """The replies to aggregate and the number of sampled nodes without one (no reply
+    before the timeout, or the SuperLink's "unavailable" error in its place; logged)."""
+    sent = {int(m.metadata.dst_node_id) for m in messages}
+    kept = [r for r in replies if not (r.has_error() and int(r.error.code) in UNAVAILABLE_CODES)]
+    lost = sorted(sent - {int(r.metadata.src_node_id) for r in kept})
+    if lost:
+        log(
+            WARNING,
+            "round %d: %d of %d sampled nodes did not reply in time: %s",
+            server_round,
+            len(lost),
+            len(sent),
+            ", ".join(str(n) for n in lost[:10]),
+        )
+    return kept, len(lost)
+
+
+def _resume_from(cfg: ExperimentConfig) -> Checkpoint | None:
+    """The checkpoint to continue from (``cfg.resume`` and the file exists), checked."""
+    if not (cfg.resume and cfg.checkpoint):
+        return None
+    if not os.path.exists(cfg.checkpoint):
+        log(WARNING, "resume: no checkpoint at %s yet; starting at round 1", cfg.checkpoint)
+        return None
+    saved = Checkpoint.load(cfg.checkpoint)
+    saved.check(cfg.to_dict())
+    log(INFO, "resume: continuing from round %d of %s", saved.round, cfg.checkpoint)
+    return saved
+
+
+def _checkpoint(
+    cfg: ExperimentConfig,
+    meta: dict[str, Any],
+    server_round: int,
+    arrays: ArrayRecord,
+    strategy: Any,
+    grid: Grid,
+    records: list[RoundRecord],
+) -> None:
+    assert cfg.checkpoint is not None
+    attack = grid.attack if isinstance(grid, ByzantineGrid) else None
+    Checkpoint(
+        config=cfg.to_dict(),
+        round=server_round,
+        arrays=arrays,
+        strategy=strategy,
+        records=records,
+        attack=attack,
+        attacked_replies=grid.attacked_replies if isinstance(grid, ByzantineGrid) else 0,
+        torch_rng=torch.get_rng_state(),
+    ).save(cfg.checkpoint)
 
 
 def _server_app(

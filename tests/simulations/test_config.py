@@ -44,6 +44,10 @@ DEFAULTS: dict[str, Any] = {
     "params": {},
     "ray_address": None,
     "out": None,
+    "injection": "server",
+    "round_timeout": None,
+    "checkpoint": None,
+    "resume": False,
 }
 
 #: Run-config keys whose field name is not the key with dashes made underscores.
@@ -189,10 +193,12 @@ def test_from_run_config_pyproject_defaults() -> None:
     cfg.validate()
     assert cfg.clients_per_round is None and cfg.f is None
     assert cfg.out is None and cfg.params == {} and cfg.ray_address is None
+    assert cfg.round_timeout is None and cfg.checkpoint is None  # 0.0 and "" are "none"
+    assert cfg.injection == "server" and cfg.resume is False
     assert cfg.clients == 20
     for key in run_config:
         name = _field_name(key)
-        if name not in ("clients_per_round", "f", "out", "params"):
+        if name not in ("clients_per_round", "f", "out", "params", "round_timeout", "checkpoint"):
             assert getattr(cfg, name) == DEFAULTS[name], key
     assert cfg == ExperimentConfig()
 
@@ -212,6 +218,58 @@ def test_from_run_config_overrides() -> None:
     assert (cfg.byzantine, cfg.clients, cfg.clients_per_round, cfg.f) == (4, 12, 5, 2)
     assert cfg.rounds == 3 and cfg.params == {"clip": 1.5, "name": "x"}
     assert cfg.out == "results/x.json" and cfg.ray_address == "auto"
+
+
+def test_new_options_validation_messages() -> None:
+    with pytest.raises(ValueError, match=r"injection must be one of \('server', 'nodes'\)"):
+        ExperimentConfig(injection="client").validate()
+    with pytest.raises(ValueError, match=r"round_timeout must be > 0 or None"):
+        ExperimentConfig(round_timeout=0).validate()
+    with pytest.raises(ValueError, match="resume needs a checkpoint file"):
+        ExperimentConfig(resume=True).validate()
+    with pytest.raises(ValueError, match="resume needs a checkpoint file"):
+        ExperimentConfig(resume=True).resolved()  # resolved() validates too
+
+
+def test_from_run_config_new_options() -> None:
+    run_config = {
+        **_app_config(),
+        "injection": "nodes",
+        "round-timeout": 7.5,
+        "checkpoint": "results/ckpt.pt",
+        "resume": True,
+    }
+    cfg = ExperimentConfig.from_run_config(run_config, clients=6)
+    assert (cfg.injection, cfg.round_timeout, cfg.checkpoint, cfg.resume) == (
+        "nodes",
+        7.5,
+        "results/ckpt.pt",
+        True,
+    )
+    cfg.validate()
+
+
+@pytest.mark.parametrize("timeout", [0, 0.0, -1.0])
+def test_from_run_config_round_timeout_and_checkpoint_sentinels(timeout: float) -> None:
+    """A round timeout of 0 (or less) is None (Flower's 3600 s); an empty checkpoint is None."""
+    cfg = ExperimentConfig.from_run_config({"round-timeout": timeout, "checkpoint": ""}, 5)
+    assert cfg.round_timeout is None and cfg.checkpoint is None
+    cfg.validate()
+
+
+def test_to_run_config_inverts_from_run_config() -> None:
+    for cfg in (
+        ExperimentConfig(clients=6),
+        ExperimentConfig(
+            clients=6, injection="nodes", round_timeout=7.5, checkpoint="c.pt", resume=True
+        ),
+    ):
+        run_config = cfg.to_run_config()
+        assert set(run_config) == set(_app_config())
+        assert ExperimentConfig.from_run_config(run_config, clients=6) == cfg
+    defaults = ExperimentConfig().to_run_config()
+    assert defaults["round-timeout"] == 0.0 and defaults["checkpoint"] == ""
+    assert defaults["injection"] == "server" and defaults["resume"] is False
 
 
 def test_from_run_config_sentinels() -> None:
@@ -297,6 +355,13 @@ def test_resolved_is_idempotent_and_validates() -> None:
         ({"batch_size": 0}, "batch_size"),
         ({"local_epochs": 0}, "local_epochs"),
         ({"f": -1}, "f"),
+        ({"injection": "client"}, "injection"),
+        ({"injection": ""}, "injection"),
+        ({"round_timeout": 0.0}, "round_timeout"),
+        ({"round_timeout": -1.0}, "round_timeout"),
+        ({"round_timeout": math.nan}, "round_timeout"),
+        ({"resume": True}, "resume"),
+        ({"resume": True, "checkpoint": ""}, "resume"),
     ],
 )
 def test_validate_errors_name_the_option(changes: dict[str, Any], name: str) -> None:
@@ -315,6 +380,10 @@ def test_validate_errors_name_the_option(changes: dict[str, Any], name: str) -> 
         {"momentum": 0.0},
         {"f": 0},
         {"rounds": 1, "clients": 1},
+        {"injection": "nodes"},
+        {"round_timeout": 1e-3},
+        {"checkpoint": "ckpt.pt"},
+        {"checkpoint": "ckpt.pt", "resume": True},
     ],
 )
 def test_validate_accepts_boundaries(changes: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ ROUND_KEYS = {
     "round", "loss", "accuracy", "rejected", "bytes_up", "bytes_down", "seconds",
     "train_loss", "gap",  # the training objective and the optimality gap (NaN: not measured)
     "metrics",  # the strategy's own numeric metrics of the round (e.g. ByzSGD's diameter)
+    "missing",  # sampled nodes that did not reply within the round's timeout
 }  # fmt: skip
 FINAL_KEYS = {
     "accuracy",
@@ -25,6 +26,7 @@ FINAL_KEYS = {
     "gap",
     "rounds",
     "rejected",
+    "missing",
     "bytes_up",
     "bytes_down",
     "seconds_per_round",
@@ -35,7 +37,9 @@ def _rounds() -> list[RoundRecord]:
     return [
         RoundRecord(1, 2.3, 0.11, rejected=1, bytes_up=1000, bytes_down=2000, seconds=0.5),
         RoundRecord(2, 1.7, 0.42, rejected=0, bytes_up=1100, bytes_down=2100, seconds=1.5),
-        RoundRecord(3, 0.9, 0.73, rejected=3, bytes_up=1200, bytes_down=2200, seconds=1.0),
+        RoundRecord(
+            3, 0.9, 0.73, rejected=3, bytes_up=1200, bytes_down=2200, seconds=1.0, missing=2
+        ),
     ]
 
 
@@ -68,6 +72,9 @@ def test_finish_totals() -> None:
     assert result.final["accuracy"] == 0.73 and result.final["loss"] == 0.9
     assert result.final["rounds"] == 3
     assert result.final["rejected"] == 1 + 0 + 3
+    assert result.final["missing"] == 0 + 0 + 2
+    keys = list(result.final)
+    assert keys.index("missing") == keys.index("rejected") + 1  # right after "rejected"
     assert result.final["bytes_up"] == 1000 + 1100 + 1200
     assert result.final["bytes_down"] == 2000 + 2100 + 2200
     assert result.final["seconds_per_round"] == pytest.approx((0.5 + 1.5 + 1.0) / 3)
@@ -88,12 +95,13 @@ def test_finish_without_rounds() -> None:
     assert final.keys() == FINAL_KEYS
     assert math.isnan(final["accuracy"]) and math.isnan(final["loss"])
     assert math.isnan(final["seconds_per_round"])
-    assert (final["rounds"], final["rejected"], final["bytes_up"], final["bytes_down"]) == (
-        0,
-        0,
-        0,
-        0,
-    )
+    assert (
+        final["rounds"],
+        final["rejected"],
+        final["missing"],
+        final["bytes_up"],
+        final["bytes_down"],
+    ) == (0, 0, 0, 0, 0)
     assert math.isnan(result.accuracy)
     data = result.to_dict()
     assert data["final"]["accuracy"] is None and data["final"]["seconds_per_round"] is None
@@ -142,8 +150,11 @@ def test_to_dict_keeps_finite_values_and_types() -> None:
         "train_loss": None,
         "gap": None,
         "metrics": {},
+        "missing": 0,
     }
+    assert data["rounds"][2]["missing"] == 2 and isinstance(data["rounds"][2]["missing"], int)
     assert isinstance(data["final"]["bytes_up"], int) and data["final"]["bytes_up"] == 3300
+    assert isinstance(data["final"]["missing"], int) and data["final"]["missing"] == 2
 
 
 def test_json_has_exactly_the_design_keys(tmp_path: Path) -> None:
@@ -205,5 +216,6 @@ def test_from_dict_ignores_unknown_round_keys_and_missing_parts() -> None:
     assert len(result.rounds) == 1
     record = result.rounds[0]
     assert (record.round, record.loss, record.rejected, record.bytes_up) == (1, 0.5, 0, 0)
+    assert record.missing == 0  # a result file written before ``missing`` existed
     assert math.isnan(record.accuracy)
     assert result.final == {} and math.isnan(result.accuracy)

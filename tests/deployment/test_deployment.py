@@ -1,0 +1,271 @@
+"""Real deployments on loopback: ``flower-superlink`` + ``flower-supernode`` processes with TLS
+from a generated CA and SuperNode authentication, the faults of issue 11 (a SuperNode killed
+mid-training, the ServerApp killed and the run resumed from its checkpoint, an unregistered
+SuperNode), and the cleanup of every process, even when a test fails.
+
+Each ClientApp message starts a ``flwr-clientapp`` process (about 3 s of imports), so rounds
+take 10-30 s on 2 cores: the runs are short. Deselect with ``-m "not deployment"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flwr_byz.deployment import LocalDeployment, NodeSpec, make_node_keys
+from flwr_byz.deployment.deploy import find_app, round_lines
+from flwr_byz.simulations.checkpoint import Checkpoint
+from flwr_byz.simulations.config import ExperimentConfig
+from flwr_byz.simulations.runner import run_experiment
+
+from ..simulations.processes import alive, processes_with, stop
+
+pytestmark = pytest.mark.deployment
+
+ROOT = Path(__file__).resolve().parents[2]
+FLWR_BYZ = str(Path(sys.executable).parent / "flwr-byz")
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    """A work directory; whatever process still runs with it in its command line (and its
+    descendants) is stopped afterwards, and the test fails if any had to be."""
+    yield tmp_path
+    leftovers = processes_with(str(tmp_path))
+    survivors = stop(leftovers)
+    assert not survivors, f"processes survived SIGKILL: {survivors}"
+    assert not alive(leftovers), f"the deployment left processes running: {leftovers}"
+
+
+def _wait(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def _rounds_logged(log: Path) -> int:
+    return len(round_lines(log.read_text(errors="replace"))) if log.exists() else 0
+
+
+def test_tls_auth_deployment_with_a_byzantine_node_matches_simulation(workdir: Path) -> None:
+    """``flwr-byz deploy``: 5 SuperNodes over TLS with authentication, 1 of them Byzantine
+    (sign-flip on the node itself); RobustFedAvg(median) ends within 3 points of the same
+    experiment in simulation (the attack injected by ByzantineGrid), and every process is
+    gone when the command returns."""
+    out = workdir / "deploy.json"
+    args = "--nodes 5 --byzantine 1 --attack sign-flip --method robust-fedavg".split()
+    args += "--aggregator median --rounds 4 --dataset digits".split()
+    proc = subprocess.run(
+        [FLWR_BYZ, "deploy", *args, "--out", str(out), "--workdir", str(workdir / "work")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=workdir,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert not alive(processes_with(str(workdir))), "deploy left processes running"
+    result = json.loads(out.read_text())
+    cfg = result["config"]
+    assert cfg["tls"] is True and cfg["auth"] is True and cfg["deployment"] is True
+    assert cfg["clients"] == 5 and cfg["byzantine"] == 1 and cfg["injection"] == "nodes"
+    assert len(cfg["byzantine_partitions"]) == 1
+    assert [r["round"] for r in result["rounds"]] == [1, 2, 3, 4]
+    assert all(r["missing"] == 0 and r["bytes_up"] > 0 for r in result["rounds"])
+    # the SuperLink really served TLS and authenticated the nodes
+    link_log = (workdir / "work" / "logs" / "superlink.log").read_text()
+    assert "https://127.0.0.1" in link_log
+    assert "SuperNode authentication is disabled" not in link_log
+
+    simulated = run_experiment(
+        ExperimentConfig(
+            method="robust-fedavg",
+            aggregator="median",
+            attack="sign-flip",
+            byzantine=1,
+            clients=5,
+            rounds=4,
+            dataset="digits",
+        ),
+        engine="local",
+    )
+    deployed = result["final"]["accuracy"]
+    assert deployed > 0.8
+    assert abs(deployed - simulated.accuracy) <= 0.03, (deployed, simulated.accuracy)
+
+
+def test_an_unregistered_supernode_is_refused(workdir: Path) -> None:
+    """A SuperNode whose key was never registered, and one with no key at all, cannot join
+    a SuperLink started with --enable-supernode-auth; the registered ones stay online."""
+    nodes = [NodeSpec(0, 3), NodeSpec(1, 3), NodeSpec(2, 3)]
+    with LocalDeployment(workdir / "work", nodes[:2]) as deployment:
+        assert len(deployment.online_nodes()) == 2
+        deployment.nodes.append(nodes[2])
+        intruder = make_node_keys(workdir / "intruder", "intruder")
+        for key in (intruder.private, None):
+            deployment.supernodes.pop(2, None)
+            command = deployment.node_command(2, key)
+            if key is None:
+                command = [c for c in command if c != "--auth-supernode-private-key"]
+            proc = deployment.procs.start(f"intruder-{key is None}", command)
+            _wait(lambda p=proc: not p.running(), 120, "the intruder to give up")  # type: ignore[misc]
+            assert proc.popen.returncode != 0
+            log = proc.log.read_text()
+            assert "could not establish a connection to the SuperLink" in log, proc.tail()
+            assert "ref-exit-codes/305" in log  # Flower's "SuperNode refused" exit code
+            assert len(deployment.online_nodes()) == 2
+    assert not alive(processes_with(str(workdir)))
+
+
+def test_a_supernode_killed_mid_training_is_counted_missing_and_rejoins(
+    workdir: Path,
+) -> None:
+    """SIGKILL one of 4 SuperNodes after round 1: the round it misses ends at the round
+    timeout with the other replies, the node is counted missing, training goes on; the
+    restarted node (same key, same node ID) answers again in the last rounds."""
+    cfg = ExperimentConfig(
+        dataset="digits",
+        clients=4,
+        rounds=5,
+        round_timeout=60.0,
+        injection="nodes",
+        out=str(workdir / "kill.json"),
+    )
+    with LocalDeployment(workdir / "work", [NodeSpec(i, 4) for i in range(4)]) as deployment:
+        node_id = deployment.node_ids[2]
+        run = deployment.start_run(find_app(), cfg.to_run_config())
+        _wait(lambda: _rounds_logged(run.log) >= 1, 600, "round 1")
+        deployment.kill_node(2)
+        _wait(lambda: _rounds_logged(run.log) >= 2, 600, "the round after the kill")
+        deployment.start_node(2)
+        _wait(lambda: not run.running(), 900, "the run to finish")
+        assert run.popen.returncode == 0, run.tail(40)
+        assert node_id in deployment.online_nodes()  # rejoined under its registered ID
+    assert not alive(processes_with(str(workdir)))
+    result = json.loads(Path(cfg.out).read_text())  # type: ignore[arg-type]
+    rounds = result["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
+    assert rounds[0]["missing"] == 0
+    assert rounds[1]["missing"] == 1  # the killed node's reply never came
+    assert rounds[1]["metrics"]["accepted"] == 3
+    assert rounds[1]["rejected"] == 0  # the SuperLink's "node unavailable" is not a bad reply
+    assert result["final"]["missing"] >= 1
+    assert rounds[-1]["missing"] == 0 and rounds[-1]["metrics"]["accepted"] == 4  # back
+    assert result["final"]["accuracy"] > 0.85
+
+
+def test_a_run_stopped_mid_training_resumes_from_its_checkpoint(workdir: Path) -> None:
+    """The ServerApp is SIGKILLed after round 2 was checkpointed; a new ``flwr run`` with
+    ``resume = true`` continues at round 3 and ends with exactly the numbers of an
+    uninterrupted run (RobustFedAvg with centred clipping: its aggregator keeps state)."""
+    checkpoint = workdir / "state" / "checkpoint.pt"
+    cfg = ExperimentConfig(
+        dataset="digits",
+        clients=3,
+        rounds=5,
+        aggregator="cc",
+        injection="nodes",
+        round_timeout=120.0,
+        checkpoint=str(checkpoint),
+        out=str(workdir / "resumed.json"),
+    )
+    with LocalDeployment(workdir / "work", [NodeSpec(i, 3) for i in range(3)]) as deployment:
+        first = deployment.start_run(find_app(), cfg.to_run_config())
+
+        def checkpointed() -> bool:
+            return checkpoint.exists() and Checkpoint.load(checkpoint).round >= 2
+
+        _wait(checkpointed, 600, "the round-2 checkpoint")
+        victims = deployment.serverapp_pids()
+        assert victims, "no flwr-serverapp process found"
+        for pid in victims:
+            os.kill(pid, 9)
+        _wait(lambda: not first.running() or not deployment.serverapp_pids(), 60, "the stop")
+        first.stop()
+        stopped_at = Checkpoint.load(checkpoint).round
+        assert 2 <= stopped_at < cfg.rounds
+        assert not Path(cfg.out).exists()  # type: ignore[arg-type]
+
+        resumed_cfg = cfg.to_run_config() | {"resume": True}
+        second = deployment.run(find_app(), resumed_cfg, timeout=900)
+        assert second.popen.returncode == 0, second.tail(40)
+        assert f"resume: continuing from round {stopped_at}" in second.log.read_text()
+    assert not alive(processes_with(str(workdir)))
+    resumed = json.loads(Path(cfg.out).read_text())  # type: ignore[arg-type]
+    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3, 4, 5]
+
+    reference = run_experiment(
+        ExperimentConfig(dataset="digits", clients=3, rounds=5, aggregator="cc"), engine="local"
+    )
+    assert [r["loss"] for r in resumed["rounds"]] == pytest.approx(
+        [r.loss for r in reference.rounds], rel=1e-6
+    )
+    assert resumed["final"]["accuracy"] == pytest.approx(reference.accuracy, abs=1e-9)
+
+
+def test_deploy_refuses_an_omniscient_attack_before_starting_anything(workdir: Path) -> None:
+    proc = subprocess.run(
+        [
+            FLWR_BYZ,
+            "deploy",
+            "--nodes",
+            "3",
+            "--byzantine",
+            "1",
+            "--attack",
+            "alie",
+            "--out",
+            str(workdir / "x.json"),
+            "--workdir",
+            str(workdir / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=workdir,
+    )
+    assert proc.returncode == 2
+    assert "omniscient" in proc.stdout + proc.stderr
+    assert not (workdir / "work").exists()  # nothing was started
+
+
+def test_insecure_deploy_warns(workdir: Path) -> None:
+    """--insecure says what it gives up, before anything runs (here it then fails fast on
+    a bad option, so no process starts)."""
+    proc = subprocess.run(
+        [
+            FLWR_BYZ,
+            "deploy",
+            "--insecure",
+            "--nodes",
+            "2",
+            "--aggregator",
+            "no-such-rule",
+            "--out",
+            str(workdir / "x.json"),
+            "--workdir",
+            str(workdir / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=workdir,
+    )
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text
+    assert "no TLS and no SuperNode authentication" in text
+    assert "no-such-rule" in text
+    assert not (workdir / "work").exists()
+
+
+def test_the_app_directory_is_found() -> None:
+    assert find_app() == ROOT
