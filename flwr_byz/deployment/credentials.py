@@ -47,6 +47,7 @@ def _write(path: Path, data: bytes, private: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if private:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
     else:
@@ -73,8 +74,15 @@ def _name(common_name: str) -> x509.Name:
 
 def make_tls(directory: str | Path, hosts: Sequence[str] = ("127.0.0.1", "localhost")) -> TlsFiles:
     """A new CA (``ca.crt``) and a SuperLink certificate (``server.pem``, ``server.key``)
-    for ``hosts`` (IP addresses or DNS names, all in the subjectAltName), valid 30 days."""
+    for ``hosts`` (IP addresses or DNS names, all in the subjectAltName), valid 30 days.
+
+    127.0.0.1 is always added: the SuperLink's own SuperExec connects to it over loopback
+    with TLS, and the ServerApp never starts if the certificate does not name that address.
+    """
     directory = Path(directory)
+    if not hosts:
+        raise ValueError("make_tls needs at least one host name or address")
+    hosts = list(dict.fromkeys([*hosts, "127.0.0.1"]))
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = _name("flwr-byz local CA")

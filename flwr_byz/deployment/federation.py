@@ -128,7 +128,7 @@ class LocalDeployment:
         self.auth = auth
         self.startup_timeout = startup_timeout
         self.port = free_port()
-        self.procs = ProcessSet(self.workdir / "logs", env=_environment())
+        self.procs = ProcessSet(self.workdir / "logs", env=_environment(), marker=str(self.workdir))
         self.superlink: ManagedProcess | None = None
         self.supernodes: dict[int, ManagedProcess] = {}
         self.tls_files: TlsFiles | None = None

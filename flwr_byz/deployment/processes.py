@@ -21,7 +21,13 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-__all__ = ["ManagedProcess", "ProcessSet", "descendants", "handle_termination"]
+__all__ = [
+    "ManagedProcess",
+    "ProcessSet",
+    "descendants",
+    "handle_termination",
+    "with_marker",
+]
 
 
 def _children_map() -> dict[int, list[int]]:
@@ -53,6 +59,25 @@ def descendants(pid: int) -> list[int]:
         if child not in found:
             found.append(child)
             todo.extend(children.get(child, []))
+    return found
+
+
+def with_marker(marker: str) -> list[int]:
+    """Processes (other than this one) whose command line contains ``marker``, with all
+    their descendants."""
+    found: list[int] = []
+    me = os.getpid()
+    try:
+        entries = [int(e) for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return found
+    for pid in entries:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if pid != me and marker.encode() in cmdline and pid not in found:
+            found += [pid, *(d for d in descendants(pid) if d not in found)]
     return found
 
 
@@ -129,9 +154,12 @@ class ManagedProcess:
 class ProcessSet:
     """Processes started in their own session, stopped together (newest first)."""
 
-    def __init__(self, log_dir: str | Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, log_dir: str | Path, env: dict[str, str] | None = None, marker: str | None = None
+    ) -> None:
         self.log_dir = Path(log_dir)
         self.env = dict(os.environ if env is None else env)
+        self.marker = marker
         self.processes: list[ManagedProcess] = []
         atexit.register(self.stop_all)
 
@@ -155,9 +183,18 @@ class ProcessSet:
         return process
 
     def stop_all(self) -> None:
-        """Stop every process (newest first); safe to call more than once."""
+        """Stop every process (newest first), then whatever still runs with ``marker`` in its
+        command line (children orphaned by a crashed parent leave its tree: Flower's SuperExec
+        and apps); safe to call more than once."""
         while self.processes:
             self.processes.pop().stop()
+        if self.marker:
+            orphans = with_marker(self.marker)
+            _signal(orphans, signal.SIGTERM)
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and any(_alive(p) for p in orphans):
+                time.sleep(0.1)
+            _signal([p for p in orphans if _alive(p)], signal.SIGKILL)
 
     def pids(self) -> set[int]:
         """Every live process this set started, with descendants."""

@@ -237,14 +237,38 @@ class ExperimentConfig:
         return f"{fd.metadata['help']} [default: {default}]"
 
 
+def _split_items(text: str) -> list[str]:
+    """Split ``text`` at the commas outside quotes and brackets (``a=1,b='x,y',c=(1, 2)``)."""
+    items: list[str] = []
+    current: list[str] = []
+    quote, depth = "", 0
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    items.append("".join(current))
+    return items
+
+
 def parse_params(params: Any) -> dict[str, Any]:
-    """Method hyperparameters from a dict, ``["a=1", "b=x"]`` or ``"a=1,b=x"``.
+    """Method hyperparameters from a dict, ``["a=1", "b=x"]`` or ``"a=1,b=x"`` (a comma inside
+    quotes or brackets belongs to the value: ``server_attack='random:scale=2,seed=3'``).
 
     Values are read like spec values: Python literals, ``none`` for None, else strings.
     """
     if isinstance(params, Mapping):
         return {str(k).replace("-", "_"): v for k, v in params.items()}
-    items = params.split(",") if isinstance(params, str) else list(params)
+    items = _split_items(params) if isinstance(params, str) else list(params)
     out: dict[str, Any] = {}
     for item in items:
         item = item.strip()

@@ -63,8 +63,12 @@ class RunGrid(GridWrapper):
         return (self.partitions.get(int(node_id), 1 << 62), int(node_id))
 
     def get_node_ids(self) -> Iterable[int]:
-        """Node IDs in partition order (nodes with no known partition last, by ID)."""
-        return sorted(self.grid.get_node_ids(), key=self._rank)
+        """The federation's node IDs in partition order (nodes with no known partition last,
+        by ID): the connected ones and every node that reported a partition, so a node that
+        went offline is still sampled (and counted missing when it does not answer) instead of
+        a strategy waiting for it, and the sampling does not depend on who is online."""
+        nodes = {int(n) for n in self.grid.get_node_ids()} | set(self.partitions)
+        return sorted(nodes, key=self._rank)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)

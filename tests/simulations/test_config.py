@@ -423,6 +423,12 @@ def test_help_unknown_option() -> None:
         ("a=b=c", {"a": "b=c"}),
         ("a=1,a=2", {"a": 2}),
         ({"clip": 1.5, "name": "x"}, {"clip": 1.5, "name": "x"}),
+        # a comma inside quotes or brackets belongs to the value
+        ("sa='random:scale=2,seed=3',n=5", {"sa": "random:scale=2,seed=3", "n": 5}),
+        (
+            'sa="a,b",t=(1, 2),u=[3, 4],v={"k": 1, "j": 2}',
+            {"sa": "a,b", "t": (1, 2), "u": [3, 4], "v": {"k": 1, "j": 2}},
+        ),
     ],
 )
 def test_parse_params(params: Any, expected: dict[str, Any]) -> None:
