@@ -19,7 +19,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from ..attacks import get_attack
 from ..simulations.config import ExperimentConfig
@@ -30,7 +29,7 @@ from .federation import LocalDeployment, NodeSpec
 __all__ = ["DeploymentError", "deploy", "find_app", "node_specs", "round_lines"]
 
 #: Called with (round, rounds, accuracy) for every round the ServerApp logs.
-OnRound = Callable[[int, int, float], None]
+OnProgress = Callable[[int, int, float], None]
 
 _ROUND = re.compile(r"\[flwr-byz\] round (\d+)/(\d+)\s+accuracy ([0-9.naN]+)")
 
@@ -91,7 +90,7 @@ def deploy(
     workdir: str | Path | None = None,
     insecure: bool = False,
     app: str | Path | None = None,
-    on_round: OnRound | None = None,
+    on_round: OnProgress | None = None,
     timeout: float = 3600.0,
 ) -> Result:
     """Start the deployment, run ``config`` on it with ``flwr run``, stop every process, and
@@ -135,7 +134,7 @@ def deploy(
     return result
 
 
-def _report(log: Path, seen: int, on_round: OnRound | None) -> int:
+def _report(log: Path, seen: int, on_round: OnProgress | None) -> int:
     try:
         rounds = round_lines(log.read_text(errors="replace"))
     except OSError:
@@ -145,14 +144,3 @@ def _report(log: Path, seen: int, on_round: OnRound | None) -> int:
             on_round(r, total, accuracy)
     return len(rounds)
 
-
-def describe(result: Result) -> dict[str, Any]:
-    """The headline numbers of a deployment result."""
-    return {
-        "accuracy": result.accuracy,
-        "rounds": result.final.get("rounds"),
-        "rejected": result.final.get("rejected"),
-        "missing": result.final.get("missing"),
-        "tls": result.config.get("tls"),
-        "auth": result.config.get("auth"),
-    }

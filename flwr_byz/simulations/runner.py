@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
@@ -177,7 +178,7 @@ def train_on_grid(
             }
         records.append(record)
         if cfg.checkpoint:
-            _checkpoint(cfg, meta, server_round, arrays, strategy, strategy_grid, records)
+            _checkpoint(cfg, server_round, arrays, strategy, strategy_grid, records)
         if on_round is not None:
             on_round(cfg, record)
     return Result(config=meta, rounds=records).finish()
@@ -186,7 +187,13 @@ def train_on_grid(
 #: Error codes the SuperLink itself puts in a reply when the node or its reply is gone
 #: (Flower's ``ErrorCode``: MESSAGE_, REPLY_MESSAGE_, NODE_UNAVAILABLE): a lost node, counted
 #: as missing rather than as a bad reply.
-UNAVAILABLE_CODES = frozenset({3, 4, 5})
+UNAVAILABLE_CODES = frozenset(
+    {
+        ErrorCode.MESSAGE_UNAVAILABLE,
+        ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
+        ErrorCode.NODE_UNAVAILABLE,
+    }
+)
 
 
 def _missing(
@@ -224,7 +231,6 @@ def _resume_from(cfg: ExperimentConfig) -> Checkpoint | None:
 
 def _checkpoint(
     cfg: ExperimentConfig,
-    meta: dict[str, Any],
     server_round: int,
     arrays: ArrayRecord,
     strategy: Any,
