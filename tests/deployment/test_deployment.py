@@ -63,16 +63,9 @@ def test_tls_auth_deployment_with_a_byzantine_node_matches_simulation(workdir: P
     (sign-flip on the node itself); RobustFedAvg(median) ends within 3 points of the same
     experiment in simulation (the attack injected by ByzantineGrid), and every process is
     gone when the command returns."""
-    out = workdir / "deploy.json"
-    args = "--nodes 5 --byzantine 1 --attack sign-flip --method robust-fedavg".split()
-    args += "--aggregator median --rounds 4 --dataset digits".split()
-    proc = subprocess.run(
-        [FLWR_BYZ, "deploy", *args, "--out", str(out), "--workdir", str(workdir / "work")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=workdir,
-    )
+    out = workdir / "x.json"
+    args = "--nodes 5 --byzantine 1 --attack sign-flip --method robust-fedavg"
+    proc = _deploy_cli(workdir, args + " --aggregator median --rounds 4 --dataset digits", 900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert not alive(processes_with(str(workdir))), "deploy left processes running"
     result = json.loads(out.read_text())
@@ -217,59 +210,32 @@ def test_a_run_stopped_mid_training_resumes_from_its_checkpoint(workdir: Path) -
     assert resumed["final"]["accuracy"] == pytest.approx(reference.accuracy, abs=1e-9)
 
 
-def test_deploy_refuses_an_omniscient_attack_before_starting_anything(workdir: Path) -> None:
-    proc = subprocess.run(
-        [
-            FLWR_BYZ,
-            "deploy",
-            "--nodes",
-            "3",
-            "--byzantine",
-            "1",
-            "--attack",
-            "alie",
-            "--out",
-            str(workdir / "x.json"),
-            "--workdir",
-            str(workdir / "work"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=workdir,
-    )
-    assert proc.returncode == 2
-    assert "omniscient" in proc.stdout + proc.stderr
-    assert not (workdir / "work").exists()  # nothing was started
+def _deploy_cli(workdir: Path, args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``flwr-byz deploy <args> --out <workdir>/x.json --workdir <workdir>/work``."""
+    command = [FLWR_BYZ, "deploy", *args.split(), "--out", str(workdir / "x.json")]
+    command += ["--workdir", str(workdir / "work")]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=workdir)
 
 
-def test_insecure_deploy_warns(workdir: Path) -> None:
-    """--insecure says what it gives up, before anything runs (here it then fails fast on
-    a bad option, so no process starts)."""
-    proc = subprocess.run(
-        [
-            FLWR_BYZ,
-            "deploy",
-            "--insecure",
-            "--nodes",
-            "2",
-            "--aggregator",
-            "no-such-rule",
-            "--out",
-            str(workdir / "x.json"),
-            "--workdir",
-            str(workdir / "work"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=workdir,
-    )
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ("--nodes 3 --byzantine 1 --attack alie", ["omniscient"]),
+        (  # --insecure says what it gives up before anything else is checked
+            "--insecure --nodes 2 --aggregator no-such-rule",
+            ["no TLS and no SuperNode authentication", "no-such-rule"],
+        ),
+    ],
+)
+def test_deploy_refuses_bad_options_before_starting_anything(
+    workdir: Path, args: str, expected: list[str]
+) -> None:
+    proc = _deploy_cli(workdir, args)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 2, text
-    assert "no TLS and no SuperNode authentication" in text
-    assert "no-such-rule" in text
-    assert not (workdir / "work").exists()
+    for phrase in expected:
+        assert phrase in text
+    assert not (workdir / "work").exists()  # nothing was started
 
 
 def test_the_app_directory_is_found() -> None:
