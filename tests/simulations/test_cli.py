@@ -34,10 +34,10 @@ from flwr_byz.simulations.plots import METRICS, X_AXES
 from flwr_byz.simulations.result import Result, RoundRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-COMMANDS = ("run", "grid", "plot", "demo", "bench", "aggregators", "attacks")
+COMMANDS = ("run", "grid", "plot", "demo", "deploy", "bench", "aggregators", "attacks")
 ROUND_KEYS = {
     "round", "loss", "accuracy", "rejected", "bytes_up", "bytes_down", "seconds",
-    "train_loss", "gap", "metrics",
+    "train_loss", "gap", "metrics", "missing",
 }  # fmt: skip
 # wide, so rich neither wraps help texts nor squeezes the summary table
 ENV = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}
