@@ -143,4 +143,3 @@ def _report(log: Path, seen: int, on_round: OnProgress | None) -> int:
         for r, total, accuracy in rounds[seen:]:
             on_round(r, total, accuracy)
     return len(rounds)
-
