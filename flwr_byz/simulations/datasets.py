@@ -31,6 +31,7 @@ import os
 import random
 import tempfile
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,17 +174,9 @@ def _cache_dir() -> Path:
 
 
 def _mnist1d(options: _Mnist1dOptions) -> Dataset:
-    path = _cache_dir() / f"mnist1d-samples{options.samples}-v{_CACHE_VERSION}.npz"
-    arrays: dict[str, np.ndarray] | None = None
-    if path.exists():
-        try:
-            with np.load(path) as data:
-                arrays = {k: data[k] for k in ("x", "y", "x_test", "y_test")}
-        except (OSError, ValueError, KeyError):
-            arrays = None  # unreadable or stale: regenerate and overwrite
-    if arrays is None:
-        arrays = _generate_mnist1d(options.samples)
-        _atomic_savez(path, arrays)
+    arrays = _cached(
+        f"mnist1d-samples{options.samples}", _SPLIT_KEYS, lambda: _generate_mnist1d(options.samples)
+    )
     y = torch.from_numpy(arrays["y"].astype(np.int64))
     return Dataset(
         name="mnist1d",
@@ -216,6 +209,26 @@ def _generate_mnist1d(samples: int) -> dict[str, np.ndarray]:
     }
 
 
+_SPLIT_KEYS = ("x", "y", "x_test", "y_test")
+
+
+def _cached(
+    stem: str, keys: Sequence[str], build: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of ``<cache>/<stem>-v<version>.npz``; built with ``build`` and
+    written there when the file is absent, unreadable or stale."""
+    path = _cache_dir() / f"{stem}-v{_CACHE_VERSION}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as data:
+                return {k: data[k] for k in keys}
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable or stale: rebuild and overwrite
+    arrays = build()
+    _atomic_savez(path, arrays)
+    return arrays
+
+
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` to ``path`` via a temp file and ``os.replace``; skip if not writable."""
     try:
@@ -236,18 +249,7 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def _sklearn(name: str) -> Dataset:
     """A bundled scikit-learn set, split and standardised; cached on disk like MNIST-1D (the
     sklearn import alone costs each ClientApp process of a deployment about 2 s)."""
-    path = _cache_dir() / f"{name}-v{_CACHE_VERSION}.npz"
-    keys = ("x", "y", "x_test", "y_test")
-    arrays: dict[str, np.ndarray] | None = None
-    if path.exists():
-        try:
-            with np.load(path) as data:
-                arrays = {k: data[k] for k in keys}
-        except (OSError, ValueError, KeyError):
-            arrays = None  # unreadable or stale: rebuild and overwrite
-    if arrays is None:
-        arrays = _split_sklearn(name)
-        _atomic_savez(path, arrays)
+    arrays = _cached(name, _SPLIT_KEYS, lambda: _split_sklearn(name))
     y_train = torch.from_numpy(arrays["y"].astype(np.int64))
     return Dataset(
         name,
@@ -445,17 +447,14 @@ def _partitions(
     for part in (dataset_spec, partition_spec, str(num_partitions), str(seed)):
         digest.update(part.encode() + b"\0")
     digest.update(np.ascontiguousarray(dataset.groups_train.numpy()).tobytes())
-    path = _cache_dir() / f"partitions-{digest.hexdigest()}-v{_CACHE_VERSION}.npz"
-    parts: list[np.ndarray] | None = None
-    if path.exists():
-        try:
-            with np.load(path) as data:
-                parts = [np.asarray(data[f"p{i}"], dtype=np.int64) for i in range(num_partitions)]
-        except (OSError, ValueError, KeyError):
-            parts = None  # unreadable or stale: recompute and overwrite
-    if parts is None:
+    keys = tuple(f"p{i}" for i in range(num_partitions))
+
+    def build() -> dict[str, np.ndarray]:
         parts = partition_indices(dataset, partition_spec, num_partitions, seed)
-        _atomic_savez(path, {f"p{i}": p for i, p in enumerate(parts)})
+        return dict(zip(keys, parts, strict=True))
+
+    arrays = _cached(f"partitions-{digest.hexdigest()}", keys, build)
+    parts = [np.asarray(arrays[k], dtype=np.int64) for k in keys]
     for p in parts:
         p.flags.writeable = False
     return tuple(parts)
