@@ -432,6 +432,40 @@ def deploy(
 
 
 @app.command()
+def reproduce(
+    targets: list[str] = typer.Argument(
+        None,
+        help="Claims (c1.1 ... c4.2), 'matrix', 'performance', or 'all' \\[default: all].",
+    ),
+    quick: bool = typer.Option(
+        False, help="One seed and a few rounds: checks the pipeline, gives no results."
+    ),
+    jobs: int = typer.Option(2, min=1, help="Parallel local-engine processes."),
+    work: Path = typer.Option(
+        Path("results/reproduce"), help="Where the runs and sections are kept (resumable)."
+    ),
+    docs: Path | None = typer.Option(
+        None,
+        help="Where RESULTS.md and img/ go. \\[default: docs/, or <work>/quick/docs with --quick]",
+    ),
+) -> None:
+    """Regenerate docs/RESULTS.md: the papers' claims, the attack x defence matrix and the
+    performance report, offline. Runs already in WORK are reused; delete it to start over."""
+    from .reproduce import Budget, resolve_targets
+    from .reproduce import reproduce as run_reproduce
+
+    try:
+        names = resolve_targets(targets or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    out_docs = docs if docs is not None else (work / "quick" / "docs" if quick else Path("docs"))
+    path = run_reproduce(
+        names, Budget.make(quick=quick, jobs=jobs), work, out_docs, echo=console.print
+    )
+    console.print(f"wrote {path}")
+
+
+@app.command()
 def aggregators() -> None:
     """List the aggregator names usable in spec strings (e.g. 'bucketing:2+median')."""
     typer.echo("base rules: " + ", ".join(sorted(AGGREGATORS)))

@@ -34,7 +34,9 @@ from flwr_byz.simulations.plots import METRICS, X_AXES
 from flwr_byz.simulations.result import Result, RoundRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-COMMANDS = ("run", "grid", "plot", "demo", "deploy", "bench", "aggregators", "attacks")
+COMMANDS = (
+    "run", "grid", "plot", "demo", "deploy", "bench", "reproduce", "aggregators", "attacks",
+)  # fmt: skip
 ROUND_KEYS = {
     "round", "loss", "accuracy", "rejected", "bytes_up", "bytes_down", "seconds",
     "train_loss", "gap", "metrics", "missing",

@@ -1,0 +1,109 @@
+"""A section of docs/RESULTS.md, the budget it was made with, and the figure helper.
+
+Every claim, the matrix and the performance report produce a ``Section``; it is saved as JSON
+under the work directory, so ``flwr-byz reproduce c1.1`` redoes one section and RESULTS.md is
+assembled again from every saved one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["VERDICTS", "Budget", "Section", "line_figure", "table"]
+
+#: The one-line verdicts a claim can get.
+VERDICTS = ("reproduced", "partly", "not reproduced")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much to run: ``quick`` (CI's pipeline test) or the documented full budget.
+
+    ``rounds(full, quick)`` picks the round count of a run; ``seeds`` are the matrix's seeds,
+    ``claim_seeds`` those of the claims; ``jobs`` parallel local-engine processes.
+    """
+
+    quick: bool = False
+    jobs: int = 2
+    seeds: tuple[int, ...] = (0, 1, 2)
+    claim_seeds: tuple[int, ...] = (0, 1)
+
+    @classmethod
+    def make(cls, quick: bool, jobs: int) -> Budget:
+        if quick:
+            return cls(quick=True, jobs=jobs, seeds=(0,), claim_seeds=(0,))
+        return cls(jobs=jobs)
+
+    def rounds(self, full: int, quick: int = 3) -> int:
+        return quick if self.quick else full
+
+
+@dataclass
+class Section:
+    """One part of RESULTS.md: ``markdown`` body (figures referenced relative to docs/),
+    ``verdict`` (claims only), ``runs`` and ``seconds`` it took."""
+
+    key: str
+    title: str
+    markdown: str
+    verdict: str | None = None
+    summary: str = ""
+    runs: int = 0
+    seconds: float = 0.0
+    quick: bool = False
+    figures: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.verdict is not None and self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Section:
+        return cls(**json.loads(path.read_text()))
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def line_figure(
+    panels: Sequence[tuple[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]]],
+    out: Path,
+    xlabel: str = "round",
+    ylabel: str = "accuracy (%)",
+    logy: bool = False,
+) -> Path:
+    """Side-by-side panels of labelled (x, y) lines; NaN values leave gaps. Writes a PNG."""
+    fig = Figure(figsize=(5.0 * len(panels), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, lines) in zip(axes, panels, strict=True):
+        for label, (xs, ys) in lines.items():
+            ys = [math.nan if (logy and y is not None and y <= 0) else y for y in ys]
+            ax.plot(xs, ys, label=label, linewidth=1.2)
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="x-small")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(out, dpi=110, format="png")
+    return out

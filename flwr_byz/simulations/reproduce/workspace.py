@@ -1,0 +1,68 @@
+"""Where ``flwr-byz reproduce`` keeps its runs, sections and figures.
+
+Runs are stored by a hash of their resolved config (``runs/<method>-<hash>.json`` under the
+budget's folder), so a config shared by two claims runs once, an interrupted reproduction
+resumes, and a changed setup never reuses a stale file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ExperimentConfig
+from ..result import Result
+from .pool import run_all
+from .section import Budget, Section
+
+__all__ = ["Workspace"]
+
+
+@dataclass
+class Workspace:
+    """``work``: runs and sections (``<work>/<full|quick>/``); ``docs``: RESULTS.md's folder,
+    figures under ``docs/img``."""
+
+    budget: Budget
+    work: Path
+    docs: Path
+
+    @property
+    def root(self) -> Path:
+        return self.work / ("quick" if self.budget.quick else "full")
+
+    def out_path(self, cfg: ExperimentConfig) -> Path:
+        key = json.dumps(dataclasses.replace(cfg, out=None).to_dict(), sort_keys=True, default=str)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        return self.root / "runs" / f"{cfg.method}-{digest}.json"
+
+    def run(self, configs: Mapping[str, ExperimentConfig]) -> dict[str, Result]:
+        """Run (or reuse) every config; name -> its Result."""
+        placed = {k: dataclasses.replace(c, out=str(self.out_path(c))) for k, c in configs.items()}
+        run_all(list(placed.values()), self.budget.jobs, progress=_progress)
+        return {k: Result.load(str(c.out)) for k, c in placed.items()}
+
+    def figure(self, name: str) -> Path:
+        """Path of a figure: ``<docs>/img/<name>.png``."""
+        return self.docs / "img" / f"{name}.png"
+
+    def link(self, path: Path) -> str:
+        """``path`` relative to the docs folder, for a markdown image link."""
+        return os.path.relpath(path, self.docs)
+
+    def section_path(self, key: str) -> Path:
+        return self.root / "sections" / f"{key}.json"
+
+    def sections(self) -> dict[str, Section]:
+        folder = self.root / "sections"
+        return {p.stem: Section.load(p) for p in sorted(folder.glob("*.json"))}
+
+
+def _progress(done: int, total: int, out: str) -> None:
+    if done == total or done % 20 == 0:
+        print(f"  {done}/{total} runs done", flush=True)
