@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast bench lint clean
+.PHONY: help install demo test test-fast bench results lint clean
 
 help:
 	@echo "make install    create .venv (torch==2.13.0 first) and install flwr-byz[dev]"
@@ -17,6 +17,7 @@ help:
 	@echo "make test       install, then run the test suite"
 	@echo "make test-fast  same, skipping tests marked slow/deployment"
 	@echo "make bench      install (+ ByzFL --no-deps), run benchmarks/ -> benchmarks/results/"
+	@echo "make results    install, then regenerate docs/RESULTS.md and its figures (~50 min)"
 	@echo "make lint       ruff + mypy"
 
 $(STAMP): pyproject.toml
@@ -39,6 +40,9 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install --quiet --no-deps byzfl==0.0.11
 	$(PY) benchmarks/aggregators.py
+
+results: $(STAMP)
+	$(VENV)/bin/flwr-byz reproduce all
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -91,6 +91,9 @@ BYZFL_SMEA_MAX_WORK = 1e9  # ByzFL SMEA touches (n - f) * d floats per subset: C
 BYZFL_NNM_MAX_BYTES = 8e9  # ByzFL NNM gathers an [n, n - f, d] float32 tensor
 LEGACY_BULYAN_MAX_WORK = 1e11  # legacy Bulyan: Python-loop pairwise norms, sum m^2 * d
 
+BASELINES = ("flower_msg", "flower_numpy", "flower_legacy", "byzfl")
+NOT_REQUESTED = "skipped: not requested (--baselines)"
+
 
 # --------------------------------------------------------------------------- memory / timing
 
@@ -668,6 +671,13 @@ class Bench:
             if m.ms > self.args.cap_s * 1e3:
                 entry["notes"].append(f"{key}: single run (warm-up > {self.args.cap_s:g} s)")
 
+    def measure_baseline(self, entry: dict[str, Any], key: str, prepare: Prepare) -> None:
+        """Time baseline ``key`` unless ``--baselines`` leaves it out."""
+        if key in self.args.baselines:
+            self.record(entry, key, self.run(prepare))
+        else:
+            self.skip(entry, key, NOT_REQUESTED)
+
     def skip(self, entry: dict[str, Any], key: str, reason: str) -> None:
         for suffix in ("ms", "peak_mb", "peak_ratio"):
             entry[f"{key}_{suffix}"] = None
@@ -704,6 +714,7 @@ class Bench:
         e["ours_peak_kind"] = "cuda_allocated" if self.cuda else "rss"
 
         kind = FLOWER_KIND.get(name)
+        wanted = set(self.args.baselines)
         if kind is None:
             for key in ("flower_msg", "flower_numpy", "flower_legacy"):
                 self.skip(e, key, "skipped: no Flower counterpart")
@@ -716,12 +727,14 @@ class Bench:
                 replies = self.replies().build()
                 return lambda: strategy.aggregate_train(1, replies)
 
-            self.record(e, "flower_msg", self.run(msg))
-            self.record(
-                e, "flower_numpy", self.run(lambda: flower_numpy_call(kind, self.xn, f, self.fb))
+            self.measure_baseline(e, "flower_msg", msg)
+            self.measure_baseline(
+                e, "flower_numpy", lambda: lambda: flower_numpy_call(kind, self.xn, f, self.fb)
             )
             reason = legacy_skip(kind, n, d, self.fb)
-            if reason:
+            if "flower_legacy" not in wanted:
+                self.skip(e, "flower_legacy", NOT_REQUESTED)
+            elif reason:
                 self.skip(e, "flower_legacy", reason)
             else:
                 self.record(
@@ -731,6 +744,8 @@ class Bench:
                 )
 
         reason = self.bz_error or byzfl_skip(name, n, d, f)
+        if "byzfl" not in wanted:
+            reason = NOT_REQUESTED
         if not reason and self.bz is not None and byzfl_factory(name, self.bz, f) is None:
             reason = "skipped: no ByzFL counterpart"
         if reason or self.bz is None:
@@ -847,7 +862,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=4, help="layers of the fake Flower model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--baselines",
+        default=",".join(BASELINES),
+        help=f"comma list of baselines to time (default: all of {','.join(BASELINES)})",
+    )
+    args = p.parse_args(argv)
+    args.baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    unknown = sorted(set(args.baselines) - set(BASELINES))
+    if unknown:
+        p.error(f"unknown baseline(s) {unknown}; known: {list(BASELINES)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
