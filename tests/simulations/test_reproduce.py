@@ -139,7 +139,8 @@ def test_matrix_cells_and_bytes_to_target(tmp_path: Path) -> None:
     ws = FakeWorkspace(tmp_path, make, budget)
     section = matrix_mod.attack_matrix(ws)
     per_setting = len(matrix_mod.DEFENCES) * len(matrix_mod.ATTACKS) * 2 * 3
-    assert len(ws.calls) == section.runs == per_setting * len(matrix_mod.SETTINGS)
+    assert len(ws.calls) == per_setting * len(matrix_mod.SETTINGS)
+    assert section.summary == f"{len(ws.calls)} runs"
     assert {c.byzantine for c in ws.calls} == {2, 4}
     md = section.markdown
     # seeds 0, 1, 2 at 50, 60, 70%: mean 60, sample std 10
@@ -237,8 +238,37 @@ def test_document_lists_missing_targets(tmp_path: Path) -> None:
     assert "| C2.1 |" in doc and "| C1.1 |" in doc
     assert "Not run yet: `flwr-byz reproduce matrix`." in doc
     assert "0 reproduced, 1 partly, 0 not reproduced of 8." in doc
+    assert "no from-scratch time recorded" in doc
     with pytest.raises(ValueError, match="verdict must be one of"):
         Section("x", "t", "m", verdict="maybe")
+
+
+def test_reproduce_records_from_scratch_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flwr_byz.simulations.reproduce as rep
+
+    stored = tmp_path / "measure.json"
+
+    def build(ws: Workspace, key: str) -> Section:
+        if not ws.stored(stored):
+            stored.write_text("{}")
+        ws.stored(stored)  # a second section of the same build reading it: still "new"
+        return Section(key, f"{key} title", "body", verdict="reproduced")
+
+    monkeypatch.setitem(rep.TARGETS, "c1.1", lambda ws: build(ws, "c1.1"))
+    budget = Budget.make(quick=True, jobs=1)
+    work, docs = tmp_path / "work", tmp_path / "docs"
+    rep.reproduce(["c1.1"], budget, work, docs, echo=lambda _: None)
+    first = Section.load(work / "quick" / "sections" / "c1.1.json")
+    assert (first.new_runs, first.reused_runs) == (2, 0)
+    assert first.scratch_seconds == first.seconds
+    monkeypatch.setattr(rep.time, "perf_counter", iter([100.0, 160.0]).__next__)
+    doc = rep.reproduce(["c1.1"], budget, work, docs, echo=lambda _: None).read_text()
+    again = Section.load(work / "quick" / "sections" / "c1.1.json")
+    assert (again.new_runs, again.reused_runs) == (0, 2)
+    assert again.seconds == 60.0 and again.scratch_seconds == first.scratch_seconds
+    assert "2 runs, 0.0 min from scratch (this build 1.0 min, 2 reused)" in doc
 
 
 def test_targets_and_cli_errors() -> None:
@@ -292,4 +322,6 @@ def test_quick_pipeline_end_to_end(tmp_path: Path) -> None:
     again = subprocess.run([*cmd, "c4.2", *args], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert sorted((work / "quick" / "runs").glob("*.json")) == runs  # nothing rerun
+    c42 = Section.load(work / "quick" / "sections" / "c4.2.json")
+    assert c42.new_runs == 0 and c42.reused_runs > 0 and c42.scratch_seconds is not None
     assert (docs / "RESULTS.md").read_text().count("### C") == len(CLAIMS)

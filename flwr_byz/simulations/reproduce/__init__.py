@@ -62,14 +62,25 @@ def reproduce(
     """Build the sections ``names``, then write ``docs/RESULTS.md``; returns its path."""
     ws = Workspace(budget, Path(work), Path(docs))
     for key in resolve_targets(names):
-        echo(f"== {key}: {TARGETS[key].__name__}")
+        echo(f"== {key}")
+        path = ws.section_path(key)
+        previous = Section.load(path) if path.exists() else None
+        ws.new_runs = ws.reused_runs = 0
         start = time.perf_counter()
         section = TARGETS[key](ws)
         section.seconds = round(time.perf_counter() - start, 1)
+        section.new_runs, section.reused_runs = ws.new_runs, ws.reused_runs
+        if section.reused_runs == 0:
+            section.scratch_seconds = section.seconds
+        elif previous is not None:
+            section.scratch_seconds = previous.scratch_seconds
         section.quick = budget.quick
-        section.save(ws.section_path(key))
+        section.save(path)
         tail = f": {section.verdict}" if section.verdict else ""
-        echo(f"   {key} done in {section.seconds:.0f} s{tail}")
+        echo(
+            f"   {key} done in {section.seconds:.0f} s ({section.new_runs} runs made, "
+            f"{section.reused_runs} reused){tail}"
+        )
     return write_document(ws)
 
 
@@ -87,11 +98,16 @@ def write_document(ws: Workspace) -> Path:
     if ws.budget.quick:
         lines += ["**Quick budget** (`--quick`: one seed, a few rounds): a pipeline check, "
                   "not results.", ""]  # fmt: skip
-    total = sum(s.seconds for s in sections.values())
+    scratch = [s.scratch_seconds for s in sections.values() if s.scratch_seconds is not None]
+    took = (
+        f"from scratch the sections take {sum(scratch) / 60:.0f} min in all"
+        if sections and len(scratch) == len(sections)
+        else "no from-scratch time recorded for every section yet"
+    )
     lines += [
         f"Machine: {platform.machine()}, {_cores()} cores, Python {platform.python_version()}, "
         f"torch {torch.__version__}; written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
-        f"the sections took {total / 60:.1f} min in all.",
+        f"{took}.",
         "",
         "## Claims",
         "",
@@ -115,7 +131,7 @@ def write_document(ws: Workspace) -> Path:
             continue
         verdict = f" — **{s.verdict}**" if s.verdict else ""
         lines += [f"{heading} {s.title}{verdict}", ""]
-        lines += [f"`flwr-byz reproduce {key}`, {s.seconds / 60:.1f} min.", "", s.markdown, ""]
+        lines += [f"`flwr-byz reproduce {key}`: {_cost(s)}.", "", s.markdown, ""]
     lines += [
         "## Earlier experiments",
         "",
@@ -127,6 +143,17 @@ def write_document(ws: Workspace) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path
+
+
+def _cost(s: Section) -> str:
+    """ "N runs, X min from scratch" plus this build's time when it reused runs."""
+    runs = s.new_runs + s.reused_runs
+    text = f"{runs} runs" if runs else "nothing stored"
+    if s.scratch_seconds is not None:
+        text += f", {s.scratch_seconds / 60:.1f} min from scratch"
+    if s.reused_runs:
+        text += f" (this build {s.seconds / 60:.1f} min, {s.reused_runs} reused)"
+    return text
 
 
 def _cores() -> int:

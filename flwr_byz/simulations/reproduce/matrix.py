@@ -201,6 +201,5 @@ def attack_matrix(ws: Workspace) -> Section:
         title="Attack x defence matrix",
         markdown="\n".join(body),
         summary=f"{runs} runs",
-        runs=runs,
         figures=figures,
     )

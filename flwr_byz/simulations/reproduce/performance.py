@@ -92,7 +92,7 @@ def _aggregators(ws: Workspace) -> list[str]:
     if not script.exists():
         return [f"The aggregator benchmark needs a source checkout ({script} is missing)."]
     sizes = QUICK_SIZES if ws.budget.quick else FULL_SIZES
-    if not out.exists():
+    if not ws.stored(out):
         out.parent.mkdir(parents=True, exist_ok=True)
         args = [sys.executable, str(script), "--sizes", sizes, "--only", BENCH_RULES,
                 "--repeats", "1" if ws.budget.quick else "3", "--threads", "1",
@@ -154,7 +154,7 @@ def _base(ws: Workspace, rounds: int) -> ExperimentConfig:
 def _strategies(ws: Workspace) -> list[str]:
     out = ws.root / "bench" / "strategies.json"
     rounds = 2 if ws.budget.quick else 5
-    if not out.exists():
+    if not ws.stored(out):
         base = _base(ws, rounds)
         configs = [replace(base, **fields) for _, fields in STRATEGIES]
         with _flower_logging(False, logging.ERROR):
@@ -195,7 +195,7 @@ def _strategies(ws: Workspace) -> list[str]:
 
 def _compressors(ws: Workspace) -> list[str]:
     out = ws.root / "bench" / "compressors.json"
-    if not out.exists():
+    if not ws.stored(out):
         base = replace(_base(ws, 3), method="br-csgd", aggregator="cwmed")
         configs = [replace(base, compressor=c) for c in COMPRESSORS]
         with _flower_logging(False, logging.ERROR):
@@ -222,7 +222,7 @@ def _scale(ws: Workspace) -> list[str]:
     out = ws.root / "bench" / "scale.json"
     clients, per_round = (200, 10) if ws.budget.quick else (1000, 50)
     rounds = 2 if ws.budget.quick else 5
-    if not out.exists():
+    if not ws.stored(out):
         cfg = replace(_base(ws, rounds), clients=clients, clients_per_round=per_round,
                       byzantine=clients // 10, attack="sign-flip", method="robust-fedavg",
                       aggregator="cwmed")  # fmt: skip

@@ -49,15 +49,19 @@ class Budget:
 @dataclass
 class Section:
     """One part of RESULTS.md: ``markdown`` body (figures referenced relative to docs/),
-    ``verdict`` (claims only), ``runs`` and ``seconds`` it took."""
+    ``verdict`` (claims only); ``seconds`` this build took, running ``new_runs`` and reusing
+    ``reused_runs`` stored ones; ``scratch_seconds``: the time of the last build that reused
+    nothing (None until one has run)."""
 
     key: str
     title: str
     markdown: str
     verdict: str | None = None
     summary: str = ""
-    runs: int = 0
     seconds: float = 0.0
+    new_runs: int = 0
+    reused_runs: int = 0
+    scratch_seconds: float | None = None
     quick: bool = False
     figures: list[str] = field(default_factory=list)
 

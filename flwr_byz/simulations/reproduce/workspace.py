@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ExperimentConfig
@@ -31,6 +31,9 @@ class Workspace:
     budget: Budget
     work: Path
     docs: Path
+    new_runs: int = 0  # counted since the last reset, for the section being built
+    reused_runs: int = 0
+    made: set[str] = field(default_factory=set)  # paths made by this build (any section)
 
     @property
     def root(self) -> Path:
@@ -44,8 +47,22 @@ class Workspace:
     def run(self, configs: Mapping[str, ExperimentConfig]) -> dict[str, Result]:
         """Run (or reuse) every config; name -> its Result."""
         placed = {k: dataclasses.replace(c, out=str(self.out_path(c))) for k, c in configs.items()}
+        for out in {str(c.out) for c in placed.values()}:
+            self.stored(Path(out))
         run_all(list(placed.values()), self.budget.jobs, progress=_progress)
         return {k: Result.load(str(c.out)) for k, c in placed.items()}
+
+    def stored(self, path: Path) -> bool:
+        """Whether the run or measurement at ``path`` is stored already. It counts as reused
+        when an earlier build stored it, else as new (also when another section of this
+        build made it: C4.2 reads C4.1's runs)."""
+        exists = path.exists()
+        if exists and str(path) not in self.made:
+            self.reused_runs += 1
+        else:
+            self.new_runs += 1
+            self.made.add(str(path))
+        return exists
 
     def figure(self, name: str) -> Path:
         """Path of a figure: ``<docs>/img/<name>.png``."""
