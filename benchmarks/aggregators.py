@@ -729,7 +729,7 @@ class Bench:
 
             self.measure_baseline(e, "flower_msg", msg)
             self.measure_baseline(
-                e, "flower_numpy", lambda: lambda: flower_numpy_call(kind, self.xn, f, self.fb)
+                e, "flower_numpy", lambda: flower_numpy_call(kind, self.xn, f, self.fb)
             )
             reason = legacy_skip(kind, n, d, self.fb)
             if "flower_legacy" not in wanted:

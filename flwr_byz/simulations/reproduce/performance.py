@@ -104,13 +104,11 @@ def _aggregators(ws: Workspace) -> list[str]:
     rows = []
     for size in data["sizes"]:
         for name, r in size["rules"].items():
-            msg = r.get("flower_msg_ms")
-            ours = r.get("ours_ms")
-            ratio = f"{msg / ours:.1f}x" if msg and ours else "-"
+            msg, numpy, ours = r.get("flower_msg_ms"), r.get("flower_numpy_ms"), r.get("ours_ms")
             rows.append([
-                f"{size['n']} x {size['d']:,}", name, _ms(ours), _ms(msg),
-                _ms(r.get("flower_numpy_ms")),
-                ratio, _mb(r.get("ours_peak_mb")), _mb(r.get("flower_msg_peak_mb")),
+                f"{size['n']} x {size['d']:,}", name, _ms(ours), _ms(msg), _ms(numpy),
+                _ratio(msg, ours), _ratio(numpy, ours), _mb(r.get("ours_peak_mb")),
+                _mb(r.get("flower_msg_peak_mb")),
             ])  # fmt: skip
     return [
         "**Aggregators against Flower's built-in strategies** (`benchmarks/aggregators.py "
@@ -128,12 +126,17 @@ def _aggregators(ws: Workspace) -> list[str]:
                 "Flower (ms)",
                 "Flower numpy (ms)",
                 "Flower / ours",
+                "Flower numpy / ours",
                 "ours peak",
                 "Flower peak",
             ],
             rows,
         ),
     ]
+
+
+def _ratio(base: float | None, ours: float | None) -> str:
+    return f"{base / ours:.1f}x" if base and ours else "-"
 
 
 def _ms(v: float | None) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,9 @@ class Section:
 
     @classmethod
     def load(cls, path: Path) -> Section:
-        return cls(**json.loads(path.read_text()))
+        """Read a saved section; keys this version does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -1,0 +1,43 @@
+"""benchmarks/aggregators.py: the --baselines selection and timings that time the real work
+(a median over the same data cannot beat the torch.mean floor)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "aggregators.py"
+
+
+def _bench():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("bench_aggregators", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_aggregators"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_baselines_selection_and_real_timings(tmp_path: Path) -> None:
+    bench = _bench()
+    out = tmp_path / "agg.json"
+    args = ["--sizes", "20x200000", "--only", "median,bulyan", "--repeats", "2", "--threads", "1"]
+    assert bench.main([*args, "--baselines", "flower_numpy", "--out", str(out)]) in (0, None)
+    (size,) = json.loads(out.read_text())["sizes"]
+    for name in ("Median", "Bulyan"):
+        rule = size["rules"][name]
+        for key in ("flower_msg", "flower_legacy", "byzfl_torch", "byzfl_numpy"):
+            assert rule["skipped"][key] == bench.NOT_REQUESTED, (name, key)
+            assert rule[f"{key}_ms"] is None
+        assert rule["ours_ms"] > 0
+    # np.median over 20 x 200k floats reads all of it and sorts: slower than a mean of it
+    assert size["rules"]["Median"]["flower_numpy_ms"] > size["mean_floor_ms"]
+
+
+def test_unknown_baseline_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        _bench().parse_args(["--baselines", "flower_msg,nope"])
