@@ -133,7 +133,11 @@ def gram(x: torch.Tensor) -> torch.Tensor:
 
 def _sq_from_gram(g: torch.Tensor) -> torch.Tensor:
     diag = g.diagonal()
-    d2 = (diag[:, None] + diag[None, :] - 2.0 * g).clamp_min_(0.0)
+    d2 = diag[:, None] + diag[None, :] - 2.0 * g
+    # A GEMM need not return an exactly symmetric x @ x.T (it depends on the BLAS kernel the
+    # CPU picks); D_ij != D_ji would break ties by index differently on different machines.
+    # Adding the transpose is exactly symmetric (floating-point addition commutes).
+    d2 = (0.5 * (d2 + d2.T)).clamp_min_(0.0)
     d2.fill_diagonal_(0.0)
     return d2
 

@@ -589,3 +589,18 @@ def test_input_not_modified(name: str) -> None:
     assert torch.equal(x, before)
     out.add_(1.0)  # the output must not alias the input
     assert torch.equal(x, before)
+
+
+def test_distances_are_exactly_symmetric_whatever_the_gemm() -> None:
+    """A GEMM may return ``x @ x.T`` a few ulps off symmetric (it depends on the BLAS kernel the
+    CPU picks): the distance matrix is exactly symmetric all the same, so the index tie-breaks
+    of Krum, Bulyan and MDA agree on every machine."""
+    from flwr_byz.aggregators.base import gram, pairwise_sq_distances
+
+    x = make_x(5, 7, 0)
+    g = gram(x).clone()
+    g[0, 1] = torch.nextafter(g[0, 1], torch.tensor(math.inf, dtype=g.dtype))
+    g[3, 2] = torch.nextafter(g[3, 2], torch.tensor(-math.inf, dtype=g.dtype))
+    d = pairwise_sq_distances(x, g)
+    assert torch.equal(d, d.T)
+    assert torch.all(d.diagonal() == 0)

@@ -242,6 +242,10 @@ def test_the_app_directory_is_found() -> None:
     assert find_app() == ROOT
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("fault", ["SIGINT", "SIGTERM", "superlink-crash"])
 def test_deploy_stops_every_process_on_ctrl_c_sigterm_and_error(workdir: Path, fault: str) -> None:
     """``flwr-byz deploy`` interrupted (Ctrl-C, SIGTERM) or failing (its SuperLink dies
@@ -255,6 +259,9 @@ def test_deploy_stops_every_process_on_ctrl_c_sigterm_and_error(workdir: Path, f
         stderr=subprocess.STDOUT,
         text=True,
         cwd=workdir,
+        # Ctrl-C in a terminal: a job a shell starts in the background (job control off)
+        # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
+        preexec_fn=_sigint_default,
     )
     try:
         _wait(lambda: (work / "logs" / "run-1.log").exists(), 300, "the run to start")
