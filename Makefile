@@ -17,7 +17,7 @@ help:
 	@echo "make test       install, then run the test suite"
 	@echo "make test-fast  same, skipping tests marked slow/deployment"
 	@echo "make bench      install (+ ByzFL --no-deps), run benchmarks/ -> benchmarks/results/"
-	@echo "make results    install, then regenerate docs/RESULTS.md and its figures (~50 min)"
+	@echo "make results    install, then regenerate docs/RESULTS.md and its figures (~55 min)"
 	@echo "make lint       ruff + mypy"
 
 $(STAMP): pyproject.toml
