@@ -7,16 +7,18 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast bench results lint clean
+.PHONY: help install demo test test-fast bench bench-engines results lint clean
 
 help:
 	@echo "make install    create .venv (torch==2.13.0 first) and install flwr-byz[dev]"
 	@echo "make demo       install, then run the flagship experiment -> results/demo/ (JSON + PNG)"
 	@echo "make test       install, then run the test suite"
 	@echo "make test-fast  same, skipping tests marked slow/deployment"
-	@echo "make bench      install (+ ByzFL --no-deps), run benchmarks/ -> benchmarks/results/"
+	@echo "make bench      install (+ ByzFL --no-deps), run benchmarks/aggregators.py -> benchmarks/results/"
+	@echo "make bench-engines  install, run benchmarks/engines.py (engines vs a plain loop, ~30-60 min)"
 	@echo "make results    install, then regenerate docs/RESULTS.md and its figures (~55 min)"
 	@echo "make lint       ruff + mypy"
 
@@ -40,6 +42,9 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install --quiet --no-deps byzfl==0.0.11
 	$(PY) benchmarks/aggregators.py
+
+bench-engines: $(STAMP)
+	$(PY) benchmarks/engines.py $(BENCH_ARGS)
 
 results: $(STAMP)
 	$(VENV)/bin/flwr-byz reproduce all

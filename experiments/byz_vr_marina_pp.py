@@ -14,8 +14,8 @@ import dataclasses
 from pathlib import Path
 
 from flwr_byz.simulations.config import ExperimentConfig
+from flwr_byz.simulations.engines import run_experiments
 from flwr_byz.simulations.result import Result
-from flwr_byz.simulations.runner import run_experiments
 
 ATTACKS = ("bit-flip", "label-flip", "alie", "shift-back")
 MARINA_LR = 0.1

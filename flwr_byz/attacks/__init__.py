@@ -1,12 +1,13 @@
 """Attacks: pure torch, ``(honest [h, d], own [b, d]) -> [b, d]`` (and the data attack
-LabelFlip). See ALGORITHMS.md section 2; ``get_attack`` parses spec strings."""
+LabelFlip); ShiftBack reads the attacked method's attack surface (a ``SurfaceAttack``).
+``get_attack`` parses spec strings."""
 
-from .base import Attack, check_attack_input, honest_stats
+from .base import Attack, SurfaceAttack, check_attack_input, honest_stats
 from .data import LabelFlip
 from .omniscient import ALIE, IPM, Mimic, MinMax, MinSum, alie_z
 from .registry import ATTACKS, get_attack
 from .server import SERVER_ATTACKS, ServerAttack, get_server_attack
-from .shiftback import ShiftBack, ShiftBackSource
+from .shiftback import ShiftBack
 from .vector import BitFlip, Gaussian, NoAttack, NonFinite, Scale, SignFlip
 
 __all__ = [
@@ -26,8 +27,8 @@ __all__ = [
     "Scale",
     "ServerAttack",
     "ShiftBack",
-    "ShiftBackSource",
     "SignFlip",
+    "SurfaceAttack",
     "alie_z",
     "check_attack_input",
     "get_attack",

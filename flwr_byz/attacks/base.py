@@ -2,16 +2,20 @@
 
 Pure torch (no Flower import). An attack maps the round's honest vectors ``honest`` ``[h, d]``
 and the Byzantine nodes' own honest vectors ``own`` ``[b, d]`` to the ``[b, d]`` vectors they
-send instead (ALGORITHMS.md section 2), with ``own``'s dtype and device.
+send instead, with ``own``'s dtype and device. An attack that needs more of the method than
+these vectors (ShiftBack: its x^0 target) is a :class:`SurfaceAttack`, bound to the method's
+attack surface (``flwr_byz.methods.surface``) before use.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["Attack", "broadcast_rows", "check_attack_input", "honest_stats"]
+from ..methods.surface import AttackSurface
+
+__all__ = ["Attack", "SurfaceAttack", "broadcast_rows", "check_attack_input", "honest_stats"]
 
 
 @runtime_checkable
@@ -26,6 +30,14 @@ class Attack(Protocol):
     omniscient: ClassVar[bool]
 
     def __call__(self, honest: torch.Tensor, own: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class SurfaceAttack(Protocol):
+    """An attack that reads the attack surface of the method it targets (ShiftBack):
+    ``bind(surface)`` before the first call (``ByzantineGrid.bind(strategy)`` does it)."""
+
+    def bind(self, surface: AttackSurface) -> Any: ...
 
 
 def _check_matrix(x: torch.Tensor, what: str, rule: str) -> None:

@@ -2,9 +2,9 @@
 strategies), ByzantineGrid (server-side, omniscient, simulation),
 byzantine_mod / byzantine_app (per-node, node config), label_flip_requested (data attack)."""
 
-from .gradient import OPS, GradientClient
+from ..protocol.keys import ATTACK_KEY, OPS
+from .gradient import GradientClient
 from .grid import ByzantineGrid
-from .injection import ATTACK_KEY
 from .mods import (
     byzantine_app,
     byzantine_mod,

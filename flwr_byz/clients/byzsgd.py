@@ -1,5 +1,5 @@
 """The ByzSGD worker step (op ``byzsgd`` of ``GradientClient``; El-Mhamdi et al. PODC 2020,
-ALGORITHMS.md 4.4): choose a model among the servers' models, return the gradient there.
+arXiv 1905.03853): choose a model among the servers' models, return the gradient there.
 
 The Message carries the models the worker pulled as ``model-0``, ``model-1``, ... (pull order).
 Models that do not match the worker's own model (keys, shapes, dtypes) or hold NaN/Inf are
@@ -21,30 +21,67 @@ reply); the server then sends the median set, so the worker recovers on its next
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 from flwr.app import ArrayRecord, Context, RecordDict
+from torch import nn
 
-from ..aggregators import Median
-from ..strategies.byzsgd import MODEL_KEY
-from ..strategies.records import Layout, flatten, layout_of, unflatten
-from ..strategies.scatter_gather import lipschitz_accepts, lipschitz_coefficient, outlier_bound
-from .state import load_count, load_vector, store_count, store_vector
+from ..methods import byzsgd
+from ..methods.byzsgd import HISTORY, WorkerState
+from ..protocol.keys import (
+    BYZSGD_DROPPED_KEY,
+    BYZSGD_FALLBACK_KEY,
+    BYZSGD_FILTER,
+    BYZSGD_MEDIAN,
+    BYZSGD_REJECTED_KEY,
+    BYZSGD_RULE_KEY,
+    BYZSGD_RULES,
+    F_SERVERS_KEY,
+    F_WORKERS_KEY,
+    GATHER_PERIOD_KEY,
+    LR_KEY,
+    N_SERVERS_KEY,
+    N_WORKERS_KEY,
+    REPLICA_KEY,
+    STEP_KEY,
+)
+from ..protocol.records import Layout, flatten, layout_of, unflatten
+from .state import (
+    BYZSGD_G,
+    BYZSGD_K,
+    BYZSGD_STEP,
+    BYZSGD_X,
+    load_count,
+    load_vector,
+    store_count,
+    store_vector,
+)
 
-if TYPE_CHECKING:
-    from .gradient import GradientClient
+__all__ = ["HISTORY", "WorkerClient", "worker_step"]
 
-__all__ = ["HISTORY", "worker_step"]
 
-HISTORY = 100
-"""Past Lipschitz coefficients a worker keeps."""
+class WorkerClient(Protocol):
+    """What the worker step needs of its client (``GradientClient`` is one): a fresh model and
+    the gradient at a point."""
 
-_median = Median()
+    model_fn: Callable[[dict[str, Any]], nn.Module]
+
+    def gradient(
+        self,
+        point: ArrayRecord,
+        layout: Layout,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        config: dict[str, Any],
+    ) -> tuple[torch.Tensor, float]:
+        """(gradient of the loss at ``point`` on the batch as a flat vector, the loss)."""
+        ...
 
 
 def worker_step(
-    client: GradientClient,
+    client: WorkerClient,
     context: Context,
     config: dict[str, Any],
     content: RecordDict,
@@ -59,46 +96,45 @@ def worker_step(
         raise ValueError(
             f"ByzSGD worker: no usable model among the {dropped} received (shape/dtype/NaN)"
         )
-    step = int(config["step"])
-    prev_x = load_vector(context, config, "byzsgd-x")
-    prev_g = load_vector(context, config, "byzsgd-g")
-    history = load_vector(context, config, "byzsgd-k")
-    history = torch.zeros(0, dtype=torch.float64) if history is None else history
-    continuing = (
-        prev_x is not None
-        and prev_g is not None
-        and load_count(context, config, "byzsgd-step") == step - 1
-        and prev_x.shape == models[0][1].shape
+    step = int(config[STEP_KEY])
+    history = load_vector(context, config, BYZSGD_K)
+    step_before = load_count(context, config, BYZSGD_STEP)
+    state = WorkerState(
+        x=load_vector(context, config, BYZSGD_X),
+        g=load_vector(context, config, BYZSGD_G),
+        step=step_before,
+        history=torch.zeros(0, dtype=torch.float64) if history is None else history,
     )
-    counts = {"byzsgd-dropped": dropped, "byzsgd-rejected": 0, "byzsgd-fallback": 0}
-    rule = config.get("byzsgd-rule", "median")
-    if rule not in ("median", "filter"):
+    rule = config.get(BYZSGD_RULE_KEY, BYZSGD_MEDIAN)
+    if rule not in BYZSGD_RULES:
         raise ValueError(f"ByzSGD worker: unknown byzsgd-rule {rule!r} (median or filter)")
-    if rule == "filter":
-        if not continuing:
-            raise ValueError(
-                "ByzSGD worker: a filter step needs this worker's state from step "
-                f"{step - 1}; the server sends the median set next time"
-            )
-        assert prev_x is not None and prev_g is not None
-        model, grad, loss, k = _filtered(
-            client, config, models, layout, x, y, prev_x, prev_g, history, counts
-        )
-    else:
-        model = _median(torch.stack([v for _, v in models]))
+
+    def gradient(model: torch.Tensor, index: int | None) -> tuple[torch.Tensor, float]:
+        if index is not None:  # a pulled model: its own record
+            return client.gradient(models[index][0], layout, x, y, config)
         point = ArrayRecord(dict(models[0][0].items()) | dict(unflatten(model, layout).items()))
-        grad, loss = client.gradient(point, layout, x, y, config)
-        k = None
-        if continuing:
-            assert prev_x is not None and prev_g is not None
-            k = lipschitz_coefficient(grad, prev_g, model, prev_x)
-    if k is not None:
-        history = torch.cat([history.to(torch.float64), torch.tensor([k], dtype=torch.float64)])
-    store_vector(context, config, "byzsgd-x", model)
-    store_vector(context, config, "byzsgd-g", grad)
-    store_vector(context, config, "byzsgd-k", history[-HISTORY:])
-    store_count(context, config, "byzsgd-step", step)
-    return unflatten(grad, layout), loss, counts
+        return client.gradient(point, layout, x, y, config)
+
+    filtering = rule == BYZSGD_FILTER and state.continues(step, models[0][1].numel())
+    grad, loss, state, counts = byzsgd.worker_step(
+        [v for _, v in models],
+        gradient,
+        state,
+        rule="filter" if rule == BYZSGD_FILTER else "median",
+        step=step,
+        **(_filter_config(config) if filtering else _NO_FILTER),
+    )
+    assert state.x is not None
+    store_vector(context, config, BYZSGD_X, state.x)
+    store_vector(context, config, BYZSGD_G, grad)
+    store_vector(context, config, BYZSGD_K, state.history)
+    store_count(context, config, BYZSGD_STEP, step)
+    wire_counts = {
+        BYZSGD_DROPPED_KEY: dropped,
+        BYZSGD_REJECTED_KEY: counts["rejected"],
+        BYZSGD_FALLBACK_KEY: counts["fallback"],
+    }
+    return unflatten(grad, layout), loss, wire_counts
 
 
 def _valid_models(
@@ -109,8 +145,8 @@ def _valid_models(
     models: list[tuple[ArrayRecord, torch.Tensor]] = []
     dropped = 0
     j = 0
-    while MODEL_KEY.format(j) in arrays:
-        record = arrays[MODEL_KEY.format(j)]
+    while REPLICA_KEY.format(j) in arrays:
+        record = arrays[REPLICA_KEY.format(j)]
         j += 1
         try:
             vec = flatten(record, layout) if layout_of(record) == reference else None
@@ -123,36 +159,24 @@ def _valid_models(
     return models, dropped
 
 
-def _filtered(
-    client: GradientClient,
-    config: dict[str, Any],
-    models: list[tuple[ArrayRecord, torch.Tensor]],
-    layout: Layout,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    prev_x: torch.Tensor,
-    prev_g: torch.Tensor,
-    history: torch.Tensor,
-    counts: dict[str, int],
-) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """The synchronous variant's choice: (model, gradient, loss, Lipschitz coefficient)."""
-    lr = float(config["lr"])
-    period = int(config["gather-period"])
-    n_ps, f_ps = int(config["n-servers"]), int(config["f-servers"])
-    n_w, f_w = int(config["n-workers"]), int(config["f-workers"])
-    since = (int(config["step"]) - 1) % period
-    estimate = prev_x - lr * prev_g
-    tried = []
-    for record, vec in models:
-        grad, loss = client.gradient(record, layout, x, y, config)
-        k = lipschitz_coefficient(grad, prev_g, vec, prev_x)
-        distance = float((vec - estimate).norm())
-        bound = outlier_bound(lr, float(grad.norm()), period, n_w, f_w, since)
-        tried.append((vec, grad, loss, k, distance, bound))
-        if distance <= bound and lipschitz_accepts(k, history, n_ps, f_ps):
-            counts["byzsgd-rejected"] = len(tried) - 1
-            return vec, grad, loss, k
-    counts["byzsgd-rejected"] = len(tried)
-    counts["byzsgd-fallback"] = 1
-    vec, grad, loss, k, _, _ = min(tried, key=lambda c: (0, c[3]) if c[4] <= c[5] else (1, c[4]))
-    return vec, grad, loss, k
+_NO_FILTER: dict[str, Any] = {
+    "lr": 0.0,
+    "period": 1,
+    "n_servers": 1,
+    "f_servers": 0,
+    "n_workers": 1,
+    "f_workers": 0,
+}
+"""Placeholders for a median step (the filters' parameters are not read)."""
+
+
+def _filter_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The filters' parameters from the message (``KeyError`` when one is missing)."""
+    return {
+        "lr": float(config[LR_KEY]),
+        "period": int(config[GATHER_PERIOD_KEY]),
+        "n_servers": int(config[N_SERVERS_KEY]),
+        "f_servers": int(config[F_SERVERS_KEY]),
+        "n_workers": int(config[N_WORKERS_KEY]),
+        "f_workers": int(config[F_WORKERS_KEY]),
+    }

@@ -53,21 +53,52 @@ from flwr.clientapp.typing import Mod
 from torch import nn
 
 from ..attacks import LabelFlip
-from ..compressors import get_compressor
-from ..strategies.records import Layout, flatten, layout_of, payload_record, unflatten
-from ..strategies.updates import momentum_update
+from ..compressors import Compressor, get_compressor
+from ..methods import ef21, marina, momentum, mu2sgd
+from ..protocol.keys import (
+    BATCH_SEED_KEY,
+    BATCH_SIZE_KEY,
+    BETA_KEY,
+    COMPRESSOR_KEY,
+    COMPRESSOR_SEED_KEY,
+    CONFIG_KEY,
+    EF21_VERSION_KEY,
+    METRICS_KEY,
+    NUM_EXAMPLES_KEY,
+    OP_BYZSGD,
+    OP_DOUBLE,
+    OP_GRAD,
+    OP_KEY,
+    OP_MOMENTUM,
+    OPS,
+    PAYLOAD_KEY,
+    POINT_KEY,
+    PREV_KEY,
+    TRAIN_LOSS_KEY,
+    VECTOR_KEY,
+)
+from ..protocol.records import Layout, flatten, layout_of, payload_record, unflatten
 from .byzsgd import worker_step
 from .mods import label_flip_requested
-from .state import drop, load_count, load_vector, store_count, store_vector
+from .state import (
+    DOUBLE_D,
+    DOUBLE_X,
+    EF21_COUNT,
+    EF21_G,
+    EF21_G_PREV,
+    MOMENTUM,
+    drop,
+    load_count,
+    load_vector,
+    store_count,
+    store_vector,
+)
 
 __all__ = ["OPS", "GradientClient"]
 
 ModelFn = Callable[[dict[str, Any]], nn.Module]
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 DataFn = Callable[[Context, dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
-
-OPS = ("grad", "grad_diff", "momentum", "double", "byzsgd")
-"""The ops GradientClient answers."""
 
 
 class GradientClient:
@@ -111,53 +142,54 @@ class GradientClient:
     def handle(self, msg: Message, context: Context) -> Message:
         """Answer one train Message (raises ``ValueError`` for an unknown op or a malformed
         message; Flower returns it to the server as an error reply)."""
-        record = msg.content.config_records.get("config")
+        record = msg.content.config_records.get(CONFIG_KEY)
         config: dict[str, Any] = dict(record) if record is not None else {}
-        op = config.get("op")
+        op = config.get(OP_KEY)
         if op not in OPS:
             raise ValueError(f"GradientClient: unknown op {op!r}; it answers {OPS}")
         x, y = self.data_fn(context, config)
         if label_flip_requested(msg, context):
             y = self._flip(y, x, config)
         arrays = msg.content.array_records
-        batch = _batch(len(y), int(config.get("batch-size", 0)), int(config.get("batch-seed", 0)))
+        size, seed = int(config.get(BATCH_SIZE_KEY, 0)), int(config.get(BATCH_SEED_KEY, 0))
+        batch = _batch(len(y), size, seed)
         xb, yb = x[batch].to(self.device), y[batch].to(self.device)
         out: dict[str, Any] = {}
-        if op == "byzsgd":
-            out["grad"], loss, counts = worker_step(self, context, config, msg.content, xb, yb)
-            out["metrics"] = MetricRecord({"train-loss": loss, "num-examples": len(y), **counts})
+        if op == OP_BYZSGD:
+            out[VECTOR_KEY], loss, counts = worker_step(self, context, config, msg.content, xb, yb)
+            metrics: dict[str, Any] = {TRAIN_LOSS_KEY: loss, NUM_EXAMPLES_KEY: len(y), **counts}
+            out[METRICS_KEY] = MetricRecord(metrics)
             return Message(content=RecordDict(out), reply_to=msg)
-        if "arrays" not in arrays:
-            raise ValueError("GradientClient: the message has no 'arrays' record (the model)")
-        layout = layout_of(arrays["arrays"]).floating()
-        grad, loss = self.gradient(arrays["arrays"], layout, xb, yb, config)
-        if op == "grad":
-            if "compressor" in config:
-                compressor = get_compressor(str(config["compressor"]))
-                seed = int(config.get("compressor-seed", 0))
-                out["payload"] = payload_record(compressor.compress(grad, seed))
+        if POINT_KEY not in arrays:
+            raise ValueError(f"GradientClient: the message has no {POINT_KEY!r} record (the model)")
+        layout = layout_of(arrays[POINT_KEY]).floating()
+        grad, loss = self.gradient(arrays[POINT_KEY], layout, xb, yb, config)
+        if op == OP_GRAD:
+            if COMPRESSOR_KEY in config:
+                compressor = get_compressor(str(config[COMPRESSOR_KEY]))
+                seed = int(config.get(COMPRESSOR_SEED_KEY, 0))
+                out[PAYLOAD_KEY] = payload_record(compressor.compress(grad, seed))
             else:
-                out["grad"] = unflatten(grad, layout)
-        elif op == "momentum":
-            m = momentum_update(
-                load_vector(context, config, "momentum"), grad, float(config["beta"])
-            )
-            store_vector(context, config, "momentum", m)
-            if "ef21-version" in config:
-                out.update(self.error_feedback(context, config, m, layout))
-            else:
-                out["grad"] = unflatten(m, layout)
-        elif op == "double":
-            d = self.double_momentum(context, config, arrays["arrays"], layout, grad, xb, yb)
-            out["grad"] = unflatten(d, layout)
+                out[VECTOR_KEY] = unflatten(grad, layout)
+        elif op == OP_MOMENTUM and EF21_VERSION_KEY in config:
+            out.update(self.error_feedback(context, config, grad, layout))
+        elif op == OP_MOMENTUM:
+            state = _momentum_state(load_vector(context, config, MOMENTUM), grad)
+            m, _ = momentum.client_step(grad[None], state, beta=float(config[BETA_KEY]))
+            store_vector(context, config, MOMENTUM, m[0])
+            out[VECTOR_KEY] = unflatten(m[0], layout)
+        elif op == OP_DOUBLE:
+            d = self.double_momentum(context, config, arrays[POINT_KEY], layout, grad, xb, yb)
+            out[VECTOR_KEY] = unflatten(d, layout)
         else:  # grad_diff
-            if "prev" not in arrays:
-                raise ValueError("GradientClient: grad_diff needs the 'prev' record (x^k)")
-            prev, _ = self.gradient(arrays["prev"], layout, xb, yb, config)
-            compressor = get_compressor(str(config.get("compressor", "none")))
-            payload = compressor.compress(grad - prev, int(config.get("compressor-seed", 0)))
-            out["payload"] = payload_record(payload)
-        out["metrics"] = MetricRecord({"train-loss": loss, "num-examples": len(y)})
+            if PREV_KEY not in arrays:
+                raise ValueError(f"GradientClient: grad_diff needs the {PREV_KEY!r} record (x^k)")
+            prev, _ = self.gradient(arrays[PREV_KEY], layout, xb, yb, config)
+            delta = marina.client_step(grad[None], prev[None])[0]  # Q applied on the wire
+            compressor = get_compressor(str(config.get(COMPRESSOR_KEY, "none")))
+            payload = compressor.compress(delta, int(config.get(COMPRESSOR_SEED_KEY, 0)))
+            out[PAYLOAD_KEY] = payload_record(payload)
+        out[METRICS_KEY] = MetricRecord({TRAIN_LOSS_KEY: loss, NUM_EXAMPLES_KEY: len(y)})
         return Message(content=RecordDict(out), reply_to=msg)
 
     # --- the numeric step ----------------------------------------------------------------------
@@ -187,14 +219,16 @@ class GradientClient:
         return torch.cat(parts), float(loss.detach())
 
     def error_feedback(
-        self, context: Context, config: dict[str, Any], v: torch.Tensor, layout: Layout
+        self, context: Context, config: dict[str, Any], grad: torch.Tensor, layout: Layout
     ) -> dict[str, ArrayRecord]:
-        """EF21 error feedback of the momentum ``v`` (Byz-EF21-SGDM, Liu et al. 2024, Alg. 1):
-        ``c = C(v - g)``, ``g += c``, reply ``{"payload": c}``.
+        """Byz-EF21-SGDM's client step (``methods.ef21.client_step``; Liu et al. 2024, Alg. 1)
+        on the minibatch gradient ``grad``: the momentum ``v = beta v + (1 - beta) grad``, then
+        EF21 error feedback ``c = C(v - g)``, ``g += c``, reply ``{"payload": c}``.
 
         The client keeps ``g``, the ``g`` before the last step and a version t (the number of
         its replies the server has applied, minus one: the dense reset is version 0). The
-        server sends its own version as ``ef21-version`` (-1: it has no copy of this g):
+        server sends its own version as ``ef21-version`` (-1: it has no copy of this g); the
+        handshake (``methods.ef21.handshake``):
 
         - equal counts: the normal step above;
         - the client is one ahead (its last reply was lost or rejected): it restores the
@@ -202,24 +236,41 @@ class GradientClient:
         - anything else (first contact, lost client state): a reset, ``g = v`` sent dense
           as ``{"grad": v}`` (the paper's initialisation ``g_i^0 = v_i^0``).
         """
-        server = int(config["ef21-version"])
-        g = load_vector(context, config, "ef21-g")
-        prev = load_vector(context, config, "ef21-g-prev")
-        mine = load_count(context, config, "ef21-count")
-        if mine is not None and mine == server + 1:  # our last reply never reached the server
-            g, mine = prev, server
-        if server >= 0 and g is not None and mine == server and g.shape == v.shape:
-            compressor = get_compressor(str(config.get("compressor", "none")))
-            payload = compressor.compress(v - g, int(config.get("compressor-seed", 0)))
-            c = compressor.decompress(payload, v.numel()).to(g.dtype)
-            store_vector(context, config, "ef21-g-prev", g)
-            store_vector(context, config, "ef21-g", g + c)
-            store_count(context, config, "ef21-count", server + 1)
-            return {"payload": payload_record(payload)}
-        drop(context, config, "ef21-g-prev")  # a lost reset is followed by another reset
-        store_vector(context, config, "ef21-g", v)
-        store_count(context, config, "ef21-count", server + 1)
-        return {"grad": unflatten(v, layout)}
+        server = int(config[EF21_VERSION_KEY])
+        m = load_vector(context, config, MOMENTUM)
+        g = load_vector(context, config, EF21_G)
+        prev = load_vector(context, config, EF21_G_PREV)
+        mine = load_count(context, config, EF21_COUNT)
+        restore, reset = ef21.handshake(
+            torch.tensor([server]),
+            torch.tensor([ef21.NO_COUNT if mine is None else mine]),
+            torch.tensor([g is not None and g.shape == grad.shape]),
+            torch.tensor([prev is not None and prev.shape == grad.shape]),
+        )
+        if bool(restore[0]):  # our last reply never reached the server
+            g = prev
+        normal = not bool(reset[0])
+        wire = _Recorder(get_compressor(str(config.get(COMPRESSOR_KEY, "none"))))
+        prior = _momentum_state(m, grad)
+        g_row = g[None] if normal and g is not None else torch.zeros_like(grad)[None]
+        reply, state = ef21.client_step(
+            grad[None],
+            ef21.EF21ClientState(prior.m, g_row, prior.started),
+            beta=float(config[BETA_KEY]),
+            reset=reset,
+            compress=wire,
+            seeds=[int(config.get(COMPRESSOR_SEED_KEY, 0))],
+        )
+        store_vector(context, config, MOMENTUM, state.v[0])
+        store_count(context, config, EF21_COUNT, server + 1)
+        if normal:
+            assert g is not None and wire.payload is not None
+            store_vector(context, config, EF21_G_PREV, g)
+            store_vector(context, config, EF21_G, state.g[0])
+            return {PAYLOAD_KEY: payload_record(wire.payload)}
+        drop(context, config, EF21_G_PREV)  # a lost reset is followed by another reset
+        store_vector(context, config, EF21_G, state.g[0])
+        return {VECTOR_KEY: unflatten(reply[0], layout)}
 
     def double_momentum(
         self,
@@ -235,17 +286,25 @@ class GradientClient:
         ``d = grad f(x_t; z) + (1 - beta) (d_prev - grad f(x_prev; z))`` with the SAME minibatch
         z at both points, where x_prev and d_prev are this client's previous point and estimate
         (kept in ``context.state``); the first call returns ``grad f(x_t; z)``."""
-        d_prev = load_vector(context, config, "double-d")
-        x_prev = load_vector(context, config, "double-x")
+        d_prev = load_vector(context, config, DOUBLE_D)
+        x_prev = load_vector(context, config, DOUBLE_X)
         here = flatten(point, layout)
-        d = grad
+        state = mu2sgd.Mu2ClientState(grad[None], here[None], torch.tensor([False]))
+        g_prev = None
         if d_prev is not None and x_prev is not None and x_prev.shape == here.shape:
             prev_point = ArrayRecord(dict(point.items()) | dict(unflatten(x_prev, layout).items()))
             g_prev, _ = self.gradient(prev_point, layout, x, y, config)
-            d = grad + (1.0 - float(config["beta"])) * (d_prev - g_prev)
-        store_vector(context, config, "double-d", d)
-        store_vector(context, config, "double-x", here)
-        return d
+            state = mu2sgd.Mu2ClientState(d_prev[None], x_prev[None], torch.tensor([True]))
+        d, state = mu2sgd.client_step(
+            grad[None],
+            None if g_prev is None else g_prev[None],
+            here,
+            state,
+            beta=float(config[BETA_KEY]),
+        )
+        store_vector(context, config, DOUBLE_D, d[0])
+        store_vector(context, config, DOUBLE_X, state.x_prev[0])
+        return d[0]
 
     # --- helpers ---------------------------------------------------------------------------------
     def _flip(self, y: torch.Tensor, x: torch.Tensor, config: dict[str, Any]) -> torch.Tensor:
@@ -265,3 +324,23 @@ def _batch(n: int, size: int, seed: int) -> torch.Tensor:
     if size <= 0 or size >= n:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size]
+
+
+def _momentum_state(m: torch.Tensor | None, grad: torch.Tensor) -> momentum.MomentumClientState:
+    """One client's stored momentum ``m`` (None: it has not stepped) as a row state."""
+    if m is None:
+        return momentum.MomentumClientState(torch.zeros_like(grad)[None], torch.tensor([False]))
+    return momentum.MomentumClientState(m[None], torch.tensor([True]))
+
+
+class _Recorder:
+    """A row-wise compressor for one client (``methods.ef21.Compress`` with n = 1) that keeps
+    the wire payload it produced: the reply carries the payload, the state the dense C(x)."""
+
+    def __init__(self, compressor: Compressor) -> None:
+        self.compressor = compressor
+        self.payload: dict[str, torch.Tensor] | None = None
+
+    def __call__(self, rows: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        self.payload = self.compressor.compress(rows[0], int(seeds[0]))
+        return self.compressor.decompress(self.payload, rows.shape[1])[None]

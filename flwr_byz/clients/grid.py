@@ -6,24 +6,56 @@ replies are in, the Byzantine nodes' replies are rewritten by the attack, which 
 honest replies of the round (the omniscient threat model of ALIE, IPM, MinMax, Mimic). Any
 strategy works unchanged behind it: ours, and Flower's FedAvg, Krum, MultiKrum, Bulyan,
 FedMedian, FedTrimmedAvg.
+
+The attack forges what the strategy aggregates, through the method's attack surface
+(``flwr_byz.methods.surface``; ``bind(strategy)`` takes ``strategy.attack_surface()``): the
+honest and Byzantine rows are ``surface.aggregated(node, reply vector)``, and a forged row goes
+back as ``surface.to_wire(node, forged)`` (compressed again when the reply was a payload).
+Unbound, or bound to a strategy without a surface (Flower's), the surface is the model update
+``reply - model sent`` (``injection.model_update_surface``).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from logging import INFO, WARNING
+from typing import Protocol, runtime_checkable
 
 import torch
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from ..attacks import Attack, LabelFlip, get_attack
-from .injection import Target, apply_attack, mark_label_flip, target_of, write_back
+from ..attacks import Attack, LabelFlip, SurfaceAttack, get_attack
+from ..methods.surface import AttackSurface, as_surface
+from .injection import (
+    Target,
+    apply_attack,
+    mark_label_flip,
+    model_sent,
+    model_update_surface,
+    target_of,
+    write_back,
+)
 from .wrapping import GridWrapper
 
-__all__ = ["ByzantineGrid"]
+__all__ = ["ByzantineGrid", "SurfaceStrategy", "surface_of"]
+
+
+@runtime_checkable
+class SurfaceStrategy(Protocol):
+    """A strategy with an attack surface (every strategy of flwr-byz)."""
+
+    def attack_surface(self) -> AttackSurface: ...
+
+
+def surface_of(strategy: object) -> AttackSurface | None:
+    """``strategy.attack_surface()``, checked (``TypeError`` naming the methods it lacks);
+    None for a strategy without one (Flower's FedAvg, Krum, ...)."""
+    if not isinstance(strategy, SurfaceStrategy):
+        return None
+    return as_surface(strategy.attack_surface(), f"{type(strategy).__name__}.attack_surface()")
 
 
 class ByzantineGrid(GridWrapper):
@@ -44,6 +76,8 @@ class ByzantineGrid(GridWrapper):
         Seeds the choice of nodes and random attacks given as spec strings.
     message_types : Sequence[str] (default: ("train",))
         Replies to these message types are attacked; evaluation replies stay honest.
+    strategy : object | None
+        The strategy behind the grid: ``bind(strategy)`` now (it can also be called later).
 
     Per-node attacks rewrite each Byzantine reply from its own content; omniscient attacks
     also read the round's valid honest replies (those with the same array layout and finite
@@ -61,6 +95,7 @@ class ByzantineGrid(GridWrapper):
         node_ids: Iterable[int] | None = None,
         seed: int = 0,
         message_types: Sequence[str] = (MessageType.TRAIN,),
+        strategy: object | None = None,
     ) -> None:
         if (num_byzantine is None) == (node_ids is None):
             raise ValueError("ByzantineGrid needs exactly one of num_byzantine or node_ids")
@@ -75,20 +110,28 @@ class ByzantineGrid(GridWrapper):
             None if node_ids is None else frozenset(int(n) for n in node_ids)
         )
         self._sent: dict[int, RecordDict] = {}
-        self._offset: Callable[[int], torch.Tensor | None] | None = None
+        self.surface: AttackSurface | None = None
+        """The bound strategy's attack surface (None: the model-update surface)."""
         self.attacked_replies = 0
         """Number of replies rewritten so far."""
+        if strategy is not None:
+            self.bind(strategy)
 
     def bind(self, strategy: object) -> ByzantineGrid:
-        """Attack ``strategy``'s aggregated vectors where they differ from the replies: a
-        strategy with ``reply_offset(node_id)`` (Byz-EF21-SGDM) adds each compressed reply to
-        a per-node vector; the attack then forges that sum. Also binds the attack (ShiftBack).
-        Returns ``self``."""
-        offset = getattr(strategy, "reply_offset", None)
-        self._offset = offset if callable(offset) else None
-        bind = getattr(self.attack, "bind", None)
-        if callable(bind):
-            bind(strategy)
+        """Attack what ``strategy`` aggregates: its ``attack_surface()`` (e.g. Byz-EF21-SGDM's
+        copies ``g_i + c_i``); a strategy without one (Flower's) keeps the model-update
+        surface. A :class:`~flwr_byz.attacks.SurfaceAttack` (ShiftBack) is bound to the
+        surface; against a strategy without one it is a ``TypeError`` naming
+        ``attack_surface``. Returns ``self``."""
+        surface = surface_of(strategy)
+        if isinstance(self.attack, SurfaceAttack):
+            if surface is None:
+                raise TypeError(
+                    f"{type(self.attack).__name__} needs the attack surface of the strategy it "
+                    f"attacks: {type(strategy).__name__} has no attack_surface()"
+                )
+            self.attack.bind(surface)
+        self.surface = surface
         return self
 
     # --- which nodes are Byzantine --------------------------------------------------------
@@ -148,34 +191,46 @@ class ByzantineGrid(GridWrapper):
             return replies
         byzantine = self.byzantine_node_ids
         cache: dict[int, torch.Tensor] = {}
-        honest: list[Target] = []
-        own: list[tuple[Message, Target]] = []
+        models: dict[int, torch.Tensor | None] = {}
+        surface = self.surface if self.surface is not None else model_update_surface(models.get)
+        honest: list[tuple[Target, torch.Tensor]] = []
+        own: list[tuple[Message, int, Target, torch.Tensor]] = []
         for reply in replies:
             node = int(reply.metadata.src_node_id)
             if not self._attacked_type(reply) or node not in self._sent or reply.has_error():
                 continue
             try:
-                offset = self._offset(node) if self._offset is not None else None
-                target = target_of(reply.content, self._sent[node], cache, offset)
+                target = target_of(reply.content, self._sent[node])
             except Exception:  # an undecodable reply: the strategy's validation rejects it
                 continue
             if target is None:
                 continue
+            if self.surface is None:
+                models[node] = model_sent(target, self._sent[node], cache)
+            try:
+                row = surface.aggregated(node, target.vector, compressed=target.compressed)
+            except (RuntimeError, ValueError) as exc:  # e.g. a vector of the wrong size
+                log(WARNING, "ByzantineGrid: reply of node %d left out: %s", node, exc)
+                continue
             if node in byzantine:
-                own.append((reply, target))
+                own.append((reply, node, target, row))
             elif bool(torch.isfinite(target.vector).all()):
-                honest.append(target)
-        for records in {t.records for _, t in own}:
-            group = [(r, t) for r, t in own if t.records == records]
-            peers = [t.delta for t in honest if t.records == records]
-            own_rows = torch.stack([t.delta for _, t in group])
+                honest.append((target, row))
+        # one attack call per reply layout (e.g. EF21's dense resets, then its payloads), in a
+        # fixed order: a random attack's draws do not depend on the process's string hashing
+        for records in sorted({t.records for _, _, t, _ in own}, key=repr):
+            group = [item for item in own if item[2].records == records]
+            peers = [row for t, row in honest if t.records == records]
+            own_rows = torch.stack([row for *_, row in group])
             honest_rows = torch.stack(peers) if peers else own_rows[:0]
             try:
                 forged = apply_attack(self.attack, honest_rows, own_rows)  # type: ignore[arg-type]
             except ValueError as exc:
                 log(WARNING, "ByzantineGrid: attack %s failed, replies kept: %s", self.attack, exc)
                 continue
-            for (reply, target), row in zip(group, forged, strict=True):
-                write_back(reply.content, target, row)
+            for (reply, node, target, _), row in zip(group, forged, strict=True):
+                vector = row.to(target.vector.dtype)
+                wire = surface.to_wire(node, vector, compressed=target.compressed)
+                write_back(reply.content, target, wire)
                 self.attacked_replies += 1
         return replies

@@ -1,18 +1,22 @@
-"""Where an attack meets a Flower reply: pick the vector to attack, write the result back.
+"""Where an attack meets a Flower reply: decode the reply's vector, write a forged one back.
 
-Shared by ByzantineGrid (server side, omniscient) and byzantine_mod (client side). The
-attacked vector is the concatenation of the reply's floating-point arrays (integer arrays,
-e.g. indices of a compressed payload or BatchNorm counters, are left alone). For replies to a
-FedAvg-like message (no ``"op"`` in its ConfigRecord) holding the model that was sent, the
-attack acts on the update ``reply - sent`` and the attacked update is added back (DESIGN.md);
-for our method strategies (an ``"op"``) it acts on the returned vectors themselves. A reply
-carrying a compressor's ``"payload"`` (op ``grad_diff``) is decoded first, so the attack sees
-the dense vector Q(x) like the server does; the forged vector is sent in the wire format, as
-``Q(v)`` with the node's compressor seed (an unbiased compression of the chosen ``v``).
+Shared by ByzantineGrid (server side, omniscient) and byzantine_mod (client side), which both
+go through the method's attack surface (``flwr_byz.methods.surface``): the attack forges
+``surface.aggregated(node, vector)`` and the reply carries ``surface.to_wire(node, forged)``.
+A reply's vector is the concatenation of its floating-point arrays (integer arrays, e.g.
+indices of a compressed payload or BatchNorm counters, are left alone). A reply carrying a
+compressor's ``"payload"`` is decoded first, so the attack sees the dense vector Q(x) like the
+server does; the forged wire vector is sent in the wire format, as ``Q(v)`` with the node's
+compressor seed (an unbiased compression of the chosen ``v``).
+
+A strategy without a surface of its own (Flower's FedAvg, Krum, ...) gets
+:func:`model_update_surface`: for a reply to a message that holds a model and no ``"op"``,
+the update ``reply - model sent`` (:func:`model_sent`) is aggregated; else the reply itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +24,18 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from ..attacks import Attack
 from ..compressors import Compressor, get_compressor
-from ..strategies.records import (
+from ..methods.surface import OffsetSurface
+from ..protocol.keys import (
+    ATTACK_KEY,
+    COMPRESSOR_KEY,
+    COMPRESSOR_SEED_KEY,
+    CONFIG_KEY,
+    LABEL_FLIP,
+    OP_KEY,
+    PAYLOAD_KEY,
+    POINT_KEY,
+)
+from ..protocol.records import (
     Layout,
     flatten,
     layout_of,
@@ -30,61 +45,45 @@ from ..strategies.records import (
 )
 
 __all__ = [
-    "ATTACK_KEY",
     "Target",
     "apply_attack",
     "mark_label_flip",
+    "model_sent",
+    "model_update_surface",
+    "no_shift_back",
     "target_of",
     "write_back",
 ]
 
-ATTACK_KEY = "byzantine-attack"
-"""Node-config key (and ConfigRecord key) naming a node's attack, e.g. ``"sign-flip"``."""
-
 
 @dataclass(frozen=True)
 class Target:
-    """The attackable part of one reply: its float arrays, flat, and the base they are
-    measured from (the model sent, or zero). Replies with equal ``records`` (keys and
-    layouts) stack into one ``[n, d]`` matrix."""
+    """The attackable part of one reply: its float arrays, flat (a compressed payload:
+    decoded), and the compressor that made the payload. Replies with equal ``records`` (keys
+    and layouts) stack into one ``[n, d]`` matrix."""
 
     records: tuple[tuple[str, Layout], ...]
-    base: torch.Tensor
     vector: torch.Tensor
     codec: tuple[Compressor, int] | None = None  # a compressed payload: (compressor, seed)
 
     @property
-    def delta(self) -> torch.Tensor:
-        """What the attack sees: ``vector - base``."""
-        return self.vector - self.base
+    def compressed(self) -> bool:
+        """The reply is a compressor's payload (the surfaces' ``compressed``)."""
+        return self.codec is not None
 
 
-def target_of(
-    reply: RecordDict,
-    sent: RecordDict | None,
-    cache: dict[int, torch.Tensor] | None = None,
-    offset: torch.Tensor | None = None,
-) -> Target | None:
-    """The attack target of ``reply`` (None if it holds no float array).
-
-    ``sent`` is the content of the message the reply answers; ``cache`` memoises flattened
-    sent records across replies (FedAvg sends one record object to every node). ``offset``:
-    what the server adds a compressed reply to (Byz-EF21-SGDM's copy g_i); the attack then
-    sees and forges ``offset + C(.)``, the vector that is aggregated, and the reply carries
-    ``C(forged - offset)``.
-    """
+def target_of(reply: RecordDict, sent: RecordDict | None) -> Target | None:
+    """The attack target of ``reply`` (None if it holds no float array); ``sent`` is the
+    content of the message the reply answers (it names the compressor of a payload)."""
     codec = _codec(reply, sent)
     if codec is not None:
         assert sent is not None
-        d = layout_of(sent.array_records["arrays"]).floating().numel
+        d = layout_of(sent.array_records[POINT_KEY]).floating().numel
         payload = record_payload(reply.array_records[PAYLOAD_KEY])
         vector = codec[0].decompress(payload, d)
         dtype = str(vector.dtype).removeprefix("torch.")
         layout = Layout(keys=("decoded",), shapes=((d,),), dtypes=(dtype,))
-        base = torch.zeros_like(vector)
-        if offset is not None and offset.shape == vector.shape:
-            base = -offset.to(vector.dtype)
-        return Target(((PAYLOAD_KEY, layout),), base, vector, codec)
+        return Target(((PAYLOAD_KEY, layout),), vector, codec)
     records = tuple(
         (key, lay)
         for key, rec in reply.array_records.items()
@@ -93,25 +92,55 @@ def target_of(
     if not records:
         return None
     vector = torch.cat([flatten(reply.array_records[k], lay) for k, lay in records])
-    base = torch.zeros_like(vector)
-    if sent is not None and not any("op" in cfg for cfg in sent.config_records.values()):
-        start = 0
-        for key, lay in records:
-            src = sent.array_records.get(key)
-            if src is not None and layout_of(src).floating() == lay:
-                cached = cache.get(id(src)) if cache is not None else None
-                if cached is None:
-                    cached = flatten(src, lay)
-                    if cache is not None:
-                        cache[id(src)] = cached
-                base[start : start + lay.numel] = cached.to(base.dtype)
-            start += lay.numel
-    return Target(records=records, base=base, vector=vector)
+    return Target(records=records, vector=vector)
 
 
-def write_back(reply: RecordDict, target: Target, delta: torch.Tensor) -> None:
-    """Replace the reply's float arrays by ``target.base + delta`` (other arrays untouched)."""
-    values = target.base + delta.to(target.base.dtype)
+def model_sent(
+    target: Target, sent: RecordDict | None, cache: dict[int, torch.Tensor] | None = None
+) -> torch.Tensor | None:
+    """The model ``sent`` carried, over ``target``'s coordinates, when the reply answers a
+    FedAvg-like message (no ``"op"``) with a model (not a payload); else None. A record of the
+    reply that the message does not hold with the same layout counts as zero. ``cache``
+    memoises flattened sent records across replies (FedAvg sends one record to every node)."""
+    if target.compressed or sent is None:
+        return None
+    if any(OP_KEY in cfg for cfg in sent.config_records.values()):
+        return None
+    base = torch.zeros_like(target.vector)
+    start = 0
+    for key, lay in target.records:
+        src = sent.array_records.get(key)
+        if src is not None and layout_of(src).floating() == lay:
+            cached = cache.get(id(src)) if cache is not None else None
+            if cached is None:
+                cached = flatten(src, lay)
+                if cache is not None:
+                    cache[id(src)] = cached
+            base[start : start + lay.numel] = cached.to(base.dtype)
+        start += lay.numel
+    return base
+
+
+def no_shift_back(mult: float | None) -> torch.Tensor:
+    """The ShiftBack target of a surface that does not know x^0: an error."""
+    raise ValueError(
+        "this attack surface has no x^0 (a Flower strategy without attack_surface(), or a "
+        "node's own view): ShiftBack needs the strategy's attack_surface()"
+    )
+
+
+def model_update_surface(models: Callable[[int], torch.Tensor | None]) -> OffsetSurface:
+    """The attack surface of a strategy that has none of its own (Flower's FedAvg, Krum, ...):
+    the update ``reply - models(node)`` is aggregated, ``x^k + u`` goes on the wire for a
+    forged update ``u``; ``models(node)`` None: the reply itself (:func:`model_sent`). It has
+    no x^0 (:func:`no_shift_back`)."""
+    return OffsetSurface(offset=models, target=no_shift_back, sign=-1.0)
+
+
+def write_back(reply: RecordDict, target: Target, wire: torch.Tensor) -> None:
+    """Replace the reply's float arrays by the vector ``wire`` (``surface.to_wire``; other
+    arrays untouched); a compressed reply gets the payload ``Q(wire)`` with its seed."""
+    values = wire.to(target.vector.dtype)
     if target.codec is not None:
         compressor, seed = target.codec
         reply[PAYLOAD_KEY] = payload_record(compressor.compress(values, seed))
@@ -125,17 +154,17 @@ def write_back(reply: RecordDict, target: Target, delta: torch.Tensor) -> None:
         start += lay.numel
 
 
-PAYLOAD_KEY = "payload"
-
-
 def _codec(reply: RecordDict, sent: RecordDict | None) -> tuple[Compressor, int] | None:
     """(compressor, seed) when ``reply`` answers an op with a compressed payload."""
-    if sent is None or PAYLOAD_KEY not in reply.array_records or "arrays" not in sent.array_records:
+    if sent is None or PAYLOAD_KEY not in reply.array_records:
         return None
-    config = sent.config_records.get("config")
-    if config is None or "compressor" not in config:
+    if POINT_KEY not in sent.array_records:
         return None
-    return get_compressor(str(config["compressor"])), int(config.get("compressor-seed", 0))  # type: ignore[arg-type]
+    config = sent.config_records.get(CONFIG_KEY)
+    if config is None or COMPRESSOR_KEY not in config:
+        return None
+    compressor = get_compressor(str(config[COMPRESSOR_KEY]))
+    return compressor, int(config.get(COMPRESSOR_SEED_KEY, 0))  # type: ignore[arg-type]
 
 
 def apply_attack(attack: Attack, honest: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
@@ -161,12 +190,12 @@ def mark_label_flip(msg: Message, in_place: bool = False) -> Message:
     """
     content = msg.content if in_place else RecordDict(dict(msg.content.items()))
     configs = content.config_records
-    key = next(iter(configs), "config")
+    key = next(iter(configs), CONFIG_KEY)
     config = configs[key] if in_place and key in configs else None
     if config is None:
         config = ConfigRecord(dict(configs[key].items()) if key in configs else {})
         content[key] = config
-    config[ATTACK_KEY] = "label-flip"
+    config[ATTACK_KEY] = LABEL_FLIP
     if in_place:
         return msg
     return Message(

@@ -16,11 +16,19 @@ Keys: ``byzantine-attack`` (an attack spec, e.g. ``"gaussian:sigma=2"``),
 ``sigma``), ``byzantine-seed`` (default 0). Random attacks draw from a seed derived from
 (``byzantine-seed``, node ID, server round): reproducible wherever the node runs.
 
-Omniscient attacks (IPM, ALIE, MinMax, MinSum, Mimic) need the round's honest replies, which
-a node does not see: the mod raises a ValueError naming ByzantineGrid, which Flower returns
-to the server as an error reply (rejected there as ``error-reply``). LabelFlip is
+Omniscient attacks (IPM, ALIE, MinMax, MinSum, Mimic, ShiftBack) need the round's honest
+replies, which a node does not see: the mod raises a ValueError naming ByzantineGrid, which
+Flower returns to the server as an error reply (rejected there as ``error-reply``). LabelFlip is
 a data attack: the mod puts ``byzantine-attack = "label-flip"`` in the message's ConfigRecord
 and the ClientApp's data loading asks :func:`label_flip_requested`.
+
+Like ByzantineGrid, the mod forges the vector the server aggregates and sends it back through
+an attack surface (``flwr_byz.methods.surface``: ``aggregated`` / ``to_wire``), but a node has
+no strategy: its surface is what it can know from its own message, reply and state
+(:func:`node_surface`): the update ``reply - model sent`` for a FedAvg-like message, ``g_prev
++ c`` for a Byz-EF21-SGDM compressed reply (its g before the step is the server's copy g_i; the
+node then keeps its g equal to the forged copy), the reply itself otherwise (the other methods
+aggregate replies as they arrive). It knows no x^0 (``shift_back_target`` raises).
 """
 
 from __future__ import annotations
@@ -38,17 +46,33 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.supercore import log
 
 from ..attacks import Attack, LabelFlip, get_attack
-from ..strategies.records import flatten, record_payload
-from .injection import (
+from ..methods.surface import AttackSurface, OffsetSurface
+from ..protocol.keys import (
     ATTACK_KEY,
+    ATTACK_NUM_NODES_KEY,
+    ATTACK_PARTITIONS_KEY,
+    ATTACK_SCALE_KEY,
+    ATTACK_SEED_KEY,
+    BYZANTINE_PREFIX,
+    CONFIG_KEY,
+    EF21_VERSION_KEY,
+    PARTITION_ID_KEY,
     PAYLOAD_KEY,
+    SERVER_ROUND_KEY,
+    VECTOR_KEY,
+)
+from ..protocol.records import flatten, record_payload
+from .injection import (
     Target,
     apply_attack,
     mark_label_flip,
+    model_sent,
+    model_update_surface,
+    no_shift_back,
     target_of,
     write_back,
 )
-from .state import load_vector, store_vector
+from .state import EF21_G, EF21_G_PREV, load_vector, store_vector
 
 __all__ = [
     "byzantine_app",
@@ -56,36 +80,33 @@ __all__ = [
     "label_flip_requested",
     "make_byzantine_mod",
     "node_attack",
+    "node_surface",
 ]
 
-SCALE_KEY = "byzantine-scale"
-SEED_KEY = "byzantine-seed"
-PARTITIONS_KEY = "byzantine-partitions"
-NUM_NODES_KEY = "byzantine-num-nodes"
 _MAGNITUDE = ("scale", "s", "sigma")  # the field byzantine-scale sets: the first one present
 
 
 def node_settings(context: Context, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``byzantine-*`` settings that apply to this node (empty: the node is honest)."""
     if context.node_config.get(ATTACK_KEY):
-        return {k: v for k, v in context.node_config.items() if k.startswith("byzantine-")}
-    partition = context.node_config.get("partition-id")
+        return {k: v for k, v in context.node_config.items() if k.startswith(BYZANTINE_PREFIX)}
+    partition = context.node_config.get(PARTITION_ID_KEY)
     for source in (context.run_config, defaults or {}):
         if source.get(ATTACK_KEY) and _selected(source, partition):
-            return {k: v for k, v in source.items() if k.startswith("byzantine-")}
+            return {k: v for k, v in source.items() if k.startswith(BYZANTINE_PREFIX)}
     return {}
 
 
 def _selected(source: Mapping[str, Any], partition: Any) -> bool:
     if not isinstance(partition, int):
         return False
-    if PARTITIONS_KEY in source:
-        chosen = source[PARTITIONS_KEY]
+    if ATTACK_PARTITIONS_KEY in source:
+        chosen = source[ATTACK_PARTITIONS_KEY]
         items = chosen.split(",") if isinstance(chosen, str) else chosen
         items = items if isinstance(items, Iterable) else [items]
         return partition in {int(p) for p in items if str(p).strip()}
-    if NUM_NODES_KEY in source:
-        return partition < int(source[NUM_NODES_KEY])
+    if ATTACK_NUM_NODES_KEY in source:
+        return partition < int(source[ATTACK_NUM_NODES_KEY])
     return False
 
 
@@ -97,14 +118,14 @@ def node_attack(
     spec = str(settings.get(ATTACK_KEY, "") or "").strip()
     if not spec or spec.lower() == "none":
         return None
-    seed = _derived_seed(int(settings.get(SEED_KEY, 0)), context.node_id, server_round)
+    seed = _derived_seed(int(settings.get(ATTACK_SEED_KEY, 0)), context.node_id, server_round)
     attack = get_attack(spec, seed=seed)
-    if settings.get(SCALE_KEY) is not None:
+    if settings.get(ATTACK_SCALE_KEY) is not None:
         names = {f.name for f in dataclasses.fields(attack) if f.init}  # type: ignore[arg-type]
         field = next((n for n in _MAGNITUDE if n in names), None)
         if field is None:
-            raise ValueError(f"{SCALE_KEY} does not apply to attack {spec!r}")
-        attack = dataclasses.replace(attack, **{field: float(settings[SCALE_KEY])})  # type: ignore[type-var]
+            raise ValueError(f"{ATTACK_SCALE_KEY} does not apply to attack {spec!r}")
+        attack = dataclasses.replace(attack, **{field: float(settings[ATTACK_SCALE_KEY])})  # type: ignore[type-var]
     return attack
 
 
@@ -134,16 +155,16 @@ def make_byzantine_mod(
 ) -> Mod:
     """A :func:`byzantine_mod` with defaults (level 3 above): ``attack`` on the nodes whose
     ``partition-id`` is in ``partitions`` (or below ``num_nodes``)."""
-    defaults: dict[str, Any] = {SEED_KEY: seed}
+    defaults: dict[str, Any] = {ATTACK_SEED_KEY: seed}
     if attack is not None:
         get_attack(attack)  # fail now on a bad spec, not inside every node
         defaults[ATTACK_KEY] = attack
     if partitions is not None:
-        defaults[PARTITIONS_KEY] = [int(p) for p in partitions]
+        defaults[ATTACK_PARTITIONS_KEY] = [int(p) for p in partitions]
     if num_nodes is not None:
-        defaults[NUM_NODES_KEY] = int(num_nodes)
+        defaults[ATTACK_NUM_NODES_KEY] = int(num_nodes)
     if scale is not None:
-        defaults[SCALE_KEY] = float(scale)
+        defaults[ATTACK_SCALE_KEY] = float(scale)
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         return _byzantine_step(msg, context, call_next, defaults)
@@ -178,16 +199,30 @@ def _byzantine_step(
     reply = call_next(msg, context)
     if reply.has_error() or not reply.has_content():
         return reply
-    config = msg.content.config_records.get("config")
-    offset = _ef21_server_copy(context, config, reply)
-    target = target_of(reply.content, msg.content, offset=offset)
+    config = msg.content.config_records.get(CONFIG_KEY)
+    target = target_of(reply.content, msg.content)
     if target is None:
         return reply
-    own = target.delta.unsqueeze(0)
-    write_back(reply.content, target, apply_attack(attack, own[:0], own)[0])
-    if config is not None and "ef21-version" in config:
-        _ef21_sync(context, config, reply, target, offset)
+    copy = _ef21_server_copy(context, config, reply)
+    surface = node_surface(msg, target, copy)
+    node = int(context.node_id)
+    own = surface.aggregated(node, target.vector, compressed=target.compressed).unsqueeze(0)
+    forged = apply_attack(attack, own[:0], own)[0].to(target.vector.dtype)
+    write_back(reply.content, target, surface.to_wire(node, forged, compressed=target.compressed))
+    if config is not None and EF21_VERSION_KEY in config:
+        _ef21_sync(context, config, reply, target, copy)
     return reply
+
+
+def node_surface(msg: Message, target: Target, copy: torch.Tensor | None) -> AttackSurface:
+    """A node's view of the attack surface for its reply ``target`` to ``msg`` (module doc):
+    ``copy`` (the server's g_i for a Byz-EF21-SGDM compressed reply) is added to a
+    compressed reply; else a FedAvg-like reply is a model update ``reply - model sent``; else
+    the reply is aggregated as it is."""
+    if copy is not None:
+        return OffsetSurface(offset=lambda node: copy, target=no_shift_back, compressed_only=True)
+    model = model_sent(target, msg.content)
+    return model_update_surface(lambda node: model)
 
 
 def _ef21_sync(
@@ -203,9 +238,9 @@ def _ef21_sync(
     if target.codec is not None and offset is not None:
         sent = record_payload(records[PAYLOAD_KEY])
         c = target.codec[0].decompress(sent, offset.numel()).to(offset.dtype)
-        store_vector(context, config, "ef21-g", offset + c)
-    elif target.codec is None and "grad" in records:
-        store_vector(context, config, "ef21-g", flatten(records["grad"]))
+        store_vector(context, config, EF21_G, offset + c)
+    elif target.codec is None and VECTOR_KEY in records:
+        store_vector(context, config, EF21_G, flatten(records[VECTOR_KEY]))
 
 
 def _ef21_server_copy(
@@ -213,11 +248,11 @@ def _ef21_server_copy(
 ) -> torch.Tensor | None:
     """For an EF21 compressed reply (Byz-EF21-SGDM): the g_i the server adds it to, which is
     the client's g before this step (``GradientClient.error_feedback``); else None."""
-    if config is None or "ef21-version" not in config:
+    if config is None or EF21_VERSION_KEY not in config:
         return None
     if PAYLOAD_KEY not in reply.content.array_records:
         return None  # a dense reset: the server takes the vector as it is
-    return load_vector(context, config, "ef21-g-prev")
+    return load_vector(context, config, EF21_G_PREV)
 
 
 class _ByzantineApp(ClientApp):
@@ -246,7 +281,7 @@ def byzantine_app(
 
 def _server_round(msg: Message) -> int:
     for cfg in msg.content.config_records.values():
-        value = cfg.get("server-round")
+        value = cfg.get(SERVER_ROUND_KEY)
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return 0

@@ -11,16 +11,56 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 
-from ..strategies.records import flatten
+from ..protocol.keys import STATE_KEY
+from ..protocol.records import flatten
 
-__all__ = ["drop", "load_count", "load_vector", "state_name", "store_count", "store_vector"]
+__all__ = [
+    "BYZSGD_G",
+    "BYZSGD_K",
+    "BYZSGD_STEP",
+    "BYZSGD_X",
+    "DOUBLE_D",
+    "DOUBLE_X",
+    "EF21_COUNT",
+    "EF21_G",
+    "EF21_G_PREV",
+    "MOMENTUM",
+    "drop",
+    "load_count",
+    "load_vector",
+    "state_name",
+    "store_count",
+    "store_vector",
+]
 
 PREFIX = "flwr-byz:"
+
+# The names of the per-run client state (``context.state``; never on the wire).
+#: Worker momentum m (op ``momentum``).
+MOMENTUM = "momentum"
+#: EF21: the client's g (the server's copy of it).
+EF21_G = "ef21-g"
+#: EF21: g before the last step (restored when that reply was lost).
+EF21_G_PREV = "ef21-g-prev"
+#: EF21: the client's version of g (its replies the server applied, minus one).
+EF21_COUNT = "ef21-count"
+#: mu2-SGD: the last corrected momentum d.
+DOUBLE_D = "double-d"
+#: mu2-SGD: the last query point x.
+DOUBLE_X = "double-x"
+#: ByzSGD worker: the last model it chose.
+BYZSGD_X = "byzsgd-x"
+#: ByzSGD worker: the last gradient it computed.
+BYZSGD_G = "byzsgd-g"
+#: ByzSGD worker: its past Lipschitz coefficients.
+BYZSGD_K = "byzsgd-k"
+#: ByzSGD worker: the step of the stored state.
+BYZSGD_STEP = "byzsgd-step"
 
 
 def state_name(config: Mapping[str, Any], name: str) -> str:
     """The ``context.state`` key of ``name`` for the run of ``config["state-key"]``."""
-    return f"{PREFIX}{config.get('state-key', '')}:{name}"
+    return f"{PREFIX}{config.get(STATE_KEY, '')}:{name}"
 
 
 def load_vector(context: Context, config: Mapping[str, Any], name: str) -> torch.Tensor | None:

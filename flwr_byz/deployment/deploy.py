@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..attacks import get_attack
+from ..protocol.keys import ATTACK_SEED_KEY
 from ..simulations.config import ExperimentConfig
 from ..simulations.result import Result
 from ..simulations.runner import byzantine_partitions, prepare
@@ -61,7 +62,7 @@ def node_specs(cfg: ExperimentConfig) -> list[NodeSpec]:
             partition=i,
             num_partitions=cfg.clients,
             attack=cfg.attack if i in byzantine else None,
-            extra={"byzantine-seed": cfg.seed} if i in byzantine else {},
+            extra={ATTACK_SEED_KEY: cfg.seed} if i in byzantine else {},
         )
         for i in range(cfg.clients)
     ]

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..protocol.keys import ATTACK_KEY, NUM_PARTITIONS_KEY, PARTITION_ID_KEY
 from .credentials import NodeKeys, TlsFiles, make_node_keys, make_tls
 from .processes import ManagedProcess, ProcessSet, descendants
 
@@ -95,11 +96,11 @@ class NodeSpec:
     def node_config(self) -> str:
         """The ``--node-config`` string."""
         values: dict[str, Any] = {
-            "partition-id": self.partition,
-            "num-partitions": self.num_partitions,
+            PARTITION_ID_KEY: self.partition,
+            NUM_PARTITIONS_KEY: self.num_partitions,
         }
         if self.attack:
-            values["byzantine-attack"] = self.attack
+            values[ATTACK_KEY] = self.attack
         values.update(self.extra)
         return " ".join(f"{k}={_toml_value(v)}" for k, v in values.items())
 

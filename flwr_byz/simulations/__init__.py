@@ -3,9 +3,10 @@ runner (``run_experiment``), result files, plots, the ``flwr-byz`` CLI and the F
 
 from .config import ExperimentConfig
 from .datasets import DATASETS, Dataset, client_data, load_dataset, partition_indices
+from .engines import run_experiment, run_experiments
 from .models import MODELS, build_model, default_model
 from .result import Result, RoundRecord
-from .runner import run_experiment, run_experiments, train_on_grid
+from .runner import train_on_grid
 
 __all__ = [
     "DATASETS",

@@ -29,9 +29,31 @@ from torch import Tensor
 
 from ..attacks import LabelFlip
 from ..clients import GradientClient, byzantine_mod, label_flip_requested
+from ..protocol.keys import (
+    BATCH_SIZE_KEY,
+    CONFIG_KEY,
+    DATASET_KEY,
+    LOCAL_EPOCHS_KEY,
+    LR_KEY,
+    METRICS_KEY,
+    MODEL_KEY,
+    MOMENTUM_KEY,
+    NUM_EXAMPLES_KEY,
+    NUM_PARTITIONS_KEY,
+    OP_KEY,
+    PARTITION_ID_KEY,
+    PARTITION_KEY,
+    PARTITION_QUERY,
+    PARTITION_RECORD_KEY,
+    POINT_KEY,
+    SEED_KEY,
+    SERVER_ROUND_KEY,
+    TRAIN_LOSS_KEY,
+    WEIGHT_DECAY_KEY,
+)
 from .config import ExperimentConfig
 from .datasets import Dataset, client_data, load_dataset
-from .metering import PARTITION_QUERY, wait_for_nodes
+from .metering import wait_for_nodes
 from .models import build_model
 from .result import RoundRecord
 from .runner import train_on_grid
@@ -44,26 +66,27 @@ client_app = ClientApp(mods=[byzantine_mod])
 
 def _partition(context: Context) -> tuple[int, int]:
     node: dict[str, Any] = dict(context.node_config)
-    return int(node["partition-id"]), int(node["num-partitions"])
+    return int(node[PARTITION_ID_KEY]), int(node[NUM_PARTITIONS_KEY])
 
 
 def _config(msg: Message) -> dict[str, Any]:
     """The message's ConfigRecord ``config`` as a plain dict (empty when absent)."""
-    record = msg.content.config_records.get("config")
+    record = msg.content.config_records.get(CONFIG_KEY)
     return dict(record) if record is not None else {}
 
 
 def _local_data(cfg: dict[str, Any], context: Context) -> tuple[Dataset, Tensor, Tensor]:
     """The dataset named in ``cfg`` and this node's partition of its training split."""
     partition_id, num_partitions = _partition(context)
-    spec = str(cfg["dataset"])
-    x, y = client_data(spec, str(cfg["partition"]), partition_id, num_partitions, int(cfg["seed"]))
+    spec = str(cfg[DATASET_KEY])
+    partition, seed = str(cfg[PARTITION_KEY]), int(cfg[SEED_KEY])
+    x, y = client_data(spec, partition, partition_id, num_partitions, seed)
     return load_dataset(spec), x, y
 
 
 def _model(cfg: dict[str, Any]) -> torch.nn.Module:
-    dataset = load_dataset(str(cfg["dataset"]))
-    return build_model(str(cfg["model"]), dataset.input_shape, dataset.num_classes)
+    dataset = load_dataset(str(cfg[DATASET_KEY]))
+    return build_model(str(cfg[MODEL_KEY]), dataset.input_shape, dataset.num_classes)
 
 
 def _data(context: Context, cfg: dict[str, Any]) -> tuple[Tensor, Tensor]:
@@ -86,44 +109,44 @@ def train(msg: Message, context: Context) -> Message:
     """Local SGD epochs on this node's partition, from the global model in the message; an
     ``op`` message goes to ``GradientClient``."""
     cfg = _config(msg)
-    if "op" in cfg:
-        return _gradient_client(float(cfg.get("weight-decay", 0.0))).handle(msg, context)
+    if OP_KEY in cfg:
+        return _gradient_client(float(cfg.get(WEIGHT_DECAY_KEY, 0.0))).handle(msg, context)
     partition_id, _ = _partition(context)
-    seed = int(cfg["seed"])
+    seed = int(cfg[SEED_KEY])
     dataset, x, y = _local_data(cfg, context)
     if label_flip_requested(msg, context):
         y = LabelFlip(num_classes=dataset.num_classes)(y)
-    model = build_model(str(cfg["model"]), dataset.input_shape, dataset.num_classes)
-    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    model = build_model(str(cfg[MODEL_KEY]), dataset.input_shape, dataset.num_classes)
+    model.load_state_dict(msg.content.array_records[POINT_KEY].to_torch_state_dict())
     loss = train_epochs(
         model,
         x,
         y,
-        epochs=int(cfg["local-epochs"]),
-        batch_size=int(cfg["batch-size"]),
-        lr=float(cfg["lr"]),
-        momentum=float(cfg.get("momentum", 0.0)),
-        weight_decay=float(cfg.get("weight-decay", 0.0)),
-        seed=derive_seed(seed, int(cfg.get("server-round", 0)), partition_id),
+        epochs=int(cfg[LOCAL_EPOCHS_KEY]),
+        batch_size=int(cfg[BATCH_SIZE_KEY]),
+        lr=float(cfg[LR_KEY]),
+        momentum=float(cfg.get(MOMENTUM_KEY, 0.0)),
+        weight_decay=float(cfg.get(WEIGHT_DECAY_KEY, 0.0)),
+        seed=derive_seed(seed, int(cfg.get(SERVER_ROUND_KEY, 0)), partition_id),
     )
     metrics = MetricRecord(
-        {"train-loss": loss if math.isfinite(loss) else 0.0, "num-examples": len(y)}
+        {TRAIN_LOSS_KEY: loss if math.isfinite(loss) else 0.0, NUM_EXAMPLES_KEY: len(y)}
     )
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+    content = RecordDict({POINT_KEY: ArrayRecord(model.state_dict()), METRICS_KEY: metrics})
     return Message(content=content, reply_to=msg)
 
 
 @client_app.query()
 def query(msg: Message, context: Context) -> Message:
     """Answer the runner's ``partition-id`` query (used to order nodes reproducibly)."""
-    op = _config(msg).get("op")
+    op = _config(msg).get(OP_KEY)
     if op != PARTITION_QUERY:
         raise ValueError(f"unknown query op {op!r}")
-    if "dataset" in _config(msg):  # warm up: load the data of the coming rounds now
+    if DATASET_KEY in _config(msg):  # warm up: load the data of the coming rounds now
         _local_data(_config(msg), context)
     partition_id, num_partitions = _partition(context)
-    record = MetricRecord({"partition-id": partition_id, "num-partitions": num_partitions})
-    return Message(content=RecordDict({"partition": record}), reply_to=msg)
+    record = MetricRecord({PARTITION_ID_KEY: partition_id, NUM_PARTITIONS_KEY: num_partitions})
+    return Message(content=RecordDict({PARTITION_RECORD_KEY: record}), reply_to=msg)
 
 
 server_app = ServerApp()

@@ -35,7 +35,7 @@ CHECKPOINT_VERSION = 1
 
 #: Options that may differ between the run that wrote a checkpoint and the one resuming it.
 RESUMABLE_OPTIONS = frozenset(
-    {"rounds", "out", "checkpoint", "resume", "round_timeout", "ray_address"}
+    {"rounds", "out", "checkpoint", "resume", "round_timeout", "ray_address", "device", "threads"}
 )
 
 

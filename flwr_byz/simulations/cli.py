@@ -108,7 +108,7 @@ def _summary(results: Sequence[Any], title: str) -> None:
 def _execute(
     configs: list[ExperimentConfig], verbose: bool, engine: str = "simulation"
 ) -> list[Any]:
-    from .runner import run_experiments
+    from .engines import run_experiments
 
     try:
         with _progress(configs) as on_round:
@@ -158,14 +158,18 @@ def run(
     round_timeout: float | None = typer.Option(None, help=_help("round_timeout")),
     checkpoint: str | None = typer.Option(None, help=_help("checkpoint")),
     resume: bool | None = typer.Option(None, "--resume", help=_help("resume")),
+    threads: int | None = typer.Option(None, min=0, help=_help("threads")),
+    device: str | None = typer.Option(None, help=_help("device")),
     engine: str = typer.Option(
         "simulation",
         help="simulation: Flower's simulation engine (Ray); local: in this process, same "
-        "numbers, faster for quick runs.",
+        "numbers, faster for quick runs; batched: every client of a round at once (CPU or "
+        "--device cuda), the same numbers again.",
     ),
     verbose: bool = typer.Option(False, help="Show Flower's per-round log."),
 ) -> None:
-    """Run one experiment (Flower's simulation engine, or --engine local) and write its JSON."""
+    """Run one experiment (Flower's simulation engine, or --engine local / batched) and write
+    its JSON."""
     given = _collect(
         method=method, aggregator=aggregator, attack=attack, byzantine=byzantine,
         clients=clients, clients_per_round=clients_per_round, rounds=rounds, dataset=dataset,
@@ -173,7 +177,8 @@ def run(
         local_epochs=local_epochs, momentum=momentum, weight_decay=weight_decay,
         compressor=compressor, f=f, seed=seed,
         ray_address=ray_address, out=str(out) if out else None, round_timeout=round_timeout,
-        injection=injection, checkpoint=checkpoint, resume=resume,
+        injection=injection, checkpoint=checkpoint, resume=resume, threads=threads,
+        device=device,
     )  # fmt: skip
     cfg = _config(config, given, param)
     if cfg.out is None:
@@ -212,8 +217,13 @@ def grid(
     seed: int | None = typer.Option(None, help=_help("seed")),
     param: list[str] = typer.Option([], "--param", help="Method hyperparameter name=value."),
     ray_address: str | None = typer.Option(None, help=_help("ray_address")),
+    threads: int | None = typer.Option(None, min=0, help=_help("threads")),
     out_dir: Path = typer.Option(Path("results/grid"), help="Where results.md, heatmap.png go."),
-    engine: str = typer.Option("simulation", help="simulation (Ray) or local (in-process)."),
+    device: str | None = typer.Option(None, help=_help("device")),
+    engine: str = typer.Option(
+        "simulation",
+        help="simulation (Ray), local (in-process) or batched (every client of a round at once).",
+    ),
     verbose: bool = typer.Option(False, help="Show Flower's per-round log."),
 ) -> None:
     """Run methods x attacks x Byzantine counts; write results.md and heatmap.png.
@@ -227,7 +237,7 @@ def grid(
 
     shared = _collect(
         clients=clients, rounds=rounds, dataset=dataset, partition=partition, model=model,
-        lr=lr, seed=seed, ray_address=ray_address,
+        lr=lr, seed=seed, ray_address=ray_address, threads=threads, device=device,
     )  # fmt: skip
     base = _config(config, shared, param)
     defences = [
@@ -440,7 +450,10 @@ def reproduce(
     quick: bool = typer.Option(
         False, help="One seed and a few rounds: checks the pipeline, gives no results."
     ),
-    jobs: int = typer.Option(2, min=1, help="Parallel local-engine processes."),
+    jobs: int = typer.Option(2, min=1, help="Parallel processes running the experiments."),
+    engine: str = typer.Option(
+        "local", help="local (in-process) or batched (every client of a round at once)."
+    ),
     work: Path = typer.Option(
         Path("results/reproduce"), help="Where the runs and sections are kept (resumable)."
     ),
@@ -458,9 +471,15 @@ def reproduce(
         names = resolve_targets(targets or [])
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    if engine not in ("local", "batched"):
+        raise typer.BadParameter(f"--engine must be local or batched, got {engine!r}")
     out_docs = docs if docs is not None else (work / "quick" / "docs" if quick else Path("docs"))
     path = run_reproduce(
-        names, Budget.make(quick=quick, jobs=jobs), work, out_docs, echo=console.print
+        names,
+        Budget.make(quick=quick, jobs=jobs, engine=engine),
+        work,
+        out_docs,
+        echo=console.print,
     )
     console.print(f"wrote {path}")
 
@@ -481,20 +500,39 @@ def attacks() -> None:
         typer.echo(f"{name:<12} {kind}")
 
 
+#: ``flwr-byz bench`` suites: the benchmark scripts of benchmarks/ in a source checkout.
+BENCHMARKS = ("aggregators", "engines")
+
+
 @app.command()
 def bench(
-    quick: bool = typer.Option(False, help="Only the smallest size (n=20, d=100k)."),
-    out: Path = typer.Option(
-        Path("benchmarks/results/aggregators.json"), help="Where to write the JSON results."
+    suite: str = typer.Argument(
+        "aggregators",
+        help="aggregators: our rules vs Flower and ByzFL (speed, memory); engines: seconds per "
+        "round of the simulation, local and batched engines vs a plain torch loop.",
+    ),
+    quick: bool = typer.Option(
+        False, help="A small run: aggregators n=20, d=100k; engines MLP, 20 clients, 3 rounds."
+    ),
+    out: Path | None = typer.Option(
+        None, help="Where to write the JSON results. \\[default: benchmarks/results/SUITE.json]"
+    ),
+    device: str = typer.Option(
+        "cpu",
+        help="Device of our rules (aggregators) or of the batched engine (engines: cpu, "
+        "cuda or cpu,cuda).",
     ),
 ) -> None:
-    """Run the aggregator benchmark (benchmarks/aggregators.py of a source checkout)."""
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "aggregators.py"
+    """Run a benchmark of benchmarks/ (a source checkout): aggregators or engines."""
+    if suite not in BENCHMARKS:
+        raise typer.BadParameter(f"unknown benchmark {suite!r}; one of {', '.join(BENCHMARKS)}")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / f"{suite}.py"
     if not script.exists():
         typer.echo(f"benchmark script not found at {script} (needs a source checkout)", err=True)
         raise typer.Exit(2)
-    args = [sys.executable, str(script), "--out", str(out)] + (["--quick"] if quick else [])
-    raise typer.Exit(subprocess.call(args))
+    target = out if out is not None else Path("benchmarks/results") / f"{suite}.json"
+    args = [sys.executable, str(script), "--out", str(target), "--device", device]
+    raise typer.Exit(subprocess.call(args + (["--quick"] if quick else [])))
 
 
 if __name__ == "__main__":

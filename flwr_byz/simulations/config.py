@@ -120,6 +120,18 @@ class ExperimentConfig:
         False,
         "Continue from ``checkpoint`` when it exists (same experiment; more rounds allowed).",
     )
+    device: str = _opt(
+        "cpu",
+        "Torch device of the batched engine: 'cpu' or 'cuda[:N]' (the other engines compute on "
+        "the CPU).",
+    )
+    threads: int | None = _opt(
+        None,
+        "Torch threads of the process that runs the experiment (None or 0: auto: "
+        "$OMP_NUM_THREADS when set, else the CPU cores this process may use). 'flwr-byz "
+        "reproduce' gives each parallel job 1; the simulation engine's ClientApp actors use 1 "
+        "each.",
+    )
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
@@ -160,6 +172,8 @@ class ExperimentConfig:
                 values[key] = None
         if "round-timeout" in values and float(values["round-timeout"]) <= 0:
             values["round-timeout"] = None  # 0: Flower's default
+        if "threads" in values and int(values["threads"]) <= 0:
+            values["threads"] = None  # 0: auto
         values["clients"] = clients
         return cls.from_mapping(values)
 
@@ -174,6 +188,7 @@ class ExperimentConfig:
         values["clients_per_round"] = values["clients_per_round"] or 0
         values["f"] = -1 if values["f"] is None else values["f"]
         values["round_timeout"] = values["round_timeout"] or 0.0
+        values["threads"] = values["threads"] or 0
         values["params"] = ",".join(f"{k}={v!r}" for k, v in values["params"].items())
         for key in ("out", "checkpoint"):
             values[key] = values[key] or ""
@@ -186,15 +201,23 @@ class ExperimentConfig:
         return self.clients if self.clients_per_round is None else self.clients_per_round
 
     def resolved(self) -> ExperimentConfig:
-        """A copy with ``model``, ``f`` and ``clients_per_round`` made explicit, validated."""
+        """A copy with ``model``, ``f``, ``clients_per_round`` and ``threads`` made explicit,
+        validated."""
         from .models import default_model
+        from .threads import resolve_threads
 
         self.validate()
         model = default_model(self.dataset) if self.model == "auto" else self.model
         f = self.f
         if f is None:
             f = math.ceil(self.byzantine * self.per_round / self.clients)
-        return dataclasses.replace(self, model=model, f=f, clients_per_round=self.per_round)
+        return dataclasses.replace(
+            self,
+            model=model,
+            f=f,
+            clients_per_round=self.per_round,
+            threads=resolve_threads(self.threads),
+        )
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent option."""
@@ -224,6 +247,12 @@ class ExperimentConfig:
             raise ValueError(f"round_timeout must be > 0 or None, got {self.round_timeout}")
         if self.resume and not self.checkpoint:
             raise ValueError("resume needs a checkpoint file (checkpoint=...)")
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0
+        ):
+            raise ValueError(f"threads must be an int >= 0 (0: auto) or None, got {self.threads!r}")
+        if not isinstance(self.device, str) or self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (snake_case keys)."""

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from ..specs import build, split_part
-from .training import derive_seed
+from .training import derive_seed, float_dtype
 
 __all__ = [
     "DATASETS",
@@ -463,7 +463,8 @@ def _partitions(
 def client_data(
     dataset_spec: str, partition_spec: str, partition_id: int, num_partitions: int, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, y)`` train tensors of partition ``partition_id`` (copies).
+    """``(x, y)`` train tensors of partition ``partition_id`` (copies; floating inputs in
+    ``training.float_dtype()``).
 
     All partitions are computed once per ``(dataset_spec, partition_spec, num_partitions,
     seed)`` and memoised, so calling this for every client costs one partitioning.
@@ -475,4 +476,5 @@ def client_data(
     idx = torch.from_numpy(
         _partitions(dataset_spec, partition_spec, num_partitions, seed)[partition_id].copy()
     )
-    return data.x_train[idx], data.y_train[idx]
+    x = data.x_train[idx]
+    return (x.to(float_dtype()) if x.is_floating_point() else x), data.y_train[idx]

@@ -20,6 +20,13 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from ..protocol.keys import (
+    DATASET_KEY,
+    NUM_PARTITIONS_KEY,
+    PARTITION_ID_KEY,
+    PARTITION_KEY,
+    SEED_KEY,
+)
 from . import app as client_side
 from .config import ExperimentConfig
 from .metering import discover_partitions
@@ -41,7 +48,7 @@ class LocalGrid(Grid):
             node: Context(
                 run_id=1,
                 node_id=node,
-                node_config={"partition-id": node - 1, "num-partitions": num_nodes},
+                node_config={PARTITION_ID_KEY: node - 1, NUM_PARTITIONS_KEY: num_nodes},
                 state=RecordDict(),
                 run_config={},
             )
@@ -110,7 +117,7 @@ def run_local(configs: Sequence[ExperimentConfig], on_round: Any = None) -> list
     results = []
     for cfg in resolved:
         grid = LocalGrid(cfg.clients)
-        preload = {"dataset": cfg.dataset, "partition": cfg.partition, "seed": cfg.seed}
+        preload = {DATASET_KEY: cfg.dataset, PARTITION_KEY: cfg.partition, SEED_KEY: cfg.seed}
         partitions = discover_partitions(grid, preload)
         result = train_on_grid(grid, cfg, on_round, partitions)
         if cfg.out:

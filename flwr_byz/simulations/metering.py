@@ -22,6 +22,13 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from ..clients.wrapping import GridWrapper
+from ..protocol.keys import (
+    CONFIG_KEY,
+    OP_KEY,
+    PARTITION_ID_KEY,
+    PARTITION_QUERY,
+    PARTITION_RECORD_KEY,
+)
 
 __all__ = [
     "PARTITION_QUERY",
@@ -31,8 +38,6 @@ __all__ = [
     "wait_for_nodes",
 ]
 
-#: ``op`` of the query message that asks a node for its partition id.
-PARTITION_QUERY = "partition-id"
 _QUERY_BATCH = 100
 
 
@@ -127,14 +132,15 @@ def discover_partitions(
     mapping: dict[int, int] = {}
     for start in range(0, len(nodes), _QUERY_BATCH):
         batch = nodes[start : start + _QUERY_BATCH]
-        content = RecordDict({"config": ConfigRecord({"op": PARTITION_QUERY, **(preload or {})})})
+        query = ConfigRecord({OP_KEY: PARTITION_QUERY, **(preload or {})})
+        content = RecordDict({CONFIG_KEY: query})
         messages = [
             Message(content, dst_node_id=node, message_type=MessageType.QUERY) for node in batch
         ]
         for reply in grid.send_and_receive(messages, timeout=timeout):
             node = int(reply.metadata.src_node_id)
             try:
-                value = reply.content.metric_records["partition"]["partition-id"]
+                value = reply.content.metric_records[PARTITION_RECORD_KEY][PARTITION_ID_KEY]
                 mapping[node] = int(value)  # type: ignore[arg-type]
             except Exception as exc:  # error reply or a ClientApp without the query handler
                 log(WARNING, "node %d did not report its partition-id: %s", node, exc)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..specs import split_part
+from .training import float_dtype
 
 __all__ = ["MODELS", "build_model", "default_model"]
 
@@ -60,8 +61,13 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
     """A fresh ``name`` model (one of ``MODELS``) for inputs ``input_shape`` (no batch axis).
 
     ``logreg`` and ``mlp`` flatten any input; ``cnn1d`` needs ``(L,)`` or ``(C, L)``. Weights
-    follow torch's default initialisation (seed it with ``torch.manual_seed`` beforehand).
+    follow torch's default initialisation (seed it with ``torch.manual_seed`` beforehand), in
+    float32 (or the dtype a test set with ``training.float_precision``).
     """
+    return _build(name, input_shape, num_classes).to(float_dtype())
+
+
+def _build(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     key = name.strip().lower()
     if key not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {list(MODELS)}")

@@ -1,4 +1,4 @@
-"""run_experiment: one experiment (or many) on Flower's simulation engine.
+"""train_on_grid: the round loop of one experiment on a Grid (every engine runs it).
 
 ``train_on_grid`` is the body of the ServerApp: it is what ``run_experiment`` runs inside
 ``flwr.simulation.run_simulation`` and what the Flower App (``flwr run .``) runs. Everything a
@@ -25,30 +25,40 @@ from logging import INFO, WARNING
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.constant import ErrorCode
-from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from ..attacks import get_attack
 from ..clients import ByzantineGrid
-from ..clients.wrapping import innermost
 from ..compressors import get_compressor
+from ..protocol.keys import (
+    BATCH_SIZE_KEY,
+    DATASET_KEY,
+    LOCAL_EPOCHS_KEY,
+    LR_KEY,
+    MODEL_KEY,
+    MOMENTUM_KEY,
+    PARTITION_KEY,
+    REJECTED_KEY,
+    SEED_KEY,
+    WEIGHT_DECAY_KEY,
+)
 from .checkpoint import Checkpoint
 from .config import ExperimentConfig
 from .datasets import check_partition, load_dataset
-from .metering import RunGrid, discover_partitions, wait_for_nodes
+from .metering import RunGrid, discover_partitions
 from .methods import COMPRESSED_METHODS, build_strategy
 from .models import build_model
 from .result import Result, RoundRecord
+from .threads import torch_threads
 from .training import TrainingObjective, derive_seed, evaluate
 
 __all__ = [
     "OnRound",
     "byzantine_partitions",
     "prepare",
-    "run_experiment",
-    "run_experiments",
     "train_config",
     "train_on_grid",
 ]
@@ -87,15 +97,15 @@ def train_config(cfg: ExperimentConfig) -> ConfigRecord:
     """What every train message carries for the ClientApp (Flower adds ``server-round``)."""
     return ConfigRecord(
         {
-            "dataset": cfg.dataset,
-            "partition": cfg.partition,
-            "model": cfg.model,
-            "lr": float(cfg.lr),
-            "batch-size": int(cfg.batch_size),
-            "local-epochs": int(cfg.local_epochs),
-            "momentum": float(cfg.momentum),
-            "weight-decay": float(cfg.weight_decay),
-            "seed": int(cfg.seed),
+            DATASET_KEY: cfg.dataset,
+            PARTITION_KEY: cfg.partition,
+            MODEL_KEY: cfg.model,
+            LR_KEY: float(cfg.lr),
+            BATCH_SIZE_KEY: int(cfg.batch_size),
+            LOCAL_EPOCHS_KEY: int(cfg.local_epochs),
+            MOMENTUM_KEY: float(cfg.momentum),
+            WEIGHT_DECAY_KEY: float(cfg.weight_decay),
+            SEED_KEY: int(cfg.seed),
         }
     )
 
@@ -110,9 +120,20 @@ def train_on_grid(
 
     ``partitions`` (node ID -> partition ID) is asked from the nodes when not given. With
     ``config.checkpoint`` the state is saved after every round; with ``config.resume`` a run
-    continues from that checkpoint when it exists (``flwr_byz.simulations.checkpoint``).
+    continues from that checkpoint when it exists (``flwr_byz.simulations.checkpoint``). The
+    run has ``config.threads`` torch threads (resolved; restored afterwards), and its result
+    config says how many.
     """
     cfg = prepare(config)
+    assert cfg.threads is not None  # resolved
+    with torch_threads(cfg.threads):
+        return _train(grid, cfg, on_round, partitions)
+
+
+def _train(
+    grid: Grid, cfg: ExperimentConfig, on_round: OnRound | None, partitions: dict[int, int] | None
+) -> Result:
+    """The body of ``train_on_grid`` (``cfg`` prepared)."""
     if partitions is None:
         partitions = discover_partitions(grid)
     byz = byzantine_partitions(cfg)
@@ -126,7 +147,10 @@ def train_on_grid(
             raise RuntimeError(f"no node reported Byzantine partition(s) {missing}")
         nodes = [node_of[p] for p in byz]
         strategy_grid = ByzantineGrid(run_grid, cfg.attack, node_ids=nodes, seed=cfg.seed)
-    meta = cfg.to_dict() | {"byzantine_partitions": byz if attacked else []}
+    meta = cfg.to_dict() | {
+        "byzantine_partitions": byz if attacked else [],
+        "threads": torch.get_num_threads(),  # what this run has (``train_on_grid`` set it)
+    }
 
     dataset = load_dataset(cfg.dataset)
     torch.manual_seed(derive_seed(cfg.seed, "init"))
@@ -169,8 +193,8 @@ def train_on_grid(
         record = RoundRecord(server_round, loss, accuracy, 0, up, down, seconds, missing=lost)
         record.train_loss, record.gap = objective(model)
         if metrics is not None:
-            if "rejected" in metrics:
-                record.rejected = int(metrics["rejected"])  # type: ignore[arg-type]
+            if REJECTED_KEY in metrics:
+                record.rejected = int(metrics[REJECTED_KEY])  # type: ignore[arg-type]
             record.metrics = {
                 k: float(v)
                 for k, v in metrics.items()
@@ -251,42 +275,6 @@ def _checkpoint(
     ).save(cfg.checkpoint)
 
 
-def _server_app(
-    configs: Sequence[ExperimentConfig], results: list[Result], on_round: OnRound | None
-) -> ServerApp:
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        inner = innermost(grid)
-        if hasattr(inner, "pull_interval"):  # in-memory grid: poll every 10 ms, not 100 ms
-            inner.pull_interval = 0.01
-        wait_for_nodes(grid, configs[0].clients)
-        first = configs[0]
-        preload: dict[str, Any] = {
-            "dataset": first.dataset,
-            "partition": first.partition,
-            "seed": first.seed,
-        }
-        partitions = discover_partitions(grid, preload)
-        for cfg in configs:
-            result = train_on_grid(grid, cfg, on_round, partitions)
-            if cfg.out:  # written as soon as it is done: a later failure loses nothing
-                result.save(cfg.out)
-            results.append(result)
-
-    return app
-
-
-def _backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
-    init_args: dict[str, Any] = {}
-    if cfg.ray_address:
-        init_args["address"] = cfg.ray_address
-    else:
-        init_args["num_cpus"] = os.cpu_count() or 1
-    return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
-
-
 #: Flower log lines that say nothing to a flwr-byz user (we evaluate centrally on purpose,
 #: and call run_simulation knowingly).
 _NOISE = ("fraction_evaluate is set to 0.0", "The `run_simulation` function is deprecated")
@@ -312,63 +300,3 @@ def _flower_logging(verbose: bool, level: int = logging.WARNING) -> Iterator[Non
         logger.setLevel(saved)
         if added:
             logger.removeFilter(_not_noise)
-
-
-ENGINES = ("simulation", "local")
-"""``simulation``: Flower's simulation engine (Ray); ``local``: in-process (``local.py``)."""
-
-
-def run_experiments(
-    configs: Sequence[ExperimentConfig],
-    on_round: OnRound | None = None,
-    verbose: bool = False,
-    engine: str = "simulation",
-) -> list[Result]:
-    """Run several experiments; configs with the same ``clients`` and ``ray_address`` share
-    one simulation (Ray starts once). Results come back in the order of ``configs``; each is
-    written to its config's ``out`` (when set) as soon as it finishes. Every config is
-    validated before Ray starts. ``engine="local"`` runs them in this process instead
-    (same numbers, no Ray; see ``flwr_byz.simulations.local``)."""
-    from flwr.simulation import run_simulation
-
-    from .app import client_app
-
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; one of {', '.join(ENGINES)}")
-    resolved = [prepare(c) for c in configs]
-    if engine == "local":
-        from .local import run_local
-
-        with _flower_logging(verbose):
-            return run_local(resolved, on_round)
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence Ray's GPU tip
-    groups: dict[tuple[int, str | None], list[int]] = {}
-    for i, cfg in enumerate(resolved):
-        groups.setdefault((cfg.clients, cfg.ray_address), []).append(i)
-    out: dict[int, Result] = {}
-    for (clients, _), members in groups.items():
-        results: list[Result] = []
-        server = _server_app([resolved[i] for i in members], results, on_round)
-        with _flower_logging(verbose):
-            run_simulation(
-                server_app=server,
-                client_app=client_app,
-                num_supernodes=clients,
-                backend_config=_backend_config(resolved[members[0]]),
-                verbose_logging=verbose,
-            )
-        if len(results) != len(members):
-            raise RuntimeError("the simulation ended before every experiment finished (see log)")
-        out.update(zip(members, results, strict=True))
-    return [out[i] for i in range(len(resolved))]
-
-
-def run_experiment(
-    config: ExperimentConfig,
-    on_round: OnRound | None = None,
-    verbose: bool = False,
-    engine: str = "simulation",
-) -> Result:
-    """Run one experiment on Flower's simulation engine (or ``engine="local"``: in this
-    process) and return its ``Result``."""
-    return run_experiments([config], on_round=on_round, verbose=verbose, engine=engine)[0]

@@ -5,12 +5,45 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["TrainingObjective", "derive_seed", "evaluate", "objective", "train_epochs"]
+__all__ = [
+    "TrainingObjective",
+    "derive_seed",
+    "evaluate",
+    "float_dtype",
+    "float_precision",
+    "objective",
+    "train_epochs",
+]
+
+_FLOAT = [torch.float32]
+
+
+def float_dtype() -> torch.dtype:
+    """The floating dtype of the simulations' models and data: float32, unless a test switches
+    it with :func:`float_precision`."""
+    return _FLOAT[0]
+
+
+@contextmanager
+def float_precision(dtype: torch.dtype) -> Iterator[None]:
+    """Within the block, ``build_model`` makes ``dtype`` models and ``client_data`` returns
+    ``dtype`` inputs (a test-only switch: the local and batched engines compare their models
+    in float64, in this process; Ray's workers do not see it)."""
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"float_precision takes torch.float32 or torch.float64, got {dtype}")
+    saved = _FLOAT[0]
+    _FLOAT[0] = dtype
+    try:
+        yield
+    finally:
+        _FLOAT[0] = saved
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -74,7 +107,7 @@ def evaluate(
 ) -> tuple[float, float]:
     """``(mean cross-entropy, accuracy in [0, 1])`` in eval mode without gradients.
 
-    Returns ``(nan, nan)`` for empty data.
+    Returns ``(nan, nan)`` for empty data. Floating inputs are cast to the model's dtype.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -84,6 +117,9 @@ def evaluate(
     if n == 0:
         return math.nan, math.nan
     device = _device(model)
+    param = next(model.parameters(), None)
+    if param is not None and x.is_floating_point() and param.is_floating_point():
+        x = x.to(param.dtype)
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64)

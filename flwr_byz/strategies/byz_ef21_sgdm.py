@@ -1,36 +1,15 @@
-"""Byz-EF21-SGDM (Liu, Li, Yi & Johansson, "Byzantine-robust and communication-efficient
-distributed learning via compressed momentum filtering", arXiv 2409.08640, Alg. 1) and its
-baselines Byz-EF21 (eta = 1) and BR-CSGD, as Flower strategies.
+"""Byz-EF21-SGDM (Liu, Li, Yi & Johansson 2024, arXiv 2409.08640, Alg. 1) and its baselines
+Byz-EF21 (eta = 1) and BR-CSGD, as Flower strategies. The algorithms are
+``flwr_byz.methods.ef21``; these shells hold their state and, per round, call
+``ef21.plan_round`` (sample, minibatch seeds, compressor seeds), send x^t with op ``momentum``
+(``beta = 1 - eta`` and the node's ``ef21-version``; BR-CSGD: op ``grad`` with the compressor),
+validate the replies (dense resets ``"grad"``, compressed ``"payload"``: decoded, and refused
+when ``g_i + c_i`` would overflow) and call ``ef21.server_step`` (``brcsgd_server_step``).
 
-Byz-EF21-SGDM, per round t (clients answer op ``momentum`` with ``ef21-version``):
-
-    good client i:  s_i = grad f_i(x^t; xi_i)                  (any batch size, even 1)
-                    v_i = (1 - eta) v_i + eta s_i               Polyak momentum (v_i^0 = s_i)
-                    c_i = C(v_i - g_i);  g_i = g_i + c_i        C biased (TopK); sends c_i only
-    server:         g_i = g_i + c_i   for every accepted reply  (its copy of each g_i)
-                    x^{t+1} = x^t - gamma RAgg({g_i})           the copies, never the messages
-
-Initialisation ``v_i = g_i = s_i`` at x^0, sent dense once (round 1, or a node's first reply).
-
-Checked against the paper (abstract, arXiv 2409.08640) and its authors' code (read, not copied:
-Lee418268753/Byzantine, ``TopMomentumWorker`` and ``TorchServer.update_gradient``), which
-ALGORITHMS.md section 4.2 did not know of. What this module follows, and the differences:
-
-- The update box, the dense initialisation ``v = g = s`` and "aggregate the reconstructed g_i"
-  are as ALGORITHMS.md writes them; the code's momentum ``v = beta v + (1 - beta) s`` is ours
-  with ``eta = 1 - beta``. Its defaults: beta = 0.9 (eta = 0.1) for images and 0.99 for a9a,
-  TopK with ratio 0.1 (Top-1 for a9a), step sizes tuned over {0.5, 0.05, 0.005}, n = 20 with
-  f = 9 Byzantine, NNM + {GeoMed (RFA), CWMed, CWTM}, attacks SF, LF, IPM, ALIE, batch 1 (a9a)
-  and 64 (CIFAR-10). The paper's own text beyond the abstract could not be reached here.
-- The authors' simulation hands every honest g_i to the server directly and gives each
-  Byzantine worker the last honest g_i plus its message; here every g_i, Byzantine ones too,
-  is the server's copy built from the bytes received.
-- Participation and failures (the paper assumes every client replies every round): a client
-  that is not sampled, or whose reply is lost or rejected, keeps its stale copy in the
-  aggregate; a version handshake (``ef21-version``, see ``GradientClient.error_feedback``)
-  keeps the client's g_i equal to the server's copy, so a lost reply never makes them drift.
-- Byz-EF21 is eta = 1 with the same stochastic gradients (the authors' code uses full local
-  gradients for it). BR-CSGD: ``x^{t+1} = x^t - gamma RAgg({C(s_i)})``, no error feedback.
+The server keeps a copy g_i of every client that ever replied; one that is not sampled, or
+whose reply is lost or rejected, keeps its stale copy in the aggregate, and the version
+handshake (``ef21-version``, see ``GradientClient.error_feedback``) keeps the client's g_i equal
+to the server's copy, so a lost reply never makes them drift.
 """
 
 from __future__ import annotations
@@ -46,9 +25,27 @@ from flwr.supercore import log
 
 from ..aggregators import Aggregator
 from ..compressors import Compressor
-from .compressed import PayloadCodec
-from .method import PAYLOAD_KEY, POINT_KEY, VECTOR_KEY, MethodStrategy
-from .updates import sgd_step
+from ..methods import ef21
+from ..methods.ef21 import BRCSGDState, EF21State
+from ..methods.surface import AttackSurface
+from ..protocol.keys import (
+    BATCH_SEED_KEY,
+    BATCH_SIZE_KEY,
+    BETA_KEY,
+    COMPRESSOR_KEY,
+    COMPRESSOR_SEED_KEY,
+    EF21_VERSION_KEY,
+    OP_GRAD,
+    OP_KEY,
+    OP_MOMENTUM,
+    PAYLOAD_KEY,
+    POINT_KEY,
+    SAMPLED_KEY,
+    SKIPPED_KEY,
+    VECTOR_KEY,
+)
+from ..protocol.payload import PayloadCodec
+from .method import MethodStrategy
 from .validation import CheckedReplies, validate_replies
 
 __all__ = ["BRCSGD", "ByzEF21", "ByzEF21SGDM"]
@@ -80,22 +77,24 @@ class _CompressedSGD(MethodStrategy):
     ) -> list[Message]:
         self._start(server_round, arrays)
         context = f"{type(self).__name__} round {server_round}"
-        nodes = self.sample(grid, self.clients_per_round, context)
-        batch_seeds = {n: self.draw_seed() for n in nodes}
-        self._seeds = {n: self.draw_seed() for n in nodes}
+        nodes = self.connected(grid, self.clients_per_round, context)
+        plan = ef21.plan_round(self._rng, nodes, self.clients_per_round)
+        self.sent_to(plan.nodes)
+        self._seeds = plan.compressor_seed_map()
         self._round = server_round
         return self.messages(
-            nodes,
+            plan.nodes,
             {POINT_KEY: self.model_record()},
             config,
-            op | {"batch-size": self.batch_size, "compressor": self.codec.spec},
+            op | {BATCH_SIZE_KEY: self.batch_size, COMPRESSOR_KEY: self.codec.spec},
             lambda n: (
-                {"batch-seed": batch_seeds[n], "compressor-seed": self._seeds[n]} | per_node(n)
+                {BATCH_SEED_KEY: plan.batch_seed(n), COMPRESSOR_SEED_KEY: self._seeds[n]}
+                | per_node(n)
             ),
         )
 
     def _sent_this_round(self, server_round: int, context: str) -> bool:
-        if self._round != server_round or self.x is None:
+        if self._round != server_round or self.state is None:
             log(WARNING, "%s: nothing was sent this round; nothing to aggregate", context)
             return False
         return True
@@ -157,13 +156,25 @@ class ByzEF21SGDM(_CompressedSGD):
 
     # --- state -----------------------------------------------------------------------------
     def _reset_method(self) -> None:
-        self.copies: dict[int, torch.Tensor] = {}  # the server's g_i per node
         self.versions: dict[int, int] = {}  # replies applied per node (the handshake)
 
-    def reply_offset(self, node_id: int) -> torch.Tensor | None:
-        """The server's copy g_i that a compressed reply of ``node_id`` is added to (attacks
-        forge the copy, not the message: see ``flwr_byz.clients.injection``)."""
-        return self.copies.get(int(node_id))
+    def _init_state(self, x: torch.Tensor) -> EF21State:
+        return EF21State(x=x, x0=x.clone())
+
+    @property
+    def copies(self) -> dict[int, torch.Tensor]:
+        """The server's copy g_i per node (a view of the method state)."""
+        state: EF21State | None = self.state
+        if state is None or state.copies is None or state.known is None:
+            return {}
+        return {
+            node: state.copies[i] for i, node in enumerate(state.node_ids) if bool(state.known[i])
+        }
+
+    def attack_surface(self) -> AttackSurface:
+        """``methods.ef21.attack_surface``: the attack forges the aggregated ``g_i + c_i`` of a
+        compressed reply (the wire carries ``C(forged - g_i)``); a dense reset as it is."""
+        return ef21.attack_surface(self.current, self.lr)
 
     # --- Flower ------------------------------------------------------------------------------
     def configure_train(
@@ -175,8 +186,8 @@ class ByzEF21SGDM(_CompressedSGD):
             arrays,
             config,
             grid,
-            {"op": "momentum", "beta": 1.0 - self.eta},
-            lambda n: {"ef21-version": self.versions.get(n, -1)},
+            {OP_KEY: OP_MOMENTUM, BETA_KEY: 1.0 - self.eta},
+            lambda n: {EF21_VERSION_KEY: self.versions.get(n, -1)},
         )
 
     def aggregate_train(
@@ -186,22 +197,24 @@ class ByzEF21SGDM(_CompressedSGD):
         context = f"{type(self).__name__} round {server_round}"
         if not self._sent_this_round(server_round, context):
             return None, None
-        assert self.x is not None
         dense, compressed = self._split(replies)
         resets = self._validate_dense(dense, context)
         diffs = self._validate_compressed(compressed, set(resets.node_ids), context)
-        for node, vec in zip(resets.node_ids, resets.vectors, strict=True):
-            self.copies[node] = vec.to(self.x.dtype).clone()
+        for node in resets.node_ids:
             self.versions[node] = self.versions.get(node, -1) + 1
-        for node, vec in zip(diffs.node_ids, diffs.vectors, strict=True):
-            self.copies[node] = self.copies[node] + vec.to(self.x.dtype)
+        for node in diffs.node_ids:
             self.versions[node] += 1
-        stacked = (
-            torch.stack([self.copies[n] for n in sorted(self.copies)]) if self.copies else None
+        nodes = resets.node_ids + diffs.node_ids
+        dtype = self.state.x.dtype
+        vectors = [v.to(dtype) for v in (resets.vectors, diffs.vectors) if len(v)]
+        self.state, stats = ef21.server_step(
+            self.state,
+            nodes,
+            torch.cat(vectors) if vectors else torch.zeros(0, self.layout.numel, dtype=dtype),
+            torch.arange(len(nodes)) < len(resets.node_ids),
+            lambda rows: self.robust(self.aggregator, rows, context),
+            lr=self.lr,
         )
-        agg = None if stacked is None else self.robust(self.aggregator, stacked, context)
-        if agg is not None:
-            self.x = sgd_step(self.x, agg, self.lr)
         merged = _merge(resets, diffs)
         log(
             INFO,
@@ -214,10 +227,10 @@ class ByzEF21SGDM(_CompressedSGD):
         metrics = self.metrics(
             merged,
             **{
-                "resets": len(resets.node_ids),
-                "copies": len(self.copies),
-                "sampled": len(self._sent_nodes),
-                "skipped": int(agg is None),
+                "resets": stats["resets"],
+                "copies": stats["copies"],
+                SAMPLED_KEY: len(self._sent_nodes),
+                SKIPPED_KEY: stats["skipped"],
             },
         )
         return self.model_record(), metrics
@@ -242,24 +255,26 @@ class ByzEF21SGDM(_CompressedSGD):
         self, replies: list[Message], reset_nodes: set[int], context: str
     ) -> CheckedReplies:
         d = self.layout.numel
-        assert self.x is not None
+        state: EF21State = self.state
 
         def has_copy(node: int) -> None:
-            if node not in self.copies:
+            if state.copy_of(node) is None:
                 raise ValueError("the server has no copy of this node's g_i (a dense reset first)")
 
         decode = self.codec.decoder(d, self._seeds, check=has_copy)
 
         def decode_finite_sum(node: int, content: RecordDict) -> torch.Tensor:
             vec = decode(node, content)  # NaN/Inf in c_i itself: rejected as non-finite
-            total = self.copies[node] + vec.to(self.copies[node].dtype)
+            copy = state.copy_of(node)
+            assert copy is not None
+            total = copy + vec.to(copy.dtype)
             if bool(torch.isfinite(vec).all()) and not bool(torch.isfinite(total).all()):
                 raise ValueError("g_i + c_i overflows to Inf; the copy is kept")
             return vec
 
         return validate_replies(
             replies,
-            {PAYLOAD_KEY: self.codec.layout(d, self.x.dtype)},
+            {PAYLOAD_KEY: self.codec.layout(d, state.x.dtype)},
             expected_nodes=self._sent_nodes - reset_nodes,  # one reply per node in all
             context=context,
             decode=decode_finite_sum,
@@ -328,7 +343,14 @@ class BRCSGD(_CompressedSGD):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send x^t with op ``grad`` and the compressor."""
-        return self._send(server_round, arrays, config, grid, {"op": "grad"})
+        return self._send(server_round, arrays, config, grid, {OP_KEY: OP_GRAD})
+
+    def _init_state(self, x: torch.Tensor) -> BRCSGDState:
+        return BRCSGDState(x=x, x0=x.clone())
+
+    def attack_surface(self) -> AttackSurface:
+        """``methods.ef21.brcsgd_attack_surface``: the decoded ``C(s_i)`` are aggregated."""
+        return ef21.brcsgd_attack_surface(self.current, self.lr)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -337,19 +359,21 @@ class BRCSGD(_CompressedSGD):
         context = f"{type(self).__name__} round {server_round}"
         if not self._sent_this_round(server_round, context):
             return None, None
-        assert self.x is not None
         d = self.layout.numel
         checked = self.validate(
             replies,
-            {PAYLOAD_KEY: self.codec.layout(d, self.x.dtype)},
+            {PAYLOAD_KEY: self.codec.layout(d, self.state.x.dtype)},
             context,
             decode=self.codec.decoder(d, self._seeds),
         )
-        agg = self.robust(self.aggregator, checked.vectors, context)
-        if agg is not None:
-            self.x = sgd_step(self.x, agg, self.lr)
+        self.state, stats = ef21.brcsgd_server_step(
+            self.state,
+            checked.vectors,
+            lambda rows: self.robust(self.aggregator, rows, context),
+            lr=self.lr,
+        )
         metrics = self.metrics(
-            checked, **{"sampled": len(self._sent_nodes), "skipped": int(agg is None)}
+            checked, **{SAMPLED_KEY: len(self._sent_nodes), SKIPPED_KEY: stats["skipped"]}
         )
         return self.model_record(), metrics
 

@@ -1,33 +1,22 @@
-"""Byz-VR-MARINA-PP (Malinovsky, Richtárik, Horváth, Gorbunov 2024, arXiv 2311.14127,
-Algorithm 1): Byzantine-robust variance reduction with client sampling, where the *server*
-clips every compressed gradient difference to a level proportional to the last step.
+"""ByzVRMarinaPP: Byz-VR-MARINA-PP (Malinovsky, Richtárik, Horváth & Gorbunov 2024, arXiv
+2311.14127, Algorithm 1) as a Flower strategy. The algorithm is ``flwr_byz.methods.marina``;
+this shell holds its state, and per round:
 
-Per round k (ALGORITHMS.md section 4.1)::
+- ``configure_train``: ``marina.plan_round`` (the coin c_k, the step to x^{k+1}, lambda_{k+1},
+  the sample and the seeds), then op ``grad`` at x^{k+1} (full round, ``full_batch_size``) or
+  op ``grad_diff`` with x^{k+1} (``"arrays"``) and x^k (``"prev"``), the compressor spec and a
+  compressor seed per node (difference round: the reply is the compressor's payload);
+- ``aggregate_train``: validation (payloads decoded with the seed sent), then
+  ``marina.server_step`` with ARAgg (set for ``f_full`` in full rounds; the plain mean on
+  differences for Byz-VR-MARINA+).
 
-    c_k ~ Bernoulli(p);  S_k = C_hat sampled clients if c_k = 1 else C
-    x^{k+1} = x^k - gamma g^k;   lambda_{k+1} = alpha ||x^{k+1} - x^k||
-    c_k = 1: client i sends grad f_i(x^{k+1})                  (op "grad", full local data)
-             g^{k+1} = ARAgg({grad f_i(x^{k+1})})
-    c_k = 0: client i sends Q(Delta_i), Delta_i the minibatch gradient difference between
-             x^{k+1} and x^k on the same minibatch            (op "grad_diff")
-             g^{k+1} = g^k + ARAgg({clip_{lambda_{k+1}}(Q(Delta_i))})
-
-Round 1 is always a full round from x^0 (g^0 = 0, so x^1 = x^0 and g^1 = ARAgg of the full
-gradients at x^0). ``alpha=None`` disables clipping (the paper's ablation); Byz-VR-MARINA is
+Round 1 is always a full round from x^0. ``alpha=None`` disables clipping; Byz-VR-MARINA is
 ``clients_per_round = full_round_clients = n`` with ``alpha=None``.
-
-Differences from the paper's reference code (SamuelHorvath/VR_Byzantine, partial_participation):
-the clipping level follows the paper, ``lambda = alpha ||x^{k+1} - x^k||``, where the code uses
-``clip_mult ||g^k||`` (= ``clip_mult / gamma`` times the paper's level); and every client
-computes its step only when sampled (the code computes all clients every round).
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Iterable
-from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any, Literal
 
@@ -39,22 +28,29 @@ from flwr.supercore import log
 from ..aggregators import Aggregator, Mean
 from ..aggregators.base import with_f
 from ..compressors import Compressor
-from .compressed import PayloadCodec
-from .method import PAYLOAD_KEY, POINT_KEY, PREV_KEY, VECTOR_KEY, MethodStrategy
-from .updates import clip_rows, sgd_step
+from ..methods import marina
+from ..methods.marina import MarinaPlan, MarinaState
+from ..methods.surface import AttackSurface
+from ..protocol.keys import (
+    BATCH_SEED_KEY,
+    BATCH_SIZE_KEY,
+    COMPRESSOR_KEY,
+    COMPRESSOR_SEED_KEY,
+    NUM_EXAMPLES_KEY,
+    OP_GRAD,
+    OP_GRAD_DIFF,
+    OP_KEY,
+    PAYLOAD_KEY,
+    POINT_KEY,
+    PREV_KEY,
+    SAMPLED_KEY,
+    SKIPPED_KEY,
+    VECTOR_KEY,
+)
+from ..protocol.payload import PayloadCodec
+from .method import MethodStrategy
 
 __all__ = ["ByzVRMarinaPP"]
-
-
-@dataclass(frozen=True)
-class _Round:
-    """What ``configure_train`` decided for a round."""
-
-    server_round: int
-    full: bool
-    level: float | None  # lambda_{k+1}; None: no clipping
-    nodes: tuple[int, ...]
-    compressor_seeds: dict[int, int]
 
 
 class ByzVRMarinaPP(MethodStrategy):
@@ -71,7 +67,7 @@ class ByzVRMarinaPP(MethodStrategy):
         uplink bytes shrink.
     p : float | None (default: None)
         Probability of a full-gradient round; None: ``b / m`` with m the median local data
-        size the clients report in the first round (ALGORITHMS.md default).
+        size the clients report in the first round (the paper's default).
     alpha : float | None (default: 1.0)
         Clipping multiplier: ``lambda_{k+1} = alpha ||x^{k+1} - x^k||``; None: no clipping.
     clients_per_round : int (default: 4)
@@ -163,37 +159,38 @@ class ByzVRMarinaPP(MethodStrategy):
 
     # --- state ---------------------------------------------------------------------------------
     def _reset_method(self) -> None:
-        self.g: torch.Tensor | None = None  # g^k; None until the first full round succeeds
-        self.x_prev: torch.Tensor | None = None
-        self.local_size: float | None = None  # m, from the clients' reports
-        self.rounds_since_full = 0
-        self._round: _Round | None = None
+        self._round: MarinaPlan | None = None  # this round's plan
+        self._planned = 0  # the server round of ``_round``
+
+    def _init_state(self, x: torch.Tensor) -> MarinaState:
+        return MarinaState(x=x, x0=x.clone())
+
+    @property
+    def g(self) -> torch.Tensor | None:
+        """g^k; None until the first full round succeeds."""
+        return None if self.state is None else self.state.g
+
+    @property
+    def x_prev(self) -> torch.Tensor | None:
+        """x^k, the previous point (the round's point is ``x`` = x^{k+1})."""
+        return None if self.state is None else self.state.x_prev
+
+    @property
+    def local_size(self) -> float | None:
+        """m, the median local data size the clients reported (None: not yet)."""
+        return None if self.state is None else self.state.local_size
 
     @property
     def p_effective(self) -> float:
         """p, or ``b / m`` once the clients have reported their data size m (else 1)."""
-        if self.p is not None:
-            return self.p
-        if not self.local_size:
-            return 1.0
-        return min(1.0, self.batch_size / self.local_size)
+        return marina.p_effective(self.p, self.batch_size, self.local_size)
 
-    def _is_full_round(self) -> bool:
-        if self.g is None:
-            return True
-        if self.full_rounds == "epoch":
-            steps = math.ceil((self.local_size or self.batch_size) / self.batch_size)
-            return self.rounds_since_full >= steps - 1  # one full + (steps - 1) diff rounds
-        return self._rng.random() < self.p_effective
-
-    def shift_back_vector(self, mult: float | None) -> torch.Tensor:
-        """ShiftBack's reply: in a full round the gradient ``G = (mult/lr)(x^{k+1} - x^0)``,
-        in a difference round ``G - g^k`` (so that ``g^{k+1} = G`` if it wins)."""
-        target = super().shift_back_vector(mult)
-        plan = self._round
-        if plan is not None and not plan.full and self.g is not None:
-            return target - self.g
-        return target
+    def attack_surface(self) -> AttackSurface:
+        """``methods.marina.attack_surface``: ShiftBack's reply is the gradient back to x^0 in
+        a full round, that minus g^k in a difference round."""
+        return marina.attack_surface(
+            self.current, lambda: self._round is None or self._round.full, self.lr
+        )
 
     # --- Flower Strategy -------------------------------------------------------------------------
     def configure_train(
@@ -201,23 +198,22 @@ class ByzVRMarinaPP(MethodStrategy):
     ) -> Iterable[Message]:
         """Flip the coin, step ``x^{k+1} = x^k - gamma g^k``, sample, send the op."""
         self._start(server_round, arrays)
-        assert self.x is not None
         context = f"{type(self).__name__} round {server_round}"
-        full = self._is_full_round()
-        x_new = self.x if self.g is None else sgd_step(self.x, self.g, self.lr)
-        level = None
-        if not full and self.alpha is not None:
-            level = self.alpha * float(torch.linalg.vector_norm(x_new - self.x))
-        self.x_prev, self.x = self.x, x_new
-        k = self.clients_per_round
-        if full:
-            k = self.full_round_clients or len(list(grid.get_node_ids()))
-            if self.full_rounds == "epoch":
-                k = len(list(grid.get_node_ids()))
-        nodes = self.sample(grid, k, context)
-        batch_seeds = {n: self.draw_seed() for n in nodes}
-        comp_seeds = {} if full else {n: self.draw_seed() for n in nodes}
-        self._round = _Round(server_round, full, level, tuple(nodes), comp_seeds)
+        plan, self.state = marina.plan_round(
+            self._rng,
+            self.state,
+            self.connected(grid, None, context),
+            lr=self.lr,
+            p=self.p,
+            alpha=self.alpha,
+            batch_size=self.batch_size,
+            clients_per_round=self.clients_per_round,
+            full_round_clients=self.full_round_clients,
+            full_rounds=self.full_rounds,
+        )
+        self._round, self._planned = plan, server_round
+        self.sent_to(plan.nodes)
+        full, level, nodes = plan.full, plan.level, plan.nodes
         log(
             INFO,
             "%s: coin c_k=%d (p=%.4g), %d clients sampled, clip level %s",
@@ -230,17 +226,24 @@ class ByzVRMarinaPP(MethodStrategy):
         if full:
             return self.messages(
                 nodes,
-                {POINT_KEY: self.model_record(x_new)},
+                {POINT_KEY: self.model_record()},
                 config,
-                {"op": "grad", "batch-size": self.full_batch_size},
-                lambda n: {"batch-seed": batch_seeds[n]},
+                {OP_KEY: OP_GRAD, BATCH_SIZE_KEY: self.full_batch_size},
+                lambda n: {BATCH_SEED_KEY: plan.batch_seed(n)},
             )
         return self.messages(
             nodes,
-            {POINT_KEY: self.model_record(x_new), PREV_KEY: self.model_record(self.x_prev)},
+            {POINT_KEY: self.model_record(), PREV_KEY: self.model_record(self.x_prev)},
             config,
-            {"op": "grad_diff", "batch-size": self.batch_size, "compressor": self.compressor_spec},
-            lambda n: {"batch-seed": batch_seeds[n], "compressor-seed": comp_seeds[n]},
+            {
+                OP_KEY: OP_GRAD_DIFF,
+                BATCH_SIZE_KEY: self.batch_size,
+                COMPRESSOR_KEY: self.compressor_spec,
+            },
+            lambda n: {
+                BATCH_SEED_KEY: plan.batch_seed(n),
+                COMPRESSOR_SEED_KEY: plan.compressor_seed(n),
+            },
         )
 
     def aggregate_train(
@@ -249,63 +252,43 @@ class ByzVRMarinaPP(MethodStrategy):
         """Full round: ``g = ARAgg(grads)``; else ``g += ARAgg(clip(Q(Delta_i)))``."""
         context = f"{type(self).__name__} round {server_round}"
         plan = self._round
-        if plan is None or plan.server_round != server_round or self.x is None:
+        if plan is None or self._planned != server_round or self.state is None:
             log(WARNING, "%s: nothing was sent this round; nothing to aggregate", context)
             return None, None
-        clipped = 0
+        sizes: list[float] = []
         if plan.full:
             checked = self.validate(replies, {VECTOR_KEY: self.layout}, context)
-            self._learn_local_size(checked.contents)
-            rule = with_f(self.aggregator, self._f_full(len(plan.nodes)), exact=True)
-            agg = self.robust(rule, checked.vectors, context)
-            if agg is not None:
-                self.g = agg.to(self.x.dtype)
-                self.rounds_since_full = 0
+            sizes = _local_sizes(checked.contents)
+            f = int(getattr(self.aggregator, "f", 0) or 0)
+            n_full = marina.f_full(f, len(plan.nodes), self.clients_per_round, self.f_full)
+            rule: Aggregator = with_f(self.aggregator, n_full, exact=True)
         else:
-            assert self.g is not None
             d = self.layout.numel
             checked = self.validate(
                 replies,
-                {PAYLOAD_KEY: self.codec.layout(d, self.x.dtype)},
+                {PAYLOAD_KEY: self.codec.layout(d, self.state.x.dtype)},
                 context,
-                decode=self.codec.decoder(d, plan.compressor_seeds),
+                decode=self.codec.decoder(d, plan.compressor_seed_map()),
             )
-            deltas, clipped = clip_rows(checked.vectors, plan.level)
             rule = Mean() if self.plain_mean_on_diffs else self.aggregator
-            agg = self.robust(rule, deltas, context)
-            if agg is not None:
-                self.g = self.g + agg.to(self.g.dtype)
-            self.rounds_since_full += 1
-        skipped = int(agg is None)
+        self.state, stats = marina.server_step(
+            self.state,
+            plan,
+            checked.vectors,
+            lambda rows: self.robust(rule, rows, context),
+            local_sizes=sizes,
+        )
         metrics = self.metrics(
             checked,
             **{
                 "full-round": int(plan.full),
                 "clip-level": -1.0 if plan.level is None else plan.level,
-                "clipped": clipped,
-                "sampled": len(plan.nodes),
-                "skipped": skipped,
+                "clipped": stats["clipped"],
+                SAMPLED_KEY: len(plan.nodes),
+                SKIPPED_KEY: stats["skipped"],
             },
         )
         return self.model_record(), metrics
-
-    # --- helpers ---------------------------------------------------------------------------------
-    def _f_full(self, n: int) -> int:
-        if self.f_full is not None:
-            return self.f_full
-        f = int(getattr(self.aggregator, "f", 0) or 0)
-        return min(math.ceil(f * n / (self.clients_per_round or n)), max(n - 1, 0))
-
-    def _learn_local_size(self, contents: list[RecordDict]) -> None:
-        """m = median of the reported local data sizes (robust to a few inflated reports)."""
-        sizes = []
-        for content in contents:
-            for record in content.metric_records.values():
-                value = record.get("num-examples")
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-                    sizes.append(float(value))
-        if sizes:
-            self.local_size = statistics.median(sizes)
 
     def options(self) -> dict[str, Any]:
         return super().options() | {
@@ -315,3 +298,14 @@ class ByzVRMarinaPP(MethodStrategy):
             "full-round clients": self.full_round_clients or "all",
             "full rounds": self.full_rounds,
         }
+
+
+def _local_sizes(contents: list[RecordDict]) -> list[float]:
+    """The positive local data sizes (``num-examples``) the accepted replies report."""
+    sizes = []
+    for content in contents:
+        for record in content.metric_records.values():
+            value = record.get(NUM_EXAMPLES_KEY)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+                sizes.append(float(value))
+    return sizes

@@ -1,5 +1,5 @@
 """ByzSGD (El-Mhamdi, Guerraoui, Guirguis, Hoang, Rouault, "Genuinely Distributed Byzantine
-Machine Learning", PODC 2020 / Distributed Computing 2022, arXiv 1905.03853; ALGORITHMS.md 4.4):
+Machine Learning", PODC 2020 / Distributed Computing 2022, arXiv 1905.03853):
 Byzantine workers AND Byzantine parameter servers.
 
 The ServerApp hosts ``n_servers`` parameter-server replicas, each with its own model theta_s;
@@ -28,6 +28,7 @@ computes. A single trusted server is ``n_servers=1, f_servers=0``.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from logging import WARNING
 from typing import Any
 
@@ -36,20 +37,41 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from ..aggregators import Aggregator, Median
+from ..aggregators import Aggregator
 from ..attacks.server import ServerAttack, get_server_attack
-from .method import VECTOR_KEY, MethodStrategy
-from .scatter_gather import check_quorums, diameter
-from .scatter_gather import gather_period as paper_period
+from ..methods import byzsgd
+from ..methods.byzsgd import ByzSGDState, check_quorums, diameter
+from ..methods.byzsgd import gather_period as paper_period
+from ..methods.surface import AttackSurface
+from ..protocol.keys import (
+    BATCH_SEED_KEY,
+    BATCH_SIZE_KEY,
+    BYZSGD_DROPPED_KEY,
+    BYZSGD_FALLBACK_KEY,
+    BYZSGD_FILTER,
+    BYZSGD_MEDIAN,
+    BYZSGD_REJECTED_KEY,
+    BYZSGD_RULE_KEY,
+    BYZSGD_RULES,
+    F_SERVERS_KEY,
+    F_WORKERS_KEY,
+    GATHER_PERIOD_KEY,
+    LR_KEY,
+    N_SERVERS_KEY,
+    N_WORKERS_KEY,
+    OP_BYZSGD,
+    OP_KEY,
+    REPLICA_KEY,
+    SAMPLED_KEY,
+    SKIPPED_KEY,
+    STEP_KEY,
+    VECTOR_KEY,
+)
+from .method import MethodStrategy
 
-__all__ = ["MODEL_KEY", "WORKER_RULES", "ByzSGD"]
+__all__ = ["WORKER_RULES", "ByzSGD"]
 
-MODEL_KEY = "model-{}"
-"""ArrayRecord keys of the models a worker pulls, in pull order."""
-
-WORKER_RULES = ("median", "filter")
-
-_median = Median()
+WORKER_RULES = BYZSGD_RULES
 
 
 class ByzSGD(MethodStrategy):
@@ -132,9 +154,29 @@ class ByzSGD(MethodStrategy):
         )
 
     # --- state ------------------------------------------------------------------------------
+    def _init_state(self, x: torch.Tensor) -> ByzSGDState:
+        return ByzSGDState.start(x, self.n_servers)
+
+    @property
+    def replicas(self) -> torch.Tensor | None:
+        """``[n_ps, d]``: every replica's own model (None before round 1)."""
+        return None if self.state is None else self.state.replicas
+
+    @replicas.setter
+    def replicas(self, value: torch.Tensor) -> None:
+        self.state = replace(self.current(), replicas=value)
+
+    @property
+    def t(self) -> int:
+        """The step being taken."""
+        return 0 if self.state is None else self.state.t
+
+    def attack_surface(self) -> AttackSurface:
+        """``methods.byzsgd.attack_surface``: the workers' gradients are aggregated as they
+        arrive; ShiftBack's gradient is measured at the observed model."""
+        return byzsgd.attack_surface(self.current, self.lr)
+
     def _reset_method(self) -> None:
-        self.replicas: torch.Tensor | None = None  # [n_ps, d]: every replica's own model
-        self.t = 0  # the step being taken
         self.fresh: frozenset[int] = frozenset()  # workers whose last step's reply was applied
         self.pulled: dict[int, list[int]] = {}  # worker -> servers whose models it was sent
         self.diameters: list[tuple[int, float, float]] = []  # (step, before, after) per gather
@@ -155,35 +197,29 @@ class ByzSGD(MethodStrategy):
             raise RuntimeError("ByzSGD has not started (no model yet)")
         return self.replicas[: self.n_servers - self.f_servers]
 
+    def servers(self) -> byzsgd.Servers:
+        """The replicas as ``methods.byzsgd`` sees them (with the current ``server_attack``)."""
+        return byzsgd.Servers(self.n_servers, self.f_servers, self.server_attack)
+
     def sent_by(self, server: int, recipient: int) -> torch.Tensor | None:
         """What replica ``server`` sends to ``recipient`` this step (None: nothing)."""
-        assert self.replicas is not None and self.x0 is not None
-        own = self.replicas[server]
-        if server not in self.byzantine:
-            return own
-        return self.server_attack(own, self.x0, recipient, self.t)
+        return byzsgd.sent_by(self.current(), self.servers(), server, recipient)
 
     def arrivals(
         self, recipient: int, exclude: int | None = None
     ) -> list[tuple[int, torch.Tensor]]:
         """The models reaching ``recipient`` in arrival order: the Byzantine replicas' first
         (adversarial scheduling; stalled ones never arrive), then the honest ones shuffled."""
-        byz = [(s, self.sent_by(s, recipient)) for s in self.byzantine if s != exclude]
-        honest = [s for s in self.honest if s != exclude]
-        self._rng.shuffle(honest)
-        assert self.replicas is not None
-        return [(s, m) for s, m in byz if m is not None] + [(s, self.replicas[s]) for s in honest]
+        return byzsgd.arrivals(self._rng, self.current(), self.servers(), recipient, exclude)
 
     # --- scatter ----------------------------------------------------------------------------
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send each worker the models it pulls (``model-<j>``) with op ``byzsgd``."""
+        """Send each worker the models it pulls (``model-<j>``, ``methods.byzsgd.plan_step``)
+        with op ``byzsgd``."""
         self._start(server_round, arrays)
-        if self.replicas is None:
-            assert self.x is not None
-            self.replicas = self.x.unsqueeze(0).repeat(self.n_servers, 1)
-        self.t += 1
+        self.state = replace(self.current(), t=self.t + 1)
         context = f"ByzSGD step {self.t}"
         nodes = self.sample(grid, self.clients_per_round, context)
         if self.t == 1:
@@ -191,35 +227,40 @@ class ByzSGD(MethodStrategy):
         elif len(nodes) < 3 * self.f_workers + 1:
             need = 3 * self.f_workers + 1
             log(WARNING, "%s: %d workers < 3 f_w + 1 = %d", context, len(nodes), need)
-        gather = self.t % self.period == 0
-        rank = {n: i for i, n in enumerate(sorted(nodes))}
         op = {
-            "op": "byzsgd",
-            "batch-size": self.batch_size,
-            "lr": self.lr,
-            "step": self.t,
-            "gather-period": self.period,
-            "n-servers": self.n_servers,
-            "f-servers": self.f_servers,
-            "n-workers": len(nodes),
-            "f-workers": self.f_workers,
+            OP_KEY: OP_BYZSGD,
+            BATCH_SIZE_KEY: self.batch_size,
+            LR_KEY: self.lr,
+            STEP_KEY: self.t,
+            GATHER_PERIOD_KEY: self.period,
+            N_SERVERS_KEY: self.n_servers,
+            F_SERVERS_KEY: self.f_servers,
+            N_WORKERS_KEY: len(nodes),
+            F_WORKERS_KEY: self.f_workers,
         }
         out: list[Message] = []
-        self.pulled = {}
-        honest = {s: self.model_record(self.replicas[s]) for s in self.honest}  # built once
-        for node in nodes:
-            filtering = self.worker_rule == "filter" and not gather and node in self.fresh
-            pulls = self._pull_order(node, rank[node]) if filtering else self._median_set(node)
-            self.pulled[node] = [s for s, _ in pulls]
+        replicas = self.current().replicas
+        honest = {s: self.model_record(replicas[s]) for s in self.honest}  # built once
+        plans = byzsgd.plan_step(
+            self._rng,
+            self.current(),
+            self.servers(),
+            nodes,
+            fresh=self.fresh,
+            rule=self.worker_rule,
+            period=self.period,
+        )
+        self.pulled = {plan.node: [s for s, _ in plan.pulls] for plan in plans}
+        for plan in plans:
             records = {
-                MODEL_KEY.format(j): honest[s] if s in honest else self._wire(m)
-                for j, (s, m) in enumerate(pulls)
+                REPLICA_KEY.format(j): honest[s] if s in honest else self._wire(m)
+                for j, (s, m) in enumerate(plan.pulls)
             }
             own: dict[str, Any] = {
-                "byzsgd-rule": "filter" if filtering else "median",
-                "batch-seed": self.draw_seed(),
+                BYZSGD_RULE_KEY: BYZSGD_FILTER if plan.filtering else BYZSGD_MEDIAN,
+                BATCH_SEED_KEY: plan.batch_seed,
             }
-            out.extend(self.messages([node], records, config, op | own))
+            out.extend(self.messages([plan.node], records, config, op | own))
         return out
 
     def _wire(self, model: torch.Tensor) -> ArrayRecord:
@@ -229,93 +270,50 @@ class ByzSGD(MethodStrategy):
             return self.model_record(model.reshape(-1))
         return ArrayRecord({"model": Array(model.detach().cpu().numpy())})
 
-    def _median_set(self, node: int) -> list[tuple[int, torch.Tensor]]:
-        """The first q_ps = n_ps - f_ps models to reach ``node``."""
-        return self.arrivals(node)[: self.n_servers - self.f_servers]
-
-    def _pull_order(self, node: int, rank: int) -> list[tuple[int, torch.Tensor]]:
-        """The f_ps + 1 servers a filtering worker pulls in turn, round-robin from
-        (rank + t) mod n_ps, skipping servers that send nothing."""
-        out: list[tuple[int, torch.Tensor]] = []
-        for i in range(self.n_servers):
-            s = (rank + self.t + i) % self.n_servers
-            model = self.sent_by(s, node)
-            if model is not None:
-                out.append((s, model))
-            if len(out) == self.f_servers + 1:
-                break
-        return out
-
     # --- server steps and gather -------------------------------------------------------------
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Each replica: MDA over its quorum of gradients and a step; every T steps, DMC."""
+        """Each replica: MDA over its quorum of gradients and a step; every T steps, DMC
+        (``methods.byzsgd.finish_step``)."""
         context = f"ByzSGD step {self.t}"
         if self.replicas is None or self.server_round != server_round:
             log(WARNING, "%s: nothing was sent this round; nothing to aggregate", context)
             return None, None
         checked = self.validate(replies, {VECTOR_KEY: self.layout}, context)
-        grads = checked.vectors.to(self.replicas.dtype)
-        m = grads.shape[0]
-        wanted = self.gradient_quorum or max(len(self._sent_nodes) - self.f_workers, 1)
-        quorum = min(m, wanted)
-        skipped = 0
-        for s in range(self.n_servers):
-            rows = sorted(self._rng.sample(range(m), quorum)) if quorum < m else list(range(m))
-            agg = self.robust(self.aggregator, grads[rows], f"{context} server {s}")
-            if agg is None:
-                skipped += 1
-                continue
-            self.replicas[s] = self.replicas[s] - self.lr * agg
+        replica = iter(range(self.n_servers))
+        self.state, stats = byzsgd.finish_step(
+            self._rng,
+            self.current(),
+            self.servers(),
+            checked.vectors,
+            lambda rows: self.robust(self.aggregator, rows, f"{context} server {next(replica)}"),
+            quorum=byzsgd.worker_quorum(
+                len(self._sent_nodes), self.f_workers, self.gradient_quorum
+            ),
+            period=self.period,
+            lr=self.lr,
+        )
         self.fresh = frozenset(checked.node_ids)
-        extra: dict[str, float | int] = {
-            "sampled": len(self._sent_nodes),
-            "quorum": quorum,
-            "skipped": skipped,
-            "gather": 0,
-            "period": self.period,
-        }
-        if self.t % self.period == 0:
-            extra |= self.gather()
-        extra["diameter"] = diameter(self.honest_models())
+        if stats["gather"]:
+            self.diameters.append((self.t, stats["diameter-before-gather"], stats["diameter"]))
+        extra: dict[str, float | int] = {SAMPLED_KEY: len(self._sent_nodes)}
+        extra |= {(SKIPPED_KEY if k == "skipped" else k): v for k, v in stats.items()}
         extra |= _worker_counts(checked.contents)
-        self.x = self.observed_model()
         return self.model_record(), self.metrics(checked, **extra)
 
     def gather(self) -> dict[str, float | int]:
-        """DMC: every honest replica takes the coordinate-wise median of q_ps models (its own
-        first); non-finite or missing models are dropped. Returns the gather's metrics."""
-        assert self.replicas is not None
-        before = diameter(self.honest_models())
-        q = self.n_servers - self.f_servers
-        new = self.replicas.clone()
-        dropped = 0
-        for s in self.honest:
-            others = self.arrivals(-(s + 1), exclude=s)
-            rows = [self.replicas[s]]
-            for _, model in others:
-                if len(rows) == q:
-                    break
-                if model.shape != self.replicas[s].shape or not _finite(model):
-                    dropped += 1
-                    continue
-                rows.append(model.to(self.replicas.dtype))
-            new[s] = _median(torch.stack(rows))
-        honest_new = new[: len(self.honest)]
-        for s in self.byzantine:  # their internal state stays plausible
-            new[s] = _median(honest_new)
-        self.replicas = new
+        """DMC (``methods.byzsgd.gather_step``): every honest replica takes the coordinate-wise
+        median of q_ps models (its own first); non-finite or missing models are dropped.
+        Returns the gather's metrics."""
+        self.state, stats = byzsgd.gather_step(self._rng, self.current(), self.servers())
         after = diameter(self.honest_models())
-        self.diameters.append((self.t, before, after))
-        return {"gather": 1, "diameter-before-gather": before, "dropped-models": dropped}
+        self.diameters.append((self.t, stats["diameter-before-gather"], after))
+        return stats
 
     def observed_model(self) -> torch.Tensor:
         """The median of the (finite) models every replica presents to an observer."""
-        assert self.replicas is not None
-        shape = self.replicas[0].shape
-        rows = [m for _, m in self.arrivals(0)]
-        return _median(torch.stack([m for m in rows if m.shape == shape and _finite(m)]))
+        return byzsgd.observe(self._rng, self.current(), self.servers())
 
     def options(self) -> dict[str, Any]:
         return super().options() | {
@@ -327,14 +325,10 @@ class ByzSGD(MethodStrategy):
         }
 
 
-def _finite(x: torch.Tensor) -> bool:
-    return bool(torch.isfinite(x).all())
-
-
 def _worker_counts(contents: Iterable[Any]) -> dict[str, float | int]:
     """Sum of the workers' filter counters over the accepted replies."""
-    keys = {"filter-rejected": "byzsgd-rejected", "filter-fallback": "byzsgd-fallback"}
-    keys["worker-dropped-models"] = "byzsgd-dropped"
+    keys = {"filter-rejected": BYZSGD_REJECTED_KEY, "filter-fallback": BYZSGD_FALLBACK_KEY}
+    keys["worker-dropped-models"] = BYZSGD_DROPPED_KEY
     out: dict[str, float | int] = dict.fromkeys(keys, 0)
     for content in contents:
         for record in content.metric_records.values():

@@ -4,7 +4,7 @@ A method strategy keeps the model ``x`` (its floating-point arrays as one vector
 state on the server, samples nodes with its own seeded generator, sends each sampled node an
 ``op`` (``grad``, ``grad_diff``, ``momentum``, ...) that :class:`flwr_byz.clients.GradientClient`
 answers, validates the replies (``strategies.validation``) and aggregates them robustly. The
-paper's update rule itself is a pure function in ``strategies.updates``.
+paper's update rule itself is a pure function in ``flwr_byz.methods``.
 
 Only the floating-point arrays of the model are trained; integer arrays (e.g. BatchNorm's
 ``num_batches_tracked``) are sent back unchanged.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
 from typing import Any
@@ -27,18 +28,13 @@ from flwr.supercore import log
 
 from ..aggregators import Aggregator, get_aggregator
 from ..aggregators.base import with_f
-from .records import Layout, flatten, layout_of, unflatten
+from ..methods.sampling import sample_nodes
+from ..methods.surface import AttackSurface
+from ..protocol.keys import CONFIG_KEY, SERVER_ROUND_KEY, STATE_KEY, TRAIN_LOSS_KEY
+from ..protocol.records import Layout, flatten, layout_of, unflatten
 from .validation import CheckedReplies, validate_replies
 
 __all__ = ["MethodStrategy", "build_aggregator"]
-
-#: ArrayRecord key of the point the client evaluates at (x^{k+1}); ``"prev"`` holds x^k.
-POINT_KEY = "arrays"
-PREV_KEY = "prev"
-#: ArrayRecord keys of the replies: a dense vector, or a compressor's payload.
-VECTOR_KEY = "grad"
-PAYLOAD_KEY = "payload"
-CONFIG_KEY = "config"
 
 
 def build_aggregator(aggregator: Aggregator | str, f: int | None) -> Aggregator:
@@ -103,8 +99,7 @@ class MethodStrategy(Strategy):
         """Forget the model and method state (a new run starts at round 1)."""
         self._rng = random.Random(self.seed)
         self.state_key = uuid.uuid4().hex[:12]  # namespaces the clients' context.state per run
-        self.x: torch.Tensor | None = None
-        self.x0: torch.Tensor | None = None
+        self.state: Any = None  # the method's server state (flwr_byz.methods), from round 1
         self._layout: Layout | None = None
         self._frozen: ArrayRecord | None = None
         self._sent_nodes: frozenset[int] = frozenset()
@@ -112,7 +107,28 @@ class MethodStrategy(Strategy):
         self._reset_method()
 
     def _reset_method(self) -> None:
-        """Subclasses clear their own state here."""
+        """Subclasses clear their own (non-method) state here."""
+
+    def _init_state(self, x: torch.Tensor) -> Any:
+        """The method's server state at x^0 = ``x`` (a ``flwr_byz.methods`` dataclass with
+        fields ``x`` and ``x0``)."""
+        raise NotImplementedError(f"{type(self).__name__} must define _init_state")
+
+    @property
+    def x(self) -> torch.Tensor | None:
+        """The current model (the method state's ``x``; None before round 1)."""
+        return None if self.state is None else self.state.x
+
+    @property
+    def x0(self) -> torch.Tensor | None:
+        """The starting point x^0 (None before round 1)."""
+        return None if self.state is None else self.state.x0
+
+    def current(self) -> Any:
+        """The method's server state (``ValueError`` before round 1)."""
+        if self.state is None:
+            raise ValueError(f"{type(self).__name__} has no model yet")
+        return self.state
 
     def _start(self, server_round: int, arrays: ArrayRecord) -> None:
         """Round 1 (or first use): take ``arrays`` as x^0."""
@@ -125,8 +141,7 @@ class MethodStrategy(Strategy):
             self._frozen = ArrayRecord(
                 {k: arrays[k] for k in full.keys if k not in self._layout.keys}
             )
-            self.x = flatten(arrays, self._layout)
-            self.x0 = self.x.clone()
+            self.state = self._init_state(flatten(arrays, self._layout))
         self.server_round = server_round
 
     @property
@@ -148,7 +163,18 @@ class MethodStrategy(Strategy):
     # --- sampling and messages ---------------------------------------------------------------
     def sample(self, grid: Grid, k: int | None, context: str) -> list[int]:
         """``k`` nodes (all connected ones if fewer: the run goes on) from the seeded generator;
-        ``k=None``: every connected node, in ID order."""
+        ``k=None``: every connected node, in ID order (``methods.sampling.sample_nodes``)."""
+        chosen = sample_nodes(self._rng, self.connected(grid, k, context), k)
+        self.sent_to(chosen)
+        return chosen
+
+    def sent_to(self, nodes: Iterable[int]) -> None:
+        """Remember the nodes this round's messages go to (validation expects their replies)."""
+        self._sent_nodes = frozenset(nodes)
+
+    def connected(self, grid: Grid, k: int | None, context: str) -> list[int]:
+        """The connected nodes in the grid's order, after waiting (up to 60 s) for
+        ``min_available_nodes``; logs when fewer than ``k`` are connected."""
         wanted = self.min_available_nodes
         nodes = list(grid.get_node_ids())
         waited = 0.0
@@ -157,16 +183,11 @@ class MethodStrategy(Strategy):
             time.sleep(1.0)
             waited += 1.0
             nodes = list(grid.get_node_ids())
-        if k is None:
-            self._sent_nodes = frozenset(nodes)
-            return sorted(nodes)
-        if len(nodes) < k:
+        if k is not None and len(nodes) < k:
             log(
                 WARNING, "%s: only %d nodes connected, %d wanted; using all", context, len(nodes), k
             )
-        chosen = self._rng.sample(nodes, min(k, len(nodes)))
-        self._sent_nodes = frozenset(chosen)
-        return chosen
+        return nodes
 
     def draw_seed(self) -> int:
         """A fresh 31-bit seed from the strategy's generator (minibatches, compressors)."""
@@ -187,8 +208,8 @@ class MethodStrategy(Strategy):
             cfg = ConfigRecord(dict(config.items()))
             for key, value in {**op, **(per_node(node) if per_node else {})}.items():
                 cfg[key] = value
-            cfg["state-key"] = self.state_key
-            cfg["server-round"] = self.server_round  # seeds per-node attacks (byzantine_mod)
+            cfg[STATE_KEY] = self.state_key
+            cfg[SERVER_ROUND_KEY] = self.server_round  # seeds per-node attacks (byzantine_mod)
             content = RecordDict({**records, CONFIG_KEY: cfg})
             out.append(Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN))
         return out
@@ -240,23 +261,23 @@ class MethodStrategy(Strategy):
         losses = []
         for content in checked.contents:
             for m in content.metric_records.values():
-                value = m.get("train-loss")
+                value = m.get(TRAIN_LOSS_KEY)
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     losses.append(float(value))
         if losses:
-            record["train-loss"] = float(torch.tensor(losses).median())
+            record[TRAIN_LOSS_KEY] = float(torch.tensor(losses).median())
         for key, value in extra.items():
             record[key] = value
         return record
 
-    # --- the attack hook ------------------------------------------------------------------------
-    def shift_back_vector(self, mult: float | None) -> torch.Tensor:
-        """The reply vector that, aggregated, sends the model back to x^0 (ShiftBack attack):
-        ``(mult / lr) (x^k - x^0)`` as a gradient; ``mult=None`` is 1 (exactly x^0)."""
-        if self.x is None or self.x0 is None:
-            raise ValueError(f"{type(self).__name__} has no model yet")
-        scale = (1.0 if mult is None else float(mult)) / self.lr
-        return scale * (self.x - self.x0)  # x: the model sent this round
+    # --- the attack surface ---------------------------------------------------------------------
+    @abstractmethod
+    def attack_surface(self) -> AttackSurface:
+        """The method's attack surface (``flwr_byz.methods.surface``): which vector the server
+        aggregates from a reply, how a forged one goes back on the wire, and ShiftBack's x^0
+        target; reads the live state. Every method defines it (usually ``methods.<method>
+        .attack_surface``); a subclass without it cannot be instantiated. ``ByzantineGrid``,
+        ``byzantine_mod`` and ShiftBack use nothing else of the method."""
 
     # --- no federated evaluation: the runner evaluates centrally --------------------------------
     def configure_evaluate(

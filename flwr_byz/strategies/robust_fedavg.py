@@ -14,9 +14,12 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from ..aggregators import Aggregator
+from ..methods import fedavg
+from ..methods.fedavg import FedAvgState
+from ..methods.surface import AttackSurface
+from ..protocol.keys import SKIPPED_KEY
+from ..protocol.records import Layout, flatten, layout_of, unflatten
 from .method import build_aggregator
-from .records import Layout, flatten, layout_of, unflatten
-from .updates import clip_rows
 from .validation import CheckedReplies, sample_count, validate_replies
 
 __all__ = ["RobustFedAvg"]
@@ -117,13 +120,22 @@ class RobustFedAvg(FedAvg):
             self._last_update = None
         return messages
 
-    def shift_back_vector(self, mult: float | None) -> torch.Tensor:
-        """ShiftBack's update: ``-mult (x^k - x^0)`` over the floating arrays (``mult=None``:
-        1, the model goes back to x^0 exactly)."""
+    def _sent_floating(self) -> torch.Tensor:
+        """The floating-point coordinates of the model sent this round."""
         if self._sent is None or self._x0 is None:
             raise ValueError("RobustFedAvg has sent no model yet")
-        x = self._sent.vector[self._sent.layout.floating_mask()]
-        return -(1.0 if mult is None else float(mult)) * (x - self._x0.to(x.dtype))
+        return self._sent.vector[self._sent.layout.floating_mask()]
+
+    def _start_point(self) -> torch.Tensor:
+        if self._x0 is None:
+            raise ValueError("RobustFedAvg has sent no model yet")
+        return self._x0
+
+    def attack_surface(self) -> AttackSurface:
+        """``methods.fedavg.attack_surface``: the updates ``reply - x^k`` are aggregated;
+        ShiftBack's update is ``-mult (x^k - x^0)`` over the floating arrays (``mult=None``: 1,
+        the model goes back to x^0 exactly)."""
+        return fedavg.attack_surface(self._sent_floating, self._start_point)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -149,7 +161,7 @@ class RobustFedAvg(FedAvg):
         )
         metrics = self._train_metrics(checked)
         step = self._robust_step(checked, sent, context)
-        metrics["skipped"] = int(step is None)
+        metrics[SKIPPED_KEY] = int(step is None)
         if step is None:
             return None, metrics
         return unflatten(sent.vector + step, sent.layout), metrics
@@ -157,30 +169,35 @@ class RobustFedAvg(FedAvg):
     def _robust_step(
         self, checked: CheckedReplies, sent: _Sent, context: str
     ) -> torch.Tensor | None:
-        """The aggregated update, or None (previous model kept) if the rule cannot run."""
-        updates = checked.vectors - sent.vector.to(checked.vectors.dtype)
-        anchor = self._last_update if self.clip_alpha is not None else None
-        if anchor is not None:  # Eq. (10): clip around the last update, add it back
-            floating = sent.layout.floating_mask()  # integer arrays (counters) do not count
-            level = self.clip_alpha * float(torch.linalg.vector_norm(anchor[floating]))  # type: ignore[operator]
-            updates, clipped = clip_rows(updates - anchor.to(updates.dtype), level)
+        """The aggregated update (``methods.fedavg.server_step``), or None (previous model
+        kept) if the rule cannot run."""
+
+        def aggregate(updates: torch.Tensor) -> torch.Tensor | None:
+            try:
+                if self.weighted:
+                    assert checked.weights is not None
+                    return self.aggregator.weighted(updates, checked.weights)  # type: ignore[attr-defined]
+                return self.aggregator(updates)
+            except ValueError as exc:
+                log(WARNING, "%s: keeping the previous global model: %s", context, exc)
+                return None
+
+        state, stats = fedavg.server_step(
+            FedAvgState(sent.vector, self._last_update),
+            checked.vectors,
+            aggregate,
+            clip_alpha=self.clip_alpha,
+            norm_mask=sent.layout.floating_mask(),  # integer arrays (counters) do not count
+        )
+        if stats["clip_level"] is not None:
+            level, clipped = stats["clip_level"], stats["clipped"]
             log(INFO, "%s: clip level %.4g, %d updates clipped", context, level, clipped)
-        try:
-            if self.weighted:
-                assert checked.weights is not None
-                step = self.aggregator.weighted(updates, checked.weights)  # type: ignore[attr-defined]
-            else:
-                step = self.aggregator(updates)
-            if anchor is not None:
-                step = step + anchor.to(step.dtype)
-        except ValueError as exc:
-            log(WARNING, "%s: keeping the previous global model: %s", context, exc)
-            return None
-        if not bool(torch.isfinite(step).all()):
+        if stats["non_finite"]:
             log(WARNING, "%s: keeping the previous global model: non-finite aggregate", context)
+        if stats["skipped"]:
             return None
-        self._last_update = step.to(sent.vector.dtype)
-        return step.to(sent.vector.dtype)
+        self._last_update = state.last_update
+        return state.last_update
 
     def _train_metrics(self, checked: CheckedReplies) -> MetricRecord:
         """FedAvg's metric aggregation over the accepted replies, plus the validation counts."""

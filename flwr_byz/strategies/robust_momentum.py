@@ -1,17 +1,11 @@
 """RobustMomentum: worker (Polyak) momentum + robust aggregation (Karimireddy et al. 2021,
-"Learning from History for Byzantine Robust Optimization", Alg. 2), with the clipping heuristic
-of Malinovsky et al. 2024 (Byz-VR-MARINA-PP paper, Eq. (10)) for partial participation.
-
-Per round k: each sampled client i updates its momentum at the model x^k sent to it,
-``m_i = beta m_i + (1 - beta) grad f_i(x^k; minibatch)`` (kept in its ``context.state``; the
-first step sets ``m_i = grad``) and returns ``m_i`` (op ``"momentum"``). The server aggregates
-
-    g^k = ARAgg({m_i})                                                 (clip_alpha=None)
-    g^k = g^{k-1} + ARAgg({clip_{lambda_k}(m_i - g^{k-1})}),  lambda_k = alpha ||x^k - x^{k-1}||
-
-and steps ``x^{k+1} = x^k - gamma g^k``. The first round has no g^{k-1} and is not clipped.
-A client's momentum moves only in the rounds it is sampled (a real deployment cannot make
-unsampled clients compute); the paper's simulation updates every client every step.
+"Learning from History for Byzantine Robust Optimization", Alg. 2), with the Eq. (10) clipping
+heuristic of Malinovsky et al. 2024 for partial participation, as a Flower strategy. The
+algorithm is ``flwr_byz.methods.momentum``; this shell sends x^k with op ``momentum`` (``beta``
+and a minibatch seed per node: ``momentum.plan_round``), validates the momenta m_i and calls
+``momentum.server_step``. Each client keeps m_i in ``context.state`` and moves it only in the
+rounds it is sampled (a real deployment cannot make unsampled clients compute); the paper's
+simulation updates every client every step.
 """
 
 from __future__ import annotations
@@ -26,8 +20,21 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from ..aggregators import Aggregator
-from .method import POINT_KEY, VECTOR_KEY, MethodStrategy
-from .updates import clip_rows, sgd_step
+from ..methods import momentum
+from ..methods.momentum import MomentumState
+from ..methods.surface import AttackSurface
+from ..protocol.keys import (
+    BATCH_SEED_KEY,
+    BATCH_SIZE_KEY,
+    BETA_KEY,
+    OP_KEY,
+    OP_MOMENTUM,
+    POINT_KEY,
+    SAMPLED_KEY,
+    SKIPPED_KEY,
+    VECTOR_KEY,
+)
+from .method import MethodStrategy
 
 __all__ = ["RobustMomentum"]
 
@@ -86,9 +93,24 @@ class RobustMomentum(MethodStrategy):
         )
 
     def _reset_method(self) -> None:
-        self.g: torch.Tensor | None = None  # g^{k-1}, the last aggregate
-        self.last_step = 0.0  # ||x^k - x^{k-1}||
         self._round = 0
+
+    def _init_state(self, x: torch.Tensor) -> MomentumState:
+        return MomentumState(x=x, x0=x.clone())
+
+    @property
+    def g(self) -> torch.Tensor | None:
+        """g^{k-1}, the last aggregate (None before the first step)."""
+        return None if self.state is None else self.state.g
+
+    @property
+    def last_step(self) -> float:
+        """``||x^k - x^{k-1}||``."""
+        return 0.0 if self.state is None else self.state.last_step
+
+    def attack_surface(self) -> AttackSurface:
+        """``methods.momentum.attack_surface``: the momenta are aggregated as they arrive."""
+        return momentum.attack_surface(self.current, self.lr)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -96,15 +118,16 @@ class RobustMomentum(MethodStrategy):
         """Sample, send x^k with the ``momentum`` op."""
         self._start(server_round, arrays)
         context = f"{type(self).__name__} round {server_round}"
-        nodes = self.sample(grid, self.clients_per_round, context)
-        seeds = {n: self.draw_seed() for n in nodes}
+        nodes = self.connected(grid, self.clients_per_round, context)
+        plan = momentum.plan_round(self._rng, nodes, self.clients_per_round)
+        self.sent_to(plan.nodes)
         self._round = server_round
         return self.messages(
-            nodes,
+            plan.nodes,
             {POINT_KEY: self.model_record()},
             config,
-            {"op": "momentum", "beta": self.momentum, "batch-size": self.batch_size},
-            lambda n: {"batch-seed": seeds[n]},
+            {OP_KEY: OP_MOMENTUM, BETA_KEY: self.momentum, BATCH_SIZE_KEY: self.batch_size},
+            lambda n: {BATCH_SEED_KEY: plan.batch_seed(n)},
         )
 
     def aggregate_train(
@@ -116,26 +139,21 @@ class RobustMomentum(MethodStrategy):
             log(WARNING, "%s: nothing was sent this round; nothing to aggregate", context)
             return None, None
         checked = self.validate(replies, {VECTOR_KEY: self.layout}, context)
-        level, clipped = None, 0
-        if self.clip_alpha is not None and self.g is not None:
-            level = self.clip_alpha * self.last_step
-            deltas, clipped = clip_rows(checked.vectors - self.g.to(checked.vectors.dtype), level)
-            agg = self.robust(self.aggregator, deltas, context)
-            g = None if agg is None else self.g + agg.to(self.g.dtype)
-        else:
-            agg = self.robust(self.aggregator, checked.vectors, context)
-            g = None if agg is None else agg.to(self.x.dtype)
-        if g is not None:
-            new_x = sgd_step(self.x, g, self.lr)
-            self.last_step = float(torch.linalg.vector_norm(new_x - self.x))
-            self.x, self.g = new_x, g
+        self.state, stats = momentum.server_step(
+            self.state,
+            checked.vectors,
+            lambda rows: self.robust(self.aggregator, rows, context),
+            lr=self.lr,
+            clip_alpha=self.clip_alpha,
+        )
+        level = stats["clip_level"]
         metrics = self.metrics(
             checked,
             **{
                 "clip-level": -1.0 if level is None else level,
-                "clipped": clipped,
-                "sampled": len(self._sent_nodes),
-                "skipped": int(g is None),
+                "clipped": stats["clipped"],
+                SAMPLED_KEY: len(self._sent_nodes),
+                SKIPPED_KEY: stats["skipped"],
             },
         )
         return self.model_record(), metrics

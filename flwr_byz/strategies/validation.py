@@ -22,7 +22,8 @@ import torch
 from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.common.logger import log
 
-from .records import Layout, flatten, layout_of
+from ..protocol.keys import ACCEPTED_KEY, REJECTED_KEY
+from ..protocol.records import Layout, flatten, layout_of
 
 __all__ = ["REASONS", "CheckedReplies", "Rejection", "sample_count", "validate_replies"]
 
@@ -68,9 +69,9 @@ class CheckedReplies:
 
     def metrics(self) -> dict[str, int]:
         """``accepted``, ``rejected`` and ``rejected-<reason>`` counts for the MetricRecord."""
-        out = {"accepted": len(self.node_ids), "rejected": len(self.rejected)}
+        out = {ACCEPTED_KEY: len(self.node_ids), REJECTED_KEY: len(self.rejected)}
         for reason, count in sorted(Counter(r.reason for r in self.rejected).items()):
-            out[f"rejected-{reason}"] = count
+            out[f"{REJECTED_KEY}-{reason}"] = count
         return out
 
 

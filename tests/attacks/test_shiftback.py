@@ -1,18 +1,22 @@
-"""ShiftBack: the attack itself on a stub source, then bound to the real strategies, where a
-Byzantine majority must send the global model back to x^0 (through ByzantineGrid and
-GradientClient nodes for the method strategies)."""
+"""ShiftBack: the attack itself on a stub attack surface, then bound to the real strategies'
+surfaces, where a Byzantine majority must send the global model back to x^0 (through
+ByzantineGrid and GradientClient nodes for the method strategies)."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp.strategy import FedAvg, Krum
 
-from flwr_byz.attacks import ShiftBack, ShiftBackSource, get_attack
+from flwr_byz.attacks import ShiftBack, SurfaceAttack, get_attack
 from flwr_byz.clients import ByzantineGrid
+from flwr_byz.methods.surface import AttackSurface
+from flwr_byz.protocol.records import flatten, layout_of
 from flwr_byz.strategies import ByzVRMarinaPP, RobustFedAvg, RobustMomentum
-from flwr_byz.strategies.records import flatten, layout_of
 from tests.clients.fake_grid import FakeGrid, honest_client, model, sent_arrays, vector_of
 from tests.clients.gradient_helpers import (
     gradient_node,
@@ -25,13 +29,20 @@ KEYS = ("w", "b", "k")
 
 
 class Source:
-    """A stub strategy: returns ``mult_seen``-dependent vectors and records the calls."""
+    """A stub attack surface: aggregates replies as they are, returns ``mult``-dependent
+    targets and records the calls."""
 
     def __init__(self, vector: torch.Tensor) -> None:
         self.vector = vector
         self.calls: list[float | None] = []
 
-    def shift_back_vector(self, mult: float | None) -> torch.Tensor:
+    def aggregated(self, node: int, reply: torch.Tensor, *, compressed: bool = False):
+        return reply
+
+    def to_wire(self, node: int, forged: torch.Tensor, *, compressed: bool = False):
+        return forged
+
+    def shift_back_target(self, mult: float | None) -> torch.Tensor:
         self.calls.append(mult)
         return self.vector * (1.0 if mult is None else mult)
 
@@ -78,18 +89,39 @@ def test_unbound_needs_a_source_only_with_a_majority() -> None:
         attack(rows(1), rows(2))
 
 
+class OnlyTarget:
+    """Has ShiftBack's method but is no attack surface."""
+
+    def shift_back_target(self, mult: float | None) -> torch.Tensor:
+        return torch.zeros(6)
+
+
 @pytest.mark.parametrize(
-    "bad", [object(), 3, "strategy", type("NoCall", (), {"shift_back_vector": 1})()]
+    ("bad", "missing"),
+    [
+        (object(), "aggregated(), to_wire(), shift_back_target()"),
+        (3, "aggregated(), to_wire(), shift_back_target()"),
+        ("strategy", "aggregated(), to_wire(), shift_back_target()"),
+        (
+            type("NoCall", (), {"aggregated": 1, "to_wire": 1, "shift_back_target": 1})(),
+            "aggregated(), to_wire(), shift_back_target()",
+        ),
+        (OnlyTarget(), "aggregated(), to_wire()"),
+        (RobustFedAvg("median"), "aggregated(), to_wire(), shift_back_target()"),
+    ],
 )
-def test_bind_needs_a_shift_back_vector_method(bad: object) -> None:
-    with pytest.raises(TypeError, match="shift_back_vector"):
-        ShiftBack().bind(bad)  # type: ignore[arg-type]
+def test_bind_needs_an_attack_surface(bad: object, missing: str) -> None:
+    attack = ShiftBack()
+    with pytest.raises(TypeError, match=rf"ShiftBack\.bind.* has no {re.escape(missing)}$"):
+        attack.bind(bad)  # type: ignore[arg-type]
+    assert attack.surface is None  # nothing bound
 
 
 def test_bind_returns_the_attack() -> None:
     attack = ShiftBack(mult=2.0)
-    source: ShiftBackSource = Source(torch.zeros(6))
-    assert attack.bind(source) is attack and attack.source is source
+    surface: AttackSurface = Source(torch.zeros(6))
+    assert isinstance(attack, SurfaceAttack)
+    assert attack.bind(surface) is attack and attack.surface is surface
 
 
 def test_source_vector_of_the_wrong_size_is_refused() -> None:
@@ -120,7 +152,7 @@ def test_no_honest_row_is_a_majority() -> None:
 )
 def test_registry(spec: str, mult: float | None) -> None:
     attack = get_attack(spec)
-    assert isinstance(attack, ShiftBack) and attack.mult == mult and attack.source is None
+    assert isinstance(attack, ShiftBack) and attack.mult == mult and attack.surface is None
 
 
 # --- RobustFedAvg -------------------------------------------------------------------------
@@ -144,11 +176,11 @@ def fedavg_rounds(strategy: RobustFedAvg, initial: ArrayRecord, rounds: int) -> 
 def test_robust_fedavg_vector_is_minus_the_distance_to_x0() -> None:
     strategy = RobustFedAvg("median", min_available_nodes=5)
     with pytest.raises(ValueError, match="no model"):
-        strategy.shift_back_vector(None)
+        strategy.attack_surface().shift_back_target(None)
     x0 = model(with_int=True)
     grid = FakeGrid(NODES, honest_client())
     messages = strategy.configure_train(1, x0, ConfigRecord({}), grid)
-    v1 = strategy.shift_back_vector(None)
+    v1 = strategy.attack_surface().shift_back_target(None)
     assert v1.shape == (24,) and not v1.any()  # round 1: x^1 = x^0 (int array left out)
     arrays, _ = strategy.aggregate_train(1, grid.send_and_receive(messages))
     assert arrays is not None
@@ -157,11 +189,14 @@ def test_robust_fedavg_vector_is_minus_the_distance_to_x0() -> None:
     assert arrays is not None
     messages = list(strategy.configure_train(3, arrays, ConfigRecord({}), grid))
     sent = vector_of(sent_arrays(messages[0]), KEYS)
-    v = strategy.shift_back_vector(None).double().numpy()
+    v = strategy.attack_surface().shift_back_target(None).double().numpy()
     assert np.abs(sent - vector_of(x0, KEYS)).max() > 0.05  # the model did move
     np.testing.assert_allclose(sent + v, vector_of(x0, KEYS), atol=1e-6)
     np.testing.assert_allclose(
-        strategy.shift_back_vector(0.5).double().numpy(), 0.5 * v, rtol=1e-6, atol=1e-7
+        strategy.attack_surface().shift_back_target(0.5).double().numpy(),
+        0.5 * v,
+        rtol=1e-6,
+        atol=1e-7,
     )
 
 
@@ -169,7 +204,8 @@ def test_robust_fedavg_majority_returns_the_model_to_x0() -> None:
     x0 = model()
     strategy = RobustFedAvg("median", min_available_nodes=5)
     arrays = fedavg_rounds(strategy, x0, 2)  # two honest rounds move the model
-    grid = ByzantineGrid(FakeGrid(NODES, honest_client()), ShiftBack().bind(strategy), node_ids=BYZ)
+    grid = ByzantineGrid(FakeGrid(NODES, honest_client()), ShiftBack(), node_ids=BYZ)
+    assert grid.bind(strategy) is grid
     replies = grid.send_and_receive(strategy.configure_train(3, arrays, ConfigRecord({}), grid))
     new, metrics = strategy.aggregate_train(3, replies)
     assert grid.attacked_replies == 3
@@ -182,7 +218,7 @@ def test_robust_fedavg_minority_looks_honest() -> None:
     strategy = RobustFedAvg("median", min_available_nodes=5)
     arrays = fedavg_rounds(strategy, x0, 1)
     grid = ByzantineGrid(
-        FakeGrid(NODES, honest_client()), ShiftBack().bind(strategy), node_ids=(12, 14)
+        FakeGrid(NODES, honest_client()), ShiftBack(), node_ids=(12, 14), strategy=strategy
     )
     messages = list(strategy.configure_train(2, arrays, ConfigRecord({}), grid))
     replies = {int(r.metadata.src_node_id): r for r in grid.send_and_receive(messages)}
@@ -200,9 +236,8 @@ def test_robust_fedavg_all_byzantine_round_returns_to_x0() -> None:
     x0 = model()
     strategy = RobustFedAvg("mean", min_available_nodes=5)
     arrays = fedavg_rounds(strategy, x0, 1)
-    grid = ByzantineGrid(
-        FakeGrid(NODES, honest_client()), ShiftBack().bind(strategy), node_ids=NODES
-    )
+    attack = ShiftBack().bind(strategy.attack_surface())  # bound directly, the grid unbound
+    grid = ByzantineGrid(FakeGrid(NODES, honest_client()), attack, node_ids=NODES)
     replies = grid.send_and_receive(strategy.configure_train(2, arrays, ConfigRecord({}), grid))
     new, _ = strategy.aggregate_train(2, replies)
     assert grid.attacked_replies == 5 and new is not None
@@ -241,7 +276,7 @@ def model_after_shift_back(strategy, mult: float | None) -> tuple[torch.Tensor, 
     x0 = ArrayRecord(point(7))
     node = gradient_node(make_client())
     arrays = method_round(strategy, 1, x0, FakeGrid(NODES, node))
-    grid = ByzantineGrid(FakeGrid(NODES, node), ShiftBack(mult=mult).bind(strategy), node_ids=BYZ)
+    grid = ByzantineGrid(FakeGrid(NODES, node), ShiftBack(mult=mult), node_ids=BYZ).bind(strategy)
     arrays = method_round(strategy, 2, arrays, grid)
     assert grid.attacked_replies == 3
     if isinstance(strategy, ByzVRMarinaPP):  # g^2 is applied when round 3 is configured
@@ -268,7 +303,7 @@ def test_method_strategy_majority_with_default_mult_lands_on_x0(factory) -> None
 def test_method_strategy_vector_formula() -> None:
     strategy = momentum_strategy(0.2)
     with pytest.raises(ValueError, match="no model"):
-        strategy.shift_back_vector(None)
+        strategy.attack_surface().shift_back_target(None)
     x0 = ArrayRecord(point(8))
     grid = FakeGrid(NODES, gradient_node(make_client()))
     arrays = method_round(strategy, 1, x0, grid)
@@ -276,8 +311,10 @@ def test_method_strategy_vector_formula() -> None:
     assert strategy.x is not None and strategy.x0 is not None
     diff = strategy.x - strategy.x0
     assert float(diff.abs().max()) > 1e-3
-    torch.testing.assert_close(strategy.shift_back_vector(0.3), (0.3 / 0.2) * diff)
-    torch.testing.assert_close(strategy.shift_back_vector(None), diff / 0.2)  # mult 1: x^0
+    torch.testing.assert_close(strategy.attack_surface().shift_back_target(0.3), (0.3 / 0.2) * diff)
+    torch.testing.assert_close(
+        strategy.attack_surface().shift_back_target(None), diff / 0.2
+    )  # mult 1: x^0
 
 
 def test_marina_vector_subtracts_g_in_a_difference_round() -> None:
@@ -285,11 +322,55 @@ def test_marina_vector_subtracts_g_in_a_difference_round() -> None:
     grid = FakeGrid(NODES, gradient_node(make_client()))
     x0 = ArrayRecord(point(9))
     strategy.configure_train(1, x0, ConfigRecord({}), grid)
-    assert not strategy.shift_back_vector(1.0).any()  # full round 1: x^1 = x^0
+    assert not strategy.attack_surface().shift_back_target(1.0).any()  # full round 1: x^1 = x^0
     arrays = method_round(strategy, 1, x0, grid)
     messages = list(strategy.configure_train(2, arrays, ConfigRecord({}), grid))
     assert messages[0].content["config"]["op"] == "grad_diff"
     assert strategy.x is not None and strategy.x0 is not None and strategy.g is not None
     torch.testing.assert_close(floats(sent_arrays(messages[0])).float(), strategy.x)
     full = (1.0 / 0.25) * (strategy.x - strategy.x0)
-    torch.testing.assert_close(strategy.shift_back_vector(1.0), full - strategy.g)
+    torch.testing.assert_close(strategy.attack_surface().shift_back_target(1.0), full - strategy.g)
+
+
+# --- binding through ByzantineGrid ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", [FedAvg(), Krum()], ids=["fedavg", "krum"])
+def test_grid_refuses_shift_back_against_a_strategy_without_a_surface(strategy) -> None:
+    """Flower's strategies have no attack surface: ShiftBack (which needs x^0) is refused at
+    bind and at construction, naming what is missing; other attacks are fine."""
+    name = type(strategy).__name__
+    want = rf"ShiftBack needs the attack surface .*: {name} has no attack_surface\(\)"
+    grid = ByzantineGrid(FakeGrid(NODES, honest_client()), "shift-back", node_ids=BYZ)
+    with pytest.raises(TypeError, match=want):
+        grid.bind(strategy)
+    assert grid.surface is None and grid.attack.surface is None  # type: ignore[union-attr]
+    with pytest.raises(TypeError, match=want):
+        ByzantineGrid(
+            FakeGrid(NODES, honest_client()), ShiftBack(), node_ids=BYZ, strategy=strategy
+        )
+    other = ByzantineGrid(FakeGrid(NODES, honest_client()), "alie", node_ids=BYZ)
+    assert other.bind(strategy) is other and other.surface is None
+
+
+def test_grid_refuses_a_strategy_whose_surface_is_not_one() -> None:
+    class Broken(RobustFedAvg):
+        def attack_surface(self):  # type: ignore[override]
+            return OnlyTarget()
+
+    with pytest.raises(TypeError, match=r"Broken\.attack_surface\(\) .* has no aggregated\(\), "):
+        ByzantineGrid(FakeGrid(NODES, honest_client()), "alie", node_ids=BYZ).bind(Broken("mean"))
+
+
+def test_grid_binds_shift_back_to_the_strategys_surface() -> None:
+    strategy = momentum_strategy(0.5)
+    grid = ByzantineGrid(FakeGrid(NODES, honest_client()), "shift-back:0.5", node_ids=BYZ)
+    grid.bind(strategy)
+    attack = grid.attack
+    assert isinstance(attack, ShiftBack) and attack.surface is grid.surface
+    assert grid.surface is not None
+    method_round(strategy, 1, ArrayRecord(point(8)), FakeGrid(NODES, gradient_node(make_client())))
+    assert strategy.x is not None and strategy.x0 is not None  # the surface reads live state
+    diff = strategy.x - strategy.x0
+    assert float(diff.abs().max()) > 1e-3
+    torch.testing.assert_close(attack.surface.shift_back_target(0.5), (0.5 / 0.5) * diff)

@@ -27,6 +27,9 @@ from flwr.serverapp.strategy import FedAvg, Krum
 
 from flwr_byz.attacks import ALIE, IPM, Gaussian, LabelFlip, Mimic, Scale, SignFlip
 from flwr_byz.clients import ATTACK_KEY, ByzantineGrid, label_flip_requested
+from flwr_byz.compressors import get_compressor
+from flwr_byz.methods.surface import AttackSurface, OffsetSurface
+from flwr_byz.protocol.records import payload_record, record_payload
 from flwr_byz.strategies import RobustFedAvg
 
 from .fake_grid import (
@@ -549,3 +552,98 @@ def test_attacked_replies_keep_zero_dim_arrays() -> None:
     forged = replies[102].content["arrays"]["t"]
     assert float(forged.numpy().reshape(-1)[0]) == pytest.approx(1.0 - 51.0)
     assert forged.shape == ()
+
+
+# --- the attack surface ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attack", [ALIE(z=1.5), IPM(eps=0.5), SignFlip(scale=3.0)])
+def test_robust_fedavgs_surface_forges_what_the_model_update_surface_forges(attack) -> None:
+    """Bound, the grid goes through RobustFedAvg's own surface (update = reply - x^k, read from
+    the strategy); unbound, through the model-update surface built from the messages sent:
+    the replies are the same bit for bit (with an integer array in the model)."""
+    out = []
+    for bind in (True, False):
+        strategy = RobustFedAvg("median", min_available_nodes=7)
+        grid = ByzantineGrid(FakeGrid(NODES, honest_client()), attack, node_ids=BYZ)
+        if bind:
+            grid.bind(strategy)
+            assert isinstance(grid.surface, OffsetSurface) and grid.surface.sign == -1.0
+        else:
+            assert grid.surface is None
+        sent = model(with_int=True)
+        random.seed(7)  # Flower's FedAvg samples with ``random``: the same order of replies
+        messages = strategy.configure_train(1, sent, ConfigRecord({}), grid)
+        replies = by_node(list(grid.send_and_receive(messages)))
+        assert grid.attacked_replies == 2
+        out.append({n: r.content["arrays"] for n, r in replies.items()})
+    bound, unbound = out
+    for node in NODES:
+        for key in (*KEYS, "count"):
+            assert np.array_equal(bound[node][key].numpy(), unbound[node][key].numpy())
+    honest = updates(sent, HONEST)
+    for node in BYZ:  # and it is the attack on the updates, added back to the model
+        want = attack(honest, updates(sent, [node]))[0]
+        assert_reply(replies[node], sent, want)
+
+
+class _SurfaceStrategy:
+    """A stand-in strategy whose surface cannot read node 102's reply (a vector of the wrong
+    size) and aggregates every other reply as it is."""
+
+    def attack_surface(self) -> AttackSurface:
+        return OffsetSurface(
+            offset=lambda node: torch.zeros(3) if node == 102 else None,
+            target=lambda mult: torch.zeros(3),
+        )
+
+
+def test_a_reply_the_surface_cannot_read_is_left_alone(caplog) -> None:
+    content = fedavg_content(**{"server-round": 1})
+    sent = content["arrays"]
+    grid = ByzantineGrid(
+        FakeGrid(NODES, honest_client()), SignFlip(), node_ids=BYZ, strategy=_SurfaceStrategy()
+    )
+    with caplog.at_level("WARNING"):
+        replies = by_node(list(grid.send_and_receive(instructions(content))))
+    assert "reply of node 102 left out" in caplog.text
+    assert grid.attacked_replies == 1
+    np.testing.assert_array_equal(
+        vector_of(replies[102].content["arrays"], KEYS), honest_reply_vector(sent, 102)
+    )
+    # the surface is the identity for node 105: the whole returned model is negated
+    np.testing.assert_allclose(
+        vector_of(replies[105].content["arrays"], KEYS), -honest_reply_vector(sent, 105), rtol=1e-7
+    )
+    assert_honest_untouched(replies, sent)
+
+
+def test_groups_of_replies_are_attacked_in_a_fixed_order() -> None:
+    """A dense and a compressed Byzantine reply (two layouts: two attack calls): a random
+    attack draws for the dense group first, whatever the order of the replies and the
+    process's string hashing (the draws of a seeded run do not change between processes)."""
+    sent = model()
+    d = 24
+    compressor = get_compressor("none")
+
+    def client(ins: Message) -> Message:
+        node = int(ins.metadata.dst_node_id)
+        v = torch.full((d,), float(node))
+        if node in (101, 102, 104):  # 102 (Byzantine) answers first, compressed
+            record = payload_record(compressor.compress(v, 0))
+            return Message(RecordDict({"payload": record}), reply_to=ins)
+        grad = ArrayRecord({"g": Array(v.numpy())})
+        return Message(RecordDict({"grad": grad}), reply_to=ins)
+
+    config = ConfigRecord({"op": "grad", "compressor": "none", "compressor-seed": 0})
+    content = RecordDict({"arrays": sent, "config": config})
+    grid = ByzantineGrid(FakeGrid(NODES, client), Gaussian(sigma=1.0, seed=5), node_ids=BYZ)
+    replies = by_node(list(grid.send_and_receive(instructions(content))))
+    assert grid.attacked_replies == 2
+    reference = Gaussian(sigma=1.0, seed=5)  # the same draws, dense group first
+    dense_draw = reference(torch.zeros(0, d), torch.zeros(1, d))[0]
+    payload_draw = reference(torch.zeros(0, d), torch.zeros(1, d))[0]
+    assert not torch.equal(dense_draw, payload_draw)
+    got_dense = torch.from_numpy(replies[105].content["grad"]["g"].numpy())
+    got_payload = compressor.decompress(record_payload(replies[102].content["payload"]), d)
+    assert torch.equal(got_dense, dense_draw) and torch.equal(got_payload, payload_draw)

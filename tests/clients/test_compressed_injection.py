@@ -12,8 +12,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr_byz.attacks import ALIE, SignFlip, honest_stats
 from flwr_byz.clients import ByzantineGrid
 from flwr_byz.compressors import get_compressor
+from flwr_byz.protocol.records import layout_of, record_payload
 from flwr_byz.strategies import ByzVRMarinaPP, validate_replies
-from flwr_byz.strategies.records import layout_of, record_payload
 
 from .fake_grid import FakeGrid
 from .gradient_helpers import (

@@ -20,7 +20,7 @@ from flwr.app import Message
 
 from flwr_byz.clients.state import load_count, load_vector
 from flwr_byz.compressors import get_compressor
-from flwr_byz.strategies.records import record_payload
+from flwr_byz.protocol.records import record_payload
 
 from .gradient_helpers import (
     batch_indices,

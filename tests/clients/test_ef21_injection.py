@@ -1,8 +1,9 @@
 """Attacks on Byz-EF21-SGDM's compressed replies. The server adds each reply ``c_i`` to its
-copy ``g_i`` and aggregates the copies, so an adversary that is bound to the strategy
-(``ByzantineGrid.bind``) forges the aggregated ``g_i + c_i`` and sends ``C(forged - g_i)``;
-unbound, it forges ``c_i`` itself (the old behaviour). Client side, ``byzantine_mod`` does the
-same with the node's stored previous ``g`` and keeps the node's ``g`` equal to the server's.
+copy ``g_i`` and aggregates the copies, so an adversary that is bound to the strategy's attack
+surface (``ByzantineGrid.bind``) forges the aggregated ``g_i + c_i`` and sends
+``C(forged - g_i)``; unbound, it forges ``c_i`` itself (the old behaviour). Client side,
+``byzantine_mod`` does the same with the node's stored previous ``g`` (its ``node_surface``) and
+keeps the node's ``g`` equal to the server's.
 
 Nodes are GradientClients on ``gradient_helpers.make_net`` (d = 107) answering in process."""
 
@@ -18,10 +19,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr_byz.attacks import ALIE, IPM, SignFlip, honest_stats
 from flwr_byz.clients import ByzantineGrid, byzantine_app, byzantine_mod
 from flwr_byz.clients.injection import target_of
+from flwr_byz.clients.mods import node_surface
 from flwr_byz.clients.state import load_vector
 from flwr_byz.compressors import get_compressor
+from flwr_byz.protocol.records import flatten, record_payload
 from flwr_byz.strategies import ByzEF21SGDM
-from flwr_byz.strategies.records import flatten, record_payload
 
 from .fake_grid import FakeGrid
 from .gradient_helpers import (
@@ -136,14 +138,21 @@ def expected_sign_flip_copy(spec: str, g_old: torch.Tensor, c: torch.Tensor, see
 # --- ByzantineGrid bound to the strategy ----------------------------------------------------
 
 
-def test_reply_offset_is_the_servers_copy() -> None:
+def test_the_bound_surface_adds_a_compressed_reply_to_the_servers_copy() -> None:
     nodes = Nodes()
     strat, grid = bound_grid("topk:0.1", SignFlip(), nodes)
-    assert strat.reply_offset(NODES[0]) is None  # no copy before the first (dense) reply
-    run(strat, grid, nodes, 1)
+    surface = grid.surface
+    assert surface is not None
+    v = torch.linspace(-1, 1, D)
+    strat.configure_train(1, ArrayRecord(point(1)), ConfigRecord({}), FakeGrid(NODES, nodes))
+    # no copy before the first (dense) reply: the vector itself
+    assert surface.aggregated(NODES[0], v, compressed=True) is v
+    run(strat, grid, nodes, 1)  # round 1 again (the strategy starts over): the dense resets
     for n in NODES:
-        assert torch.equal(strat.reply_offset(n), strat.copies[n])  # type: ignore[arg-type]
-    assert strat.reply_offset(999) is None
+        assert torch.equal(surface.aggregated(n, v, compressed=True), strat.copies[n] + v)
+        assert torch.equal(surface.to_wire(n, v, compressed=True), v - strat.copies[n])
+        assert surface.aggregated(n, v) is v  # a dense reply is a reset: taken as it is
+    assert surface.aggregated(999, v, compressed=True) is v
 
 
 @pytest.mark.parametrize("spec", ["topk:0.1", "topk:0.02"])
@@ -239,7 +248,8 @@ def test_omniscient_attack_sees_the_honest_copies(attack: object) -> None:
 
 def test_dense_resets_are_attacked_as_plain_vectors() -> None:
     """Round 1 (no copies yet) and a later reset of a node that lost its state (the server
-    has a copy, so reply_offset is not None): the dense vector itself is flipped."""
+    has a copy, which the surface leaves out of a dense reply): the dense vector itself is
+    flipped."""
     nodes = Nodes()
     strat, grid = bound_grid("topk:0.1", SignFlip(), nodes)
     lost = BYZ[0]
@@ -256,7 +266,7 @@ def test_dense_resets_are_attacked_as_plain_vectors() -> None:
         torch.testing.assert_close(rounds[0].after[h], dense(rounds[0].raw[h]), rtol=0, atol=0)
     r = rounds[2]
     assert r.metrics["resets"] == 1 and r.metrics["rejected"] == 0
-    assert strat.reply_offset(lost) is not None
+    assert lost in r.before and lost in strat.copies  # the server held a copy of the node
     v = dense(r.raw[lost])
     torch.testing.assert_close(r.after[lost], -v, rtol=0, atol=0)  # not -(g_old + v) - ...
     other = BYZ[1]  # the other Byzantine node stayed compressed
@@ -265,20 +275,22 @@ def test_dense_resets_are_attacked_as_plain_vectors() -> None:
     torch.testing.assert_close(r.after[other], want)
 
 
-def test_target_of_ignores_the_offset_for_a_dense_reply() -> None:
+def test_node_surface_ignores_the_copy_for_a_dense_reply() -> None:
     msg = train_message(
         point(1), node=3, op="momentum", beta=0.5, compressor="topk:0.1", **{"ef21-version": -1}
     )
     reply = make_client().handle(msg, context(3))
     assert "grad" in reply.content.array_records
     offset = torch.full((D,), 5.0)
-    target = target_of(reply.content, msg.content, offset=offset)
-    assert target is not None and target.codec is None
-    assert torch.equal(target.base, torch.zeros(D))
-    torch.testing.assert_close(target.delta, flatten(reply.content["grad"]))  # type: ignore[arg-type]
+    target = target_of(reply.content, msg.content)
+    assert target is not None and target.codec is None and not target.compressed
+    torch.testing.assert_close(target.vector, flatten(reply.content["grad"]))  # type: ignore[arg-type]
+    surface = node_surface(msg, target, offset)
+    assert surface.aggregated(3, target.vector, compressed=target.compressed) is target.vector
+    assert surface.to_wire(3, target.vector, compressed=target.compressed) is target.vector
 
 
-def test_target_of_adds_the_offset_to_a_compressed_reply() -> None:
+def test_node_surface_adds_the_copy_to_a_compressed_reply() -> None:
     cfg = {"ef21-version": 0, "compressor-seed": 0}
     msg = train_message(point(1), node=3, op="momentum", beta=0.5, compressor="none", **cfg)
     ctx = context(3)
@@ -288,13 +300,17 @@ def test_target_of_adds_the_offset_to_a_compressed_reply() -> None:
     reply = client.handle(msg, ctx)
     c = compressed("none", dict(reply.content.array_records))
     offset = torch.linspace(-1, 1, D)
-    target = target_of(reply.content, msg.content, offset=offset)
-    assert target is not None and target.codec is not None
-    torch.testing.assert_close(target.delta, offset + c)
-    # an offset of the wrong size is ignored (the attack then sees c)
-    target = target_of(reply.content, msg.content, offset=torch.ones(D + 1))
-    assert target is not None
-    torch.testing.assert_close(target.delta, c)
+    target = target_of(reply.content, msg.content)
+    assert target is not None and target.codec is not None and target.compressed
+    torch.testing.assert_close(target.vector, c)
+    surface = node_surface(msg, target, offset)
+    aggregated = surface.aggregated(3, target.vector, compressed=True)
+    torch.testing.assert_close(aggregated, offset + c)
+    torch.testing.assert_close(surface.to_wire(3, aggregated, compressed=True), c)
+    # a copy of the wrong size is an error (the mod's reply becomes an error reply), not
+    # silently left out
+    with pytest.raises(RuntimeError):
+        node_surface(msg, target, torch.ones(D + 1)).aggregated(3, target.vector, compressed=True)
 
 
 # --- byzantine_mod: the node keeps its g equal to the server's copy ---------------------------

@@ -16,7 +16,7 @@ from torch import nn
 
 from flwr_byz.clients import GradientClient, byzantine_mod
 from flwr_byz.compressors import get_compressor
-from flwr_byz.strategies.records import record_payload
+from flwr_byz.protocol.records import record_payload
 
 from .gradient_helpers import (
     LOCAL_SIZE,

@@ -8,8 +8,8 @@ import torch
 from flwr.app import Message, RecordDict
 
 from flwr_byz.compressors import QSGD, Compressor, Identity, Natural, RandK, TopK
+from flwr_byz.protocol.records import payload_record, record_payload
 from flwr_byz.simulations.metering import message_bytes
-from flwr_byz.strategies.records import payload_record, record_payload
 from tests.clients.fake_grid import ensure_task_identity  # sets the Flower task identity
 
 from .reference import raw_nbytes

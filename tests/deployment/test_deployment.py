@@ -24,7 +24,7 @@ from flwr_byz.deployment import LocalDeployment, NodeSpec, make_node_keys
 from flwr_byz.deployment.deploy import find_app, round_lines
 from flwr_byz.simulations.checkpoint import Checkpoint
 from flwr_byz.simulations.config import ExperimentConfig
-from flwr_byz.simulations.runner import run_experiment
+from flwr_byz.simulations.engines import run_experiment
 
 from ..simulations.processes import alive, processes_with, stop
 

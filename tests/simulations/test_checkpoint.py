@@ -30,13 +30,13 @@ from flwr_byz.simulations.checkpoint import (
     Checkpoint,
 )
 from flwr_byz.simulations.config import ExperimentConfig
+from flwr_byz.simulations.engines import run_experiment
 from flwr_byz.simulations.local import LocalGrid
 from flwr_byz.simulations.metering import discover_partitions
 from flwr_byz.simulations.result import Result, RoundRecord
 from flwr_byz.simulations.runner import (
     byzantine_partitions,
     prepare,
-    run_experiment,
     train_on_grid,
 )
 
@@ -224,7 +224,8 @@ def test_load_refuses_another_version_or_layout(tmp_path: Path, payload: Any) ->
 
 def test_resumable_options() -> None:
     assert RESUMABLE_OPTIONS == {
-        "rounds", "out", "checkpoint", "resume", "round_timeout", "ray_address"
+        "rounds", "out", "checkpoint", "resume", "round_timeout", "ray_address", "device",
+        "threads",
     }  # fmt: skip
     assert RESUMABLE_OPTIONS < set(ExperimentConfig().to_dict())
 

@@ -291,6 +291,7 @@ def test_param_booleans_are_read_as_booleans() -> None:
 def test_run_config_file_and_flags_are_merged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_simulation: None
 ) -> None:
+    import flwr_byz.simulations.engines as engines
     import flwr_byz.simulations.runner as runner
 
     seen: list[ExperimentConfig] = []
@@ -304,7 +305,7 @@ def test_run_config_file_and_flags_are_merged(
             for c in configs
         ]
 
-    monkeypatch.setattr(runner, "run_experiments", fake_run)
+    monkeypatch.setattr(engines, "run_experiments", fake_run)
     monkeypatch.chdir(tmp_path)
     toml = tmp_path / "exp.toml"
     toml.write_text(
@@ -393,8 +394,10 @@ def test_run_result_echoes_the_resolved_config(run_e2e: tuple[str, Path, dict[st
     }  # fmt: skip
     assert {k: cfg[k] for k in expected} == expected
     assert set(cfg) == {fd.name for fd in dataclasses.fields(ExperimentConfig)} | {
-        "byzantine_partitions"
+        "byzantine_partitions",
+        "client_threads",  # the simulation engine's ClientApp actors
     }
+    assert cfg["threads"] == 1 and cfg["client_threads"] == 1  # OMP_NUM_THREADS=1 (conftest)
     (byz,) = cfg["byzantine_partitions"]
     assert 0 <= byz < 6
     assert set(cfg["params"]) == {"weighted"}

@@ -48,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "round_timeout": None,
     "checkpoint": None,
     "resume": False,
+    "device": "cpu",
+    "threads": None,
 }
 
 #: Run-config keys whose field name is not the key with dashes made underscores.

@@ -13,7 +13,8 @@ import logging
 import pytest
 
 from flwr_byz.simulations.config import ExperimentConfig
-from flwr_byz.simulations.runner import _flower_logging, run_experiments
+from flwr_byz.simulations.engines import run_experiments
+from flwr_byz.simulations.runner import _flower_logging
 
 from ..clients.gradient_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 

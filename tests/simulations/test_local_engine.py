@@ -19,15 +19,17 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from typer.testing import CliRunner
 
+from flwr_byz.protocol.records import layout_of
 from flwr_byz.simulations import app as client_side
+from flwr_byz.simulations import engines as engine_module
 from flwr_byz.simulations import runner
 from flwr_byz.simulations.cli import app as cli_app
 from flwr_byz.simulations.config import ExperimentConfig
+from flwr_byz.simulations.engines import ENGINES, run_experiment, run_experiments
 from flwr_byz.simulations.local import CLIENT_EXCEPTION, LocalGrid, run_local
 from flwr_byz.simulations.metering import discover_partitions
 from flwr_byz.simulations.result import RoundRecord
-from flwr_byz.simulations.runner import ENGINES, run_experiment, run_experiments, train_on_grid
-from flwr_byz.strategies.records import layout_of
+from flwr_byz.simulations.runner import train_on_grid
 from flwr_byz.strategies.validation import validate_replies
 
 from .federation import Federation
@@ -107,8 +109,10 @@ def test_run_local_without_out_writes_nothing(tmp_path: Path, monkeypatch) -> No
 
 
 def test_unknown_engine_raises() -> None:
-    assert ENGINES == ("simulation", "local")
-    with pytest.raises(ValueError, match=r"unknown engine 'ray'; one of simulation, local"):
+    assert ENGINES == ("simulation", "local", "batched")
+    with pytest.raises(
+        ValueError, match=r"unknown engine 'ray'; one of simulation, local, batched"
+    ):
         run_experiments([BASE], engine="ray")
     with pytest.raises(ValueError, match="unknown engine"):
         run_experiment(BASE, engine="Local")
@@ -239,7 +243,7 @@ def test_cli_grid_passes_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         engines.append(engine)
         raise ValueError("stop here")  # _execute turns it into exit code 2
 
-    monkeypatch.setattr(runner, "run_experiments", spy)
+    monkeypatch.setattr(engine_module, "run_experiments", spy)
     result = invoke(
         "grid", "--engine", "local", "--method", "robust-fedavg", "--aggregator", "cwmed",
         "--attack", "none", "--byzantine", 0, "--dataset", "mnist1d", "--clients", 4,

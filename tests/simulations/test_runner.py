@@ -18,12 +18,11 @@ from flwr.app import Context, RecordDict
 from flwr.common.serde import message_to_proto
 
 from flwr_byz.simulations.config import ExperimentConfig
+from flwr_byz.simulations.engines import run_experiment, run_experiments
 from flwr_byz.simulations.models import build_model
 from flwr_byz.simulations.runner import (
     byzantine_partitions,
     prepare,
-    run_experiment,
-    run_experiments,
     train_on_grid,
 )
 
@@ -175,20 +174,20 @@ def test_real_simulation_is_reproducible_alone_or_batched(tmp_path) -> None:
 
 
 def test_finished_results_are_written_before_a_later_failure(tmp_path, monkeypatch) -> None:
-    from flwr_byz.simulations import runner
+    from flwr_byz.simulations import engines
 
-    real = runner.train_on_grid
+    real = engines.train_on_grid
 
     def fails_on_seed_1(grid, cfg, on_round=None, partitions=None):  # type: ignore[no-untyped-def]
         if cfg.seed == 1:
             raise RuntimeError("boom")
         return real(grid, cfg, on_round, partitions)
 
-    monkeypatch.setattr(runner, "train_on_grid", fails_on_seed_1)
+    monkeypatch.setattr(engines, "train_on_grid", fails_on_seed_1)
     first = dataclasses.replace(BASE, clients=4, rounds=1, out=str(tmp_path / "first.json"))
     second = dataclasses.replace(first, seed=1, out=str(tmp_path / "second.json"))
     results: list = []
-    app = runner._server_app([first, second], results, None)
+    app = engines._server_app([first, second], results, None)
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     with pytest.raises(RuntimeError, match="boom"):
         app(grid=Federation(4, 0), context=context)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flwr_byz.simulations.config import ExperimentConfig
-from flwr_byz.simulations.runner import run_experiment
+from flwr_byz.simulations.engines import run_experiment
 
 from .processes import processes_with, stop
 

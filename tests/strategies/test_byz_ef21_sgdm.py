@@ -25,8 +25,8 @@ from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr_byz.aggregators import get_aggregator
 from flwr_byz.clients.state import load_count, load_vector
 from flwr_byz.compressors import get_compressor
+from flwr_byz.protocol.records import payload_record
 from flwr_byz.strategies import BRCSGD, ByzEF21, ByzEF21SGDM
-from flwr_byz.strategies.records import payload_record
 from tests.clients.gradient_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from tests.strategies.method_helpers import (
     Exchange,

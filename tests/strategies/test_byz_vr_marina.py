@@ -478,7 +478,7 @@ def rounds_by_hand(strategy: ByzVRMarinaPP, net: Network, num_rounds: int, inspe
         arrays, _ = strategy.aggregate_train(rnd, replies)
 
 
-def test_shift_back_vector_with_a_multiplier():
+def test_shift_back_target_with_a_multiplier():
     strategy, seen = make(), []
 
     def inspect(rnd: int, full: bool, messages: list[Message]) -> None:
@@ -488,14 +488,15 @@ def test_shift_back_vector_with_a_multiplier():
         target = (0.3 / strategy.lr) * (x - x0)
         if not full:
             target = target - strategy.g.double()  # g^k: makes g^{k+1} = target
-        torch.testing.assert_close(strategy.shift_back_vector(0.3).double(), target)
+        got = strategy.attack_surface().shift_back_target(0.3)
+        torch.testing.assert_close(got.double(), target)
         seen.append(full)
 
     rounds_by_hand(strategy, Network(NODES), 5, inspect)
     assert True in seen[1:] and False in seen
 
 
-def test_shift_back_vector_none_is_the_gradient_back_to_x0():
+def test_shift_back_target_none_is_the_gradient_back_to_x0():
     # mult=None: (x^{k+1} - x^0) / lr, the gradient that lands the model on x^0
     strategy, seen = make(), []
 
@@ -505,7 +506,8 @@ def test_shift_back_vector_none_is_the_gradient_back_to_x0():
         if not full:
             target = target - strategy.g.double()
         seen.append(full)
-        torch.testing.assert_close(strategy.shift_back_vector(None).double(), target)
+        got = strategy.attack_surface().shift_back_target(None)
+        torch.testing.assert_close(got.double(), target)
 
     rounds_by_hand(strategy, Network(NODES), 5, inspect)
     assert True in seen[1:] and False in seen
@@ -518,7 +520,8 @@ def test_shift_back_replies_send_the_model_back_to_x0(attacked_round: int):
     def tamper(server_round: int, ins: Message, reply: Message) -> Message:
         if server_round != attacked_round:
             return reply
-        target = strategy.shift_back_vector(1.0)  # mult 1: (x^{k+1} - x^0) / lr as a gradient
+        # mult 1: (x^{k+1} - x^0) / lr as a gradient
+        target = strategy.attack_surface().shift_back_target(1.0)
 
         def as_reply(rec: str, key: str, a: np.ndarray) -> np.ndarray:
             if rec == "payload":

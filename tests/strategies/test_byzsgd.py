@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message
 
 from flwr_byz.attacks import get_server_attack
+from flwr_byz.methods.byzsgd import diameter
 from flwr_byz.strategies import ByzSGD
-from flwr_byz.strategies.scatter_gather import diameter
 from tests.clients.fake_grid import FakeGrid
 from tests.clients.gradient_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from tests.strategies.method_helpers import (

@@ -414,8 +414,9 @@ def test_constructor_keeps_the_options() -> None:
 
 def test_runner_method_mu2sgd() -> None:
     from flwr_byz.simulations.config import ExperimentConfig
+    from flwr_byz.simulations.engines import run_experiments
     from flwr_byz.simulations.methods import build_strategy
-    from flwr_byz.simulations.runner import prepare, run_experiments
+    from flwr_byz.simulations.runner import prepare
 
     base = dict(
         method="mu2sgd",
@@ -456,17 +457,17 @@ def test_a_restart_starts_the_clients_fresh() -> None:
 # --- ShiftBack ------------------------------------------------------------------------------------
 
 
-def test_shift_back_vector_sends_the_model_back_to_x0() -> None:
+def test_shift_back_target_sends_the_model_back_to_x0() -> None:
     from flwr.app import MetricRecord, RecordDict
 
-    from flwr_byz.strategies.records import unflatten
+    from flwr_byz.protocol.records import unflatten
 
     strategy = make(aggregator="mean", lr=0.5)
 
     def tamper(server_round: int, ins: Message, reply: Message) -> Message:
         if server_round < 3:
             return reply
-        target = strategy.shift_back_vector(None)
+        target = strategy.attack_surface().shift_back_target(None)
         content = RecordDict(
             {"grad": unflatten(target, strategy.layout), "metrics": MetricRecord({})}
         )

@@ -16,8 +16,8 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
+from flwr_byz.protocol.records import layout_of
 from flwr_byz.strategies import REASONS, RobustFedAvg, validate_replies
-from flwr_byz.strategies.records import layout_of
 from tests.clients.fake_grid import (
     FakeGrid,
     capture_flwr_log,

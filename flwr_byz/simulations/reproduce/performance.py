@@ -22,7 +22,8 @@ from typing import Any
 
 from ...deployment.processes import descendants
 from ..config import ExperimentConfig
-from ..runner import _flower_logging, run_experiments
+from ..engines import run_experiments
+from ..runner import _flower_logging
 from .section import Section, table
 from .workspace import Workspace
 

@@ -1,28 +1,36 @@
 """Run many experiments on the ``local`` engine in parallel processes, and read them back.
 
 A run whose JSON file exists is not run again, so an interrupted ``flwr-byz reproduce`` (or an
-experiment script) resumes where it stopped. Each job is pinned to one torch thread: on a
-2-core machine two single-threaded jobs beat one job with two threads.
+experiment script) resumes where it stopped. Each job runs with one torch thread unless its
+config sets ``threads`` (the worker processes: one intra-op and inter-op thread, and
+``OMP_NUM_THREADS=1`` for anything they start): on a 2-core machine two single-threaded jobs
+beat one job with two threads, and the numbers do not depend on ``jobs``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import multiprocessing
 import statistics
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ..config import ExperimentConfig
+from ..engines import run_experiments
 from ..result import Result
-from ..runner import _flower_logging, run_experiments
+from ..runner import _flower_logging
+from ..threads import one_thread_per_process
 
 __all__ = [
     "TAIL",
     "first_reaching",
+    "job_pool",
     "mean_std",
     "pct",
     "run_all",
@@ -57,25 +65,40 @@ def without_flower_gc() -> Iterator[None]:
         arrayrecord.gc = saved
 
 
-def _run_one(cfg: ExperimentConfig) -> str:
-    import torch
+#: Torch threads of a job whose config leaves ``threads`` unset (auto).
+JOB_THREADS = 1
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one core per job
-    try:
-        with _flower_logging(False, logging.ERROR), without_flower_gc():
-            run_experiments([cfg], engine="local")
-    finally:
-        torch.set_num_threads(threads)
+
+def _run_one(cfg: ExperimentConfig, engine: str = "local") -> str:
+    """One job on the local (or batched) engine, with ``JOB_THREADS`` torch threads unless
+    ``cfg.threads`` is set (the result config records the count)."""
+    job = cfg if cfg.threads else dataclasses.replace(cfg, threads=JOB_THREADS)
+    with _flower_logging(False, logging.ERROR), without_flower_gc():
+        run_experiments([job], engine=engine)
     return str(cfg.out)
+
+
+def job_pool(jobs: int) -> ProcessPoolExecutor:
+    """``jobs`` worker processes, each pinned to one thread (``one_thread_per_process``).
+
+    They are spawned, not forked: a child forked from a process whose OpenMP threads have run
+    (torch's intra-op pool, e.g. an experiment run in this process before) hangs in its first
+    parallel region (GNU libgomp is not fork-safe), e.g. a job with ``threads=2``."""
+    return ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=one_thread_per_process,
+    )
 
 
 def run_all(
     configs: Sequence[ExperimentConfig],
     jobs: int,
     progress: Callable[[int, int, str], None] | None = None,
+    engine: str = "local",
 ) -> None:
-    """Run the configs whose ``out`` JSON is missing, ``jobs`` processes at a time.
+    """Run the configs whose ``out`` JSON is missing, ``jobs`` processes at a time, on the
+    ``engine`` (``local`` or ``batched``).
 
     ``progress(done, total, out)`` is called after every run (default: a printed line).
     """
@@ -87,10 +110,10 @@ def run_all(
         return
     if jobs <= 1:
         for i, cfg in enumerate(todo, 1):
-            report(i, len(todo), _run_one(cfg))
+            report(i, len(todo), _run_one(cfg, engine))
         return
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        for i, out in enumerate(pool.map(_run_one, todo), 1):
+    with job_pool(jobs) as pool:
+        for i, out in enumerate(pool.map(partial(_run_one, engine=engine), todo), 1):
             report(i, len(todo), out)
 
 

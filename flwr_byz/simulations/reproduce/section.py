@@ -28,19 +28,21 @@ class Budget:
     """How much to run: ``quick`` (CI's pipeline test) or the documented full budget.
 
     ``rounds(full, quick)`` picks the round count of a run; ``seeds`` are the matrix's seeds,
-    ``claim_seeds`` those of the claims; ``jobs`` parallel local-engine processes.
+    ``claim_seeds`` those of the claims; ``jobs`` parallel processes of the ``engine``
+    (``local`` or ``batched``) run them.
     """
 
     quick: bool = False
     jobs: int = 2
     seeds: tuple[int, ...] = (0, 1, 2)
     claim_seeds: tuple[int, ...] = (0, 1)
+    engine: str = "local"
 
     @classmethod
-    def make(cls, quick: bool, jobs: int) -> Budget:
+    def make(cls, quick: bool, jobs: int, engine: str = "local") -> Budget:
         if quick:
-            return cls(quick=True, jobs=jobs, seeds=(0,), claim_seeds=(0,))
-        return cls(jobs=jobs)
+            return cls(quick=True, jobs=jobs, seeds=(0,), claim_seeds=(0,), engine=engine)
+        return cls(jobs=jobs, engine=engine)
 
     def rounds(self, full: int, quick: int = 3) -> int:
         return quick if self.quick else full

@@ -40,7 +40,10 @@ class Workspace:
         return self.work / ("quick" if self.budget.quick else "full")
 
     def out_path(self, cfg: ExperimentConfig) -> Path:
-        key = json.dumps(dataclasses.replace(cfg, out=None).to_dict(), sort_keys=True, default=str)
+        values = dataclasses.replace(cfg, out=None).to_dict()
+        if values.get("device") == "cpu":  # the default: keys of earlier runs stay valid
+            del values["device"]
+        key = json.dumps(values, sort_keys=True, default=str)
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         return self.root / "runs" / f"{cfg.method}-{digest}.json"
 
@@ -49,7 +52,9 @@ class Workspace:
         placed = {k: dataclasses.replace(c, out=str(self.out_path(c))) for k, c in configs.items()}
         for out in {str(c.out) for c in placed.values()}:
             self.stored(Path(out))
-        run_all(list(placed.values()), self.budget.jobs, progress=_progress)
+        run_all(
+            list(placed.values()), self.budget.jobs, progress=_progress, engine=self.budget.engine
+        )
         return {k: Result.load(str(c.out)) for k, c in placed.items()}
 
     def stored(self, path: Path) -> bool:

@@ -1,13 +1,21 @@
-"""The method strategies' pure update rules (``strategies.updates``) against brute force:
-``clip_rows`` (server clipping of Byz-VR-MARINA-PP / Eq. (10)), ``momentum_update`` (worker
-momentum) and ``sgd_step``."""
+"""The methods' shared building blocks (``flwr_byz.methods.common``) against brute force:
+``clip_rows`` (server clipping of Byz-VR-MARINA-PP / Eq. (10)), ``momentum_update`` and its
+row-wise form (worker momentum), ``sgd_step``, ``guarded`` and ``shift_back_gradient``."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from flwr_byz.strategies.updates import clip_rows, momentum_update, sgd_step
+from flwr_byz.aggregators import Krum, Mean
+from flwr_byz.methods.common import (
+    clip_rows,
+    guarded,
+    momentum_rows,
+    momentum_update,
+    sgd_step,
+    shift_back_gradient,
+)
 from tests.strategies.method_helpers import clip_reference
 
 
@@ -123,3 +131,30 @@ def test_sgd_step():
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, torch.tensor([0.9, -2.05, 0.7]))
     assert torch.equal(x, torch.tensor([1.0, -2.0, 0.5]))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 0.9])
+def test_momentum_rows_equal_momentum_update_per_row(beta: float) -> None:
+    gen = torch.Generator().manual_seed(3)
+    m, g = torch.randn(4, 6, generator=gen), torch.randn(4, 6, generator=gen)
+    started = torch.tensor([True, False, False, True])
+    out = momentum_rows(m, g, started, beta)
+    for i in range(4):
+        assert torch.equal(out[i], momentum_update(m[i] if started[i] else None, g[i], beta))
+    none = momentum_rows(m, g, torch.zeros(4, dtype=torch.bool), beta)
+    assert torch.equal(none, g) and none.data_ptr() != g.data_ptr()
+
+
+def test_guarded_returns_none_where_the_rule_cannot_run() -> None:
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(guarded(Mean())(x), Mean()(x))
+    assert guarded(Mean())(x[:0]) is None  # no row
+    assert guarded(Krum(f=2))(x) is None  # Krum needs n > 2f + 2
+    assert guarded(lambda rows: rows.sum(dim=0) * float("inf"))(x) is None  # non-finite
+
+
+def test_shift_back_gradient_lands_on_the_target() -> None:
+    x, x0 = torch.tensor([2.0, -1.0]), torch.tensor([1.0, 1.0])
+    for mult, want in ((None, x0), (0.5, x - 0.5 * (x - x0))):
+        g = shift_back_gradient(x, x0, 0.25, mult)
+        torch.testing.assert_close(sgd_step(x, g, 0.25), want)

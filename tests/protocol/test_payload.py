@@ -8,8 +8,8 @@ import torch
 from flwr.app import RecordDict
 
 from flwr_byz.compressors import QSGD, Natural, RandK, TopK, compressor_spec, get_compressor
-from flwr_byz.strategies.compressed import PayloadCodec
-from flwr_byz.strategies.records import layout_of, payload_record
+from flwr_byz.protocol.payload import PayloadCodec
+from flwr_byz.protocol.records import layout_of, payload_record
 
 D = 97
 SPECS = ["none", "topk:0.1", "randk:0.1", "randk:k=5", "natural", "qsgd:4"]

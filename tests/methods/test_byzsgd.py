@@ -1,4 +1,4 @@
-"""ByzSGD's numeric rules (``flwr_byz.strategies.scatter_gather``) against brute-force
+"""ByzSGD's numeric rules (``flwr_byz.methods.byzsgd``) against brute-force
 references written from the algorithm text (El-Mhamdi et al. PODC 2020; the constants of the
 authors' code): the resilience conditions n_ps >= 3 f_ps + 2 and n_w >= 3 f_w + 1, the gather
 period T = max(1, floor(1 / (3 l lr))), the diameter max_{i,j} ||x_i - x_j|| (itertools over
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from flwr_byz.strategies.scatter_gather import (
+from flwr_byz.methods.byzsgd import (
     check_quorums,
     diameter,
     gather_period,

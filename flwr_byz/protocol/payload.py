@@ -13,7 +13,7 @@ import torch
 from flwr.app import RecordDict
 
 from ..compressors import Compressor, compressor_spec, get_compressor
-from .method import PAYLOAD_KEY
+from .keys import PAYLOAD_KEY
 from .records import Layout, layout_of, payload_record, record_payload
 
 __all__ = ["PayloadCodec"]

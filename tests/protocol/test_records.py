@@ -9,7 +9,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from flwr_byz.strategies.records import Layout, flatten, layout_of, unflatten
+from flwr_byz.protocol.records import Layout, flatten, layout_of, unflatten
 
 
 def _record(**arrays: np.ndarray) -> ArrayRecord:
