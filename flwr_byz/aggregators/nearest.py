@@ -13,6 +13,7 @@ from .base import (
     lowest,
     mean_of_rows,
     pairwise_sq_distances,
+    smallest_in_rows,
     sq_distances_to,
 )
 from .coordinate import Mean
@@ -25,9 +26,8 @@ def nearest_neighbour_means(x: torch.Tensor, k: int) -> torch.Tensor:
     by index), for every i at once: a 0/(1/k) selection matrix times ``x`` (one GEMM).
     """
     n = x.shape[0]
-    order = torch.sort(pairwise_sq_distances(x), dim=1, stable=True).indices[:, :k]
-    w = torch.zeros(n, n, dtype=x.dtype, device=x.device)
-    w.scatter_(1, order, 1.0 / k)
+    nearest = smallest_in_rows(pairwise_sq_distances(x), k)
+    w = torch.zeros(n, n, dtype=x.dtype, device=x.device).masked_fill_(nearest, 1.0 / k)
     return w @ x
 
 

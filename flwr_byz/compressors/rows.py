@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from .base import Compressor
-from .sparse import Identity, RandK, TopK, _support
+from .sparse import Identity, RandK, TopK, _support, top_magnitudes
 
 __all__ = ["compress_rows"]
 
@@ -34,7 +34,7 @@ def compress_rows(compressor: Compressor, x: torch.Tensor, seeds: Sequence[int])
         return x.clone()
     if type(compressor) is TopK:
         k = compressor.k_for(d)
-        idx = torch.topk(x.abs(), k, dim=1, sorted=False).indices
+        idx = top_magnitudes(x, k)
         return torch.zeros_like(x).scatter_(1, idx, x.gather(1, idx))
     if type(compressor) is RandK:
         k = compressor.k_for(d)

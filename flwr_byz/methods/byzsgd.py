@@ -53,6 +53,7 @@ __all__ = [
     "lipschitz_accepts",
     "lipschitz_coefficient",
     "median_models",
+    "median_state",
     "observe",
     "observed_model",
     "outlier_bound",
@@ -508,16 +509,31 @@ def worker_step(
             counts["fallback"] = 1
             chosen = min(tried, key=lambda c: (0, c[3]) if c[4] <= c[5] else (1, c[4]))
         model, grad, loss, coefficient = chosen[:4]
-        k_new: float | None = coefficient
-    elif rule == "median":
+        return grad, loss, _after_step(state, model, grad, step, coefficient), counts
+    if rule == "median":
         model = median_models(torch.stack(list(models)))
         grad, loss = gradient(model, None)
-        k_new = None
-        if continuing:
-            assert state.x is not None and state.g is not None
-            k_new = lipschitz_coefficient(grad, state.g, model, state.x)
-    else:
-        raise ValueError(f"ByzSGD worker: unknown byzsgd-rule {rule!r} (median or filter)")
-    if k_new is not None:
-        history = torch.cat([history.to(torch.float64), torch.tensor([k_new], dtype=torch.float64)])
-    return grad, loss, WorkerState(model, grad, step, history[-HISTORY:]), counts
+        return grad, loss, median_state(state, model, grad, step), counts
+    raise ValueError(f"ByzSGD worker: unknown byzsgd-rule {rule!r} (median or filter)")
+
+
+def median_state(
+    state: WorkerState, model: torch.Tensor, grad: torch.Tensor, step: int
+) -> WorkerState:
+    """A worker's state after a median step at ``model`` with gradient ``grad``: a worker
+    continuing from step - 1 records its Lipschitz coefficient in its history."""
+    k = None
+    if state.continues(step, int(model.numel())):
+        assert state.x is not None and state.g is not None
+        k = lipschitz_coefficient(grad, state.g, model, state.x)
+    return _after_step(state, model, grad, step, k)
+
+
+def _after_step(
+    state: WorkerState, model: torch.Tensor, grad: torch.Tensor, step: int, k: float | None
+) -> WorkerState:
+    """The state after a step at ``model`` (``k``: the coefficient to record, if any)."""
+    history = state.history
+    if k is not None:
+        history = torch.cat([history.to(torch.float64), torch.tensor([k], dtype=torch.float64)])
+    return WorkerState(model, grad, step, history[-HISTORY:])

@@ -79,7 +79,7 @@ def momentum_rows(
     if not bool(started.any()):
         return grads.clone()
     moved = beta * m + (1.0 - beta) * grads
-    return torch.where(started[:, None], moved, grads)
+    return moved if bool(started.all()) else torch.where(started[:, None], moved, grads)
 
 
 def shift_back_gradient(

@@ -138,6 +138,9 @@ def client_step(
     started = torch.ones_like(state.started)
     if bool(reset.all()):
         return v, EF21ClientState(v, v, started)
+    if not bool(reset.any()):  # every row steps (no gather/scatter): the same numbers
+        c = compress(v - state.g, list(seeds))
+        return c.to(v.dtype), EF21ClientState(v, state.g + c.to(state.g.dtype), started)
     rows = (~reset).nonzero().reshape(-1)
     c = compress(v[rows] - state.g[rows], [seeds[int(i)] for i in rows])
     g = state.g.clone()
@@ -188,6 +191,19 @@ class EF21State:
             return None
         return self.copies[i]
 
+    def copies_of(self, nodes: Sequence[int]) -> torch.Tensor:
+        """``[m, d]``: the server's copies g_i of ``nodes``, row by row (zero where it has
+        none; :meth:`copy_of` for many nodes at once)."""
+        x = self.x
+        out = torch.zeros(len(nodes), x.numel(), dtype=x.dtype, device=x.device)
+        if self.copies is None or self.known is None or not len(nodes) or not self.node_ids:
+            return out
+        ids = torch.tensor(self.node_ids, dtype=torch.long, device=x.device)
+        want = torch.tensor([int(n) for n in nodes], dtype=torch.long, device=x.device)
+        at = torch.searchsorted(ids, want).clamp(max=len(self.node_ids) - 1)
+        has = (ids[at] == want) & self.known[at]
+        return torch.where(has[:, None], self.copies[at], out)
+
     @property
     def num_copies(self) -> int:
         """How many nodes the server holds a copy of."""
@@ -210,16 +226,20 @@ def server_step(
     state = state.with_nodes(nodes)
     if state.copies is None or state.known is None:  # no node has ever replied
         return state, {"resets": 0, "copies": 0, "skipped": 1}
-    copies, known = state.copies.clone(), state.known.clone()
-    if len(nodes):
+    copies, known = state.copies, state.known
+    vecs = replies.to(state.x.dtype)
+    if list(nodes) == list(state.node_ids) and bool(known.all()) and not bool(reset.any()):
+        copies = copies + vecs  # every node replied a c_i: no gather, scatter or where
+    elif len(nodes):
+        copies, known = copies.clone(), known.clone()
         rows = torch.tensor([state.row(n) for n in nodes], dtype=torch.long)
-        vecs = replies.to(state.x.dtype)
         if bool((~known[rows] & ~reset).any()):
             raise ValueError("a compressed reply from a node the server has no copy of")
         copies[rows] = torch.where(reset[:, None], vecs, copies[rows] + vecs)
         known[rows] = True
     state = replace(state, copies=copies, known=known)
-    agg = aggregate(copies[known]) if bool(known.any()) else None
+    every = bool(known.all())
+    agg = aggregate(copies if every else copies[known]) if every or bool(known.any()) else None
     if agg is not None:
         state = replace(state, x=sgd_step(state.x, agg, lr))
     stats = {"resets": int(reset.sum()), "copies": int(known.sum()), "skipped": int(agg is None)}

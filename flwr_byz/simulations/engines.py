@@ -88,7 +88,7 @@ def _one_by_one(
 
 ENGINES = ("simulation", "local", "batched")
 """``simulation``: Flower's simulation engine (Ray); ``local``: in-process (``local.py``);
-``batched``: every client of a round at once, on ``device`` (``batched.py``)."""
+``batched``: every client of a round at once, on ``device`` (``flwr_byz.simulations.batched``)."""
 
 
 def run_experiments(

@@ -18,6 +18,7 @@ from flwr_byz.methods.byzsgd import (
     gather,
     lipschitz_coefficient,
     median_models,
+    median_state,
     observed_model,
     outlier_bound,
     round_robin,
@@ -167,3 +168,25 @@ def test_worker_history_is_bounded() -> None:
     )
     _, _, new, _ = worker_step([torch.ones(2)], _quadratic, state, rule="median", step=2, **FILTER)
     assert new.history.numel() == HISTORY and new.history[0] == 1.0
+
+
+def test_median_state_equals_the_median_step() -> None:
+    gen = torch.Generator().manual_seed(3)
+    models = [torch.randn(3, generator=gen) for _ in range(3)]
+    history = torch.arange(HISTORY, dtype=torch.float64)
+    for state in (
+        WorkerState(),  # no previous step: nothing recorded
+        WorkerState(torch.zeros(3), torch.ones(3), 4, history),  # continuing: k recorded
+        WorkerState(torch.zeros(3), torch.ones(3), 2, history),  # not from step 4
+    ):
+        grad, _, new, _ = worker_step(models, _quadratic, state, rule="median", step=5, **FILTER)
+        theta = Median()(torch.stack(models))
+        direct = median_state(state, theta, grad, 5)
+        assert torch.equal(direct.x, new.x) and torch.equal(direct.g, new.g)
+        assert direct.step == new.step == 5 and torch.equal(direct.history, new.history)
+    assert new.history.numel() == HISTORY and torch.equal(new.history, history)
+    k = lipschitz_coefficient(grad, torch.ones(3), theta, torch.zeros(3))
+    continuing = median_state(
+        WorkerState(torch.zeros(3), torch.ones(3), 4, history), theta, grad, 5
+    )
+    assert continuing.history.tolist() == [*history.tolist()[1:], k]

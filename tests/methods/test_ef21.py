@@ -27,21 +27,25 @@ from flwr_byz.methods.ef21 import (
 )
 
 
+@pytest.mark.parametrize(
+    "reset",
+    [[False, True, False, False, True], [False] * 5],  # some resets; none (every row steps)
+    ids=["mixed", "no-reset"],
+)
 @pytest.mark.parametrize("spec", ["topk:0.25", "randk:0.25", "none"])
-def test_client_step_rows_equal_the_per_client_formula(spec: str) -> None:
+def test_client_step_rows_equal_the_per_client_formula(spec: str, reset: list[bool]) -> None:
     comp = get_compressor(spec)
     gen = torch.Generator().manual_seed(0)
     n, d, beta = 5, 12, 0.9
     v, g, s = (torch.randn(n, d, generator=gen) for _ in range(3))
     started = torch.tensor([True, True, False, True, False])
-    reset = torch.tensor([False, True, False, False, True])
     seeds = [3, 1, 4, 1, 5]
     state = EF21ClientState(v, g, started)
     replies, new = client_step(
         s,
         state,
         beta=beta,
-        reset=reset,
+        reset=torch.tensor(reset),
         compress=functools.partial(compress_rows, comp),
         seeds=seeds,
     )
@@ -106,6 +110,12 @@ def test_server_copies_and_the_aggregate_in_node_order() -> None:
     for n, c in copies.items():
         assert torch.equal(state.copy_of(n), c)
     assert state.copy_of(99) is None
+    rows = state.copies_of([20, 99, 5, 10, 1, 30, 20])
+    for n, row in zip([20, 99, 5, 10, 1, 30, 20], rows, strict=True):
+        want = state.copy_of(n)
+        assert torch.equal(row, torch.zeros(4, dtype=x.dtype) if want is None else want)
+    assert state.copies_of([]).shape == (0, 4)
+    assert torch.equal(EF21State(x, x).copies_of([1, 2]), torch.zeros(2, 4, dtype=x.dtype))
     with pytest.raises(ValueError, match="no copy"):
         server_step(state, [99], c20[None], torch.tensor([False]), guarded(Mean()), lr=0.5)
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from flwr_byz.simulations import batched, runner
+from flwr_byz.simulations import runner
+from flwr_byz.simulations.batched import engine as batched_engine
 from flwr_byz.simulations.batched import check_batched, resolve_device
 from flwr_byz.simulations.cli import app as cli_app
 from flwr_byz.simulations.config import ExperimentConfig
@@ -93,7 +94,7 @@ def run_both(
         return wrapped
 
     monkeypatch.setattr(runner, "evaluate", capture("local"))
-    monkeypatch.setattr(batched, "evaluate", capture("batched"))
+    monkeypatch.setattr(batched_engine, "evaluate", capture("batched"))
     with float_precision(dtype), without_flower_gc():  # Flower's Bulyan: 0.1 s per gc
         local = run_experiment(dataclasses.replace(cfg, threads=1), engine="local")
         fast = run_experiment(dataclasses.replace(cfg, threads=1), engine="batched")

@@ -19,10 +19,10 @@ from flwr_byz.clients.injection import apply_attack
 from flwr_byz.compressors import get_compressor
 from flwr_byz.protocol.keys import PAYLOAD_KEY, VECTOR_KEY
 from flwr_byz.protocol.records import flatten, layout_of, payload_record, unflatten
-from flwr_byz.simulations.batched_attack import attack_rows
-from flwr_byz.simulations.batched_bytes import WireSizes
-from flwr_byz.simulations.batched_data import StackedData, minibatch_rows
-from flwr_byz.simulations.batched_grads import (
+from flwr_byz.simulations.batched.attack import attack_rows
+from flwr_byz.simulations.batched.bytes import WireSizes
+from flwr_byz.simulations.batched.data import StackedData, minibatch_rows
+from flwr_byz.simulations.batched.grads import (
     FunctionalModel,
     _size_groups,
     local_plan,
@@ -229,7 +229,7 @@ def test_wire_sizes_are_the_messages_sizes() -> None:
 def test_flower_mean_is_flowers_fedavg_bit_for_bit(dtype: torch.dtype) -> None:
     from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-    from flwr_byz.simulations.batched_fedavg import flower_mean
+    from flwr_byz.simulations.batched.fedavg import flower_mean
 
     model = build_model("mlp", (40,), 10).to(dtype)
     layout = layout_of(ArrayRecord(model.state_dict())).floating()

@@ -16,8 +16,8 @@ from logging import WARNING
 import torch
 from flwr.supercore import log
 
-from ..attacks import Attack
-from ..clients.injection import apply_attack
+from ...attacks import Attack
+from ...clients.injection import apply_attack
 
 __all__ = ["attack_rows"]
 

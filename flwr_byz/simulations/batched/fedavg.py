@@ -1,7 +1,7 @@
 """The FedAvg family on the batched engine: ``robust-fedavg``, ``fedavg`` and Flower's
-``flower-*`` strategies. The clients' local epochs are batched (``batched_grads.local_sgd``:
+``flower-*`` strategies. The clients' local epochs are batched (``grads.local_sgd``:
 one ``torch.func`` call per SGD step for all clients) and the attack rewrites the stacked
-updates ``reply - model sent`` (``batched_attack``), as ``ByzantineGrid`` does it.
+updates ``reply - model sent`` (``attack``), as ``ByzantineGrid`` does it.
 
 - ``robust-fedavg`` (:class:`RobustFedAvgDriver`): Flower's FedAvg sample
   (``methods.fedavg.plan_round`` from the round's seed), the validation of
@@ -25,22 +25,22 @@ from flwr.app import Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from ..attacks import SurfaceAttack
-from ..clients import ByzantineGrid
-from ..clients.injection import mark_label_flip
-from ..methods import fedavg
-from ..methods.common import guarded
-from ..methods.surface import AttackSurface
-from ..protocol.keys import NUM_EXAMPLES_KEY, POINT_KEY, SKIPPED_KEY, TRAIN_LOSS_KEY
-from ..protocol.records import flatten, unflatten
-from .batched import RoundOutcome, Setup
-from .batched_attack import attack_rows
-from .batched_bytes import WireSizes
-from .batched_grads import local_plan, local_sgd
-from .metering import message_bytes
-from .methods import build_strategy
-from .runner import train_config
-from .training import derive_seed
+from ...attacks import SurfaceAttack
+from ...clients import ByzantineGrid
+from ...clients.injection import mark_label_flip
+from ...methods import fedavg
+from ...methods.common import guarded
+from ...methods.surface import AttackSurface
+from ...protocol.keys import NUM_EXAMPLES_KEY, POINT_KEY, SKIPPED_KEY, TRAIN_LOSS_KEY
+from ...protocol.records import flatten, unflatten
+from ..metering import message_bytes
+from ..methods import build_strategy
+from ..runner import train_config
+from ..training import derive_seed
+from .attack import attack_rows
+from .bytes import WireSizes
+from .grads import local_plan, local_sgd
+from .setup import RoundOutcome, Setup
 
 __all__ = ["FedAvgDriver", "RobustFedAvgDriver", "flower_mean", "local_training"]
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attacks import LabelFlip
-from .batched_grads import ClientBatches
-from .datasets import client_data, load_dataset
+from ...attacks import LabelFlip
+from ..datasets import client_data, load_dataset
+from .grads import ClientBatches
 
 __all__ = ["StackedData", "minibatch_rows"]
 

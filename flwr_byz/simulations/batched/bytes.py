@@ -26,8 +26,8 @@ from flwr.app import (
     RecordDict,
 )
 
-from ..compressors import Compressor
-from ..protocol.keys import (
+from ...compressors import Compressor
+from ...protocol.keys import (
     ATTACK_KEY,
     CONFIG_KEY,
     LABEL_FLIP,
@@ -38,9 +38,9 @@ from ..protocol.keys import (
     STATE_KEY,
     TRAIN_LOSS_KEY,
 )
-from ..protocol.records import Layout, payload_record, unflatten
-from .local import CLIENT_EXCEPTION
-from .metering import message_bytes
+from ...protocol.records import Layout, payload_record, unflatten
+from ..local import CLIENT_EXCEPTION
+from ..metering import message_bytes
 
 __all__ = ["Reply", "WireSizes", "reply_metrics"]
 

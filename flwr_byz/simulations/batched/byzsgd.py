@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from ..methods import byzsgd
-from ..methods.byzsgd import HISTORY, ByzSGDState, WorkerState
-from ..methods.sampling import sample_nodes
-from ..methods.surface import AttackSurface
-from ..protocol.keys import (
+from ...methods import byzsgd
+from ...methods.byzsgd import ByzSGDState, WorkerState
+from ...methods.sampling import sample_nodes
+from ...methods.surface import AttackSurface
+from ...protocol.keys import (
     BATCH_SEED_KEY,
     BATCH_SIZE_KEY,
     BYZSGD_DROPPED_KEY,
@@ -41,9 +41,9 @@ from ..protocol.keys import (
     STEP_KEY,
     VECTOR_KEY,
 )
-from .batched import RoundOutcome, Setup
-from .batched_bytes import reply_metrics
-from .batched_methods import _MethodDriver
+from .bytes import reply_metrics
+from .methods import _MethodDriver
+from .setup import RoundOutcome, Setup
 
 __all__ = ["ByzSGDDriver"]
 
@@ -166,11 +166,9 @@ class ByzSGDDriver(_MethodDriver):
         ]
         models: list[list[torch.Tensor]] = []
         for i, node in enumerate(nodes):
-            valid = [
-                mdl.to(self.dtype)
-                for _, mdl in pulls[node]
-                if mdl.shape == (d,) and bool(torch.isfinite(mdl).all())
-            ]
+            # as on the wire (``ByzSGD._wire``): d values reshaped to the model, finite
+            sent = [mdl.reshape(-1).to(self.dtype) for _, mdl in pulls[node] if mdl.numel() == d]
+            valid = [vec for vec in sent if bool(torch.isfinite(vec).all())]
             counts[i][BYZSGD_DROPPED_KEY] = len(pulls[node]) - len(valid)
             models.append(valid)
             if not valid:
@@ -219,13 +217,18 @@ class ByzSGDDriver(_MethodDriver):
         t = self.state.t
         if self.strategy.worker_rule == BYZSGD_FILTER:
             for j, p in enumerate(parts):
-                if int(self.w_step[p]) == t - 1:
-                    k = byzsgd.lipschitz_coefficient(g[j], self.w_g[p], points[j], self.w_x[p])
-                    hist = torch.cat([self.w_history[p], torch.tensor([k], dtype=torch.float64)])
-                    self.w_history[p] = hist[-HISTORY:]
+                new = byzsgd.median_state(self._worker(p), points[j], g[j], t)
+                self.w_history[p] = new.history
         rows = torch.tensor(parts, dtype=torch.long, device=self.device)
         self.w_x[rows], self.w_g[rows] = points, g
         self.w_step[rows] = t
+
+    def _worker(self, p: int, copy: bool = False) -> WorkerState:
+        """Partition ``p``'s worker state (``copy``: its own tensors, not views)."""
+        x, g = self.w_x[p], self.w_g[p]
+        if copy:
+            x, g = x.clone(), g.clone()
+        return WorkerState(x=x, g=g, step=int(self.w_step[p]), history=self.w_history[p])
 
     def _filter_workers(
         self,
@@ -249,12 +252,7 @@ class ByzSGDDriver(_MethodDriver):
         at = {key: k for k, key in enumerate(flat)}
         for i in rows:
             p = nodes[i] - 1
-            state = WorkerState(
-                x=self.w_x[p].clone(),
-                g=self.w_g[p].clone(),
-                step=int(self.w_step[p]),
-                history=self.w_history[p],
-            )
+            state = self._worker(p, copy=True)
 
             def gradient(
                 model: torch.Tensor, index: int | None, i: int = i

@@ -7,7 +7,7 @@ generator. Per round: ``plan_round`` (the same draws), the minibatch gradients o
 clients in one ``torch.func`` call, ``client_step`` row-wise, the attack on the aggregated
 vectors (the method's attack surface, as ``ByzantineGrid`` applies it), the validation of
 ``strategies.validation`` (error replies, non-finite vectors), ``server_step``, and the bytes
-of the Messages the local engine would exchange (``batched_bytes``). Hyperparameters are read
+of the Messages the local engine would exchange (``bytes``). Hyperparameters are read
 from the strategy object ``build_strategy`` makes, so defaults and ``--param`` agree.
 """
 
@@ -21,15 +21,15 @@ from typing import Any
 
 import torch
 
-from ..aggregators import Mean
-from ..aggregators.base import with_f
-from ..attacks import SurfaceAttack
-from ..compressors import Compressor
-from ..compressors.rows import compress_rows
-from ..methods import ef21, marina, momentum, mu2sgd
-from ..methods.common import Aggregate, guarded
-from ..methods.surface import AttackSurface
-from ..protocol.keys import (
+from ...aggregators import Mean
+from ...aggregators.base import with_f
+from ...attacks import SurfaceAttack
+from ...compressors import Compressor
+from ...compressors.rows import compress_rows
+from ...methods import ef21, marina, momentum, mu2sgd
+from ...methods.common import Aggregate, guarded
+from ...methods.surface import AttackSurface
+from ...protocol.keys import (
     BATCH_SEED_KEY,
     BATCH_SIZE_KEY,
     BETA_KEY,
@@ -48,26 +48,14 @@ from ..protocol.keys import (
     SKIPPED_KEY,
     VECTOR_KEY,
 )
-from ..protocol.payload import PayloadCodec
-from .batched import Driver, RoundOutcome, Setup
-from .batched_attack import attack_rows
-from .batched_bytes import WireSizes, reply_metrics
-from .config import ExperimentConfig
-from .methods import build_strategy
-from .runner import train_config
+from ...protocol.payload import PayloadCodec
+from ..methods import build_strategy
+from ..runner import train_config
+from .attack import attack_rows
+from .bytes import WireSizes, reply_metrics
+from .setup import Driver, RoundOutcome, Setup
 
-__all__ = ["FEDAVG_FAMILY", "METHOD_DRIVERS", "check_method", "make_driver"]
-
-#: The FedAvg family: local epochs on the clients (``batched_fedavg``).
-FEDAVG_FAMILY = (
-    "fedavg",
-    "robust-fedavg",
-    "flower-krum",
-    "flower-multikrum",
-    "flower-bulyan",
-    "flower-median",
-    "flower-trimmedavg",
-)
+__all__ = ["METHOD_DRIVERS"]
 
 
 @dataclass
@@ -532,15 +520,7 @@ class EF21Driver(_MethodDriver):
 
     def _offsets(self, parts: Sequence[int]) -> torch.Tensor:
         """The server's copies g_i of ``parts`` (zero where it has none)."""
-        state = self.state
-        out = torch.zeros(len(parts), self.d, dtype=self.dtype, device=self.device)
-        if state.copies is None or state.known is None or not parts:
-            return out
-        ids = torch.tensor(state.node_ids, dtype=torch.long, device=self.device)
-        nodes = torch.tensor([p + 1 for p in parts], dtype=torch.long, device=self.device)
-        at = torch.searchsorted(ids, nodes).clamp(max=len(state.node_ids) - 1)
-        has = (ids[at] == nodes) & state.known[at]
-        return torch.where(has[:, None], state.copies[at], out)
+        return self.state.copies_of([p + 1 for p in parts])
 
     def _attack(
         self,
@@ -743,7 +723,7 @@ class MarinaDriver(_MethodDriver):
         return RoundOutcome(self.state.x, metrics, self.up_bytes(out), down)
 
 
-#: method name -> driver class (the FedAvg family: ``batched_fedavg.FedAvgDriver``)
+#: method name -> driver class (the others: ``batched.DRIVERS``)
 METHOD_DRIVERS: dict[str, Callable[[Setup], Driver]] = {
     "robust-momentum": MomentumDriver,
     "mu2sgd": Mu2Driver,
@@ -752,28 +732,3 @@ METHOD_DRIVERS: dict[str, Callable[[Setup], Driver]] = {
     "byz-ef21": EF21Driver,
     "byz-vr-marina-pp": MarinaDriver,
 }
-
-
-def check_method(cfg: ExperimentConfig) -> None:
-    """Raise ``ValueError`` when the batched engine cannot run ``cfg.method``."""
-    if cfg.method in FEDAVG_FAMILY or cfg.method in METHOD_DRIVERS or cfg.method == "byzsgd":
-        return
-    raise ValueError(
-        f"method {cfg.method!r} does not run on the batched engine; use --engine local"
-    )
-
-
-def make_driver(setup: Setup) -> Driver:
-    """The driver of ``setup.cfg.method``."""
-    check_method(setup.cfg)
-    if setup.cfg.method in FEDAVG_FAMILY:
-        from .batched_fedavg import FedAvgDriver, RobustFedAvgDriver
-
-        if setup.cfg.method in ("robust-fedavg", "fedavg"):
-            return RobustFedAvgDriver(setup, mean=setup.cfg.method == "fedavg")
-        return FedAvgDriver(setup)
-    if setup.cfg.method == "byzsgd":
-        from .batched_byzsgd import ByzSGDDriver
-
-        return ByzSGDDriver(setup)
-    return METHOD_DRIVERS[setup.cfg.method](setup)

@@ -25,8 +25,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
-from ..methods import fedavg
-from ..protocol.records import Layout
+from ...methods import fedavg
+from ...protocol.records import Layout
 
 __all__ = ["ClientBatches", "FunctionalModel", "LocalPlan", "local_plan", "local_sgd"]
 

@@ -1,0 +1,117 @@
+"""The batched engine's shared types: the experiment a driver runs (:class:`Setup`), what a
+round leaves (:class:`RoundOutcome`), the driver protocol and the device check. Imported by
+``batched`` and by every driver module (``methods``, ``byzsgd``,
+``fedavg``); it imports none of them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from flwr.app import ArrayRecord
+
+from ...attacks import Attack, LabelFlip, get_attack
+from ...protocol.records import Layout, flatten, layout_of
+from ..config import ExperimentConfig
+from ..datasets import Dataset, load_dataset
+from ..models import build_model
+from ..runner import byzantine_partitions
+from ..training import derive_seed
+from .data import StackedData
+from .grads import FunctionalModel
+
+__all__ = ["Driver", "RoundOutcome", "Setup", "resolve_device"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device of ``--device``; ``ValueError`` when CUDA is asked for and absent."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {name!r}") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: CUDA is not available on this machine (use cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here"
+            )
+    return device
+
+
+@dataclass
+class RoundOutcome:
+    """What a round left: the global model ``vector`` ``[d]``, the strategy's numeric
+    metrics, and the bytes the round's Messages would take up and down."""
+
+    vector: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+class Driver(Protocol):
+    """One method's rounds (``fedavg``, ``methods``)."""
+
+    def round(self, server_round: int) -> RoundOutcome: ...
+
+
+@dataclass
+class Setup:
+    """Everything a driver needs: the resolved config, the device, the data, the model as a
+    function, the initial model ``x0`` (``arrays``: as the ServerApp holds it), the Byzantine
+    partitions and the attack (None: no attack)."""
+
+    cfg: ExperimentConfig
+    device: torch.device
+    dataset: Dataset
+    data: StackedData
+    fm: FunctionalModel
+    arrays: ArrayRecord
+    layout: Layout
+    x0: torch.Tensor
+    byzantine: list[int]
+    attack: Attack | LabelFlip | None
+
+    @property
+    def node_ids(self) -> list[int]:
+        """The federation's node IDs in partition order (1..n, as on the local engine)."""
+        return list(range(1, self.cfg.clients + 1))
+
+    def byzantine_mask(self, partitions: Sequence[int]) -> torch.Tensor:
+        """``[m]`` bool: which of ``partitions`` are Byzantine (and attack replies)."""
+        bad = set(self.byzantine) if self.attack is not None else set()
+        return torch.tensor([p in bad for p in partitions], dtype=torch.bool)
+
+    @property
+    def vector_attack(self) -> Attack | None:
+        """The attack on reply vectors (None for none and for LabelFlip)."""
+        if self.attack is None or isinstance(self.attack, LabelFlip):
+            return None
+        return self.attack
+
+    @classmethod
+    def build(cls, cfg: ExperimentConfig) -> Setup:
+        """Load the data, seed and build the model as ``train_on_grid`` does."""
+        device = resolve_device(cfg.device)
+        byz = byzantine_partitions(cfg)
+        attacked = cfg.byzantine > 0 and cfg.attack.strip().lower() not in ("none", "")
+        attack = get_attack(cfg.attack, seed=cfg.seed) if attacked else None
+        flipped = byz if isinstance(attack, LabelFlip) else []
+        dataset = load_dataset(cfg.dataset)
+        data = StackedData.load(
+            cfg.dataset, cfg.partition, cfg.clients, cfg.seed, flipped=flipped, device=device
+        )
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
+        arrays = ArrayRecord(model.state_dict())
+        layout = layout_of(arrays)
+        if layout.floating() != layout:
+            raise ValueError("the batched engine trains models without integer arrays")
+        fm = FunctionalModel(model.to(device), layout)
+        x0 = flatten(arrays, layout).to(device)
+        return cls(cfg, device, dataset, data, fm, arrays, layout, x0, byz, attack)

@@ -1,0 +1,63 @@
+"""The fast kernels give bit for bit what the plain ones they replace give: the row-wise
+k-smallest selection (NNM's neighbours) against a stable sort, NNM against its sort-based
+definition, on inputs full of exact ties."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flwr_byz.aggregators import NNM
+from flwr_byz.aggregators.base import pairwise_sq_distances, smallest_in_rows
+
+
+def by_sort(s: torch.Tensor, k: int) -> torch.Tensor:
+    """The first ``k`` entries of each row's stable ascending sort, as a mask."""
+    order = torch.sort(s, dim=1, stable=True).indices[:, : max(k, 0)]
+    return torch.zeros(s.shape, dtype=torch.bool).scatter_(1, order, True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("levels", [2, 5, 1000])
+def test_smallest_in_rows_is_the_stable_sort_prefix(dtype: torch.dtype, levels: int) -> None:
+    g = torch.Generator().manual_seed(levels)
+    for n, m in [(1, 1), (3, 7), (40, 33), (1, 81), (12, 100), (90, 130)]:  # sort; selection
+        s = torch.randint(0, levels, (n, m), generator=g).to(dtype)  # many exact ties
+        s[s == 1] = -0.0  # -0.0 and 0.0 tie too
+        for k in range(0, m + 2):
+            assert torch.equal(smallest_in_rows(s, k), by_sort(s, k)), (n, m, k)
+
+
+@pytest.mark.parametrize("m", [4, 100])
+def test_smallest_in_rows_nan_and_inf_rows(m: int) -> None:
+    rows = [
+        [float("nan"), 1.0, 0.0, float("nan")],
+        [float("inf"), float("inf"), 1.0, float("-inf")],
+        [2.0, float("nan"), 2.0, 2.0],
+        [float("nan")] * 4,
+    ]
+    s = torch.tensor([(r * m)[:m] for r in rows])
+    for k in range(m + 1):
+        assert torch.equal(smallest_in_rows(s, k), by_sort(s, k)), k
+
+
+def old_nnm_pre(x: torch.Tensor, f: int) -> torch.Tensor:
+    """NNM's mixing as first written: a stable sort of the distances, a scatter, one GEMM."""
+    n = x.shape[0]
+    k = n - f
+    order = torch.sort(pairwise_sq_distances(x), dim=1, stable=True).indices[:, :k]
+    w = torch.zeros(n, n, dtype=x.dtype)
+    w.scatter_(1, order, 1.0 / k)
+    return w @ x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("n", "f", "d"), [(5, 1, 3), (12, 3, 50), (60, 6, 200), (200, 20, 17)])
+def test_nnm_equals_the_sort_based_mixing(dtype: torch.dtype, n: int, f: int, d: int) -> None:
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, d, generator=g, dtype=dtype)
+    x[1] = x[0]  # distance ties
+    x[n // 2 :: 3] = x[n // 2].clone()
+    assert torch.equal(NNM(f).pre(x), old_nnm_pre(x, f))
+    q = torch.randint(-2, 3, (n, d), generator=g).to(dtype)  # lattice: ties everywhere
+    assert torch.equal(NNM(f).pre(q), old_nnm_pre(q, f))
