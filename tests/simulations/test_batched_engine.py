@@ -18,8 +18,8 @@ import torch
 from typer.testing import CliRunner
 
 from flwr_byz.simulations import runner
-from flwr_byz.simulations.batched import engine as batched_engine
 from flwr_byz.simulations.batched import check_batched, resolve_device
+from flwr_byz.simulations.batched import engine as batched_engine
 from flwr_byz.simulations.cli import app as cli_app
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.engines import ENGINES, run_experiment
