@@ -14,6 +14,7 @@ from .base import (
     mean_closest_to_median,
     mean_of_rows,
     pairwise_sq_distances,
+    smallest_sorted,
     sort_columns,
 )
 
@@ -37,7 +38,7 @@ def krum_scores(d2: torch.Tensor, f: int, members: torch.Tensor | None = None) -
         masked = torch.where(members[None, :] & members[:, None], masked, inf)
         m = int(members.sum())
     k = min(max(1, m - f - 2), m - 1)  # a lone remaining input scores 0
-    scores = masked.topk(k, dim=1, largest=False).values.sum(dim=1)
+    scores = smallest_sorted(masked, k).sum(dim=1)
     if members is not None:
         scores = torch.where(members, scores, inf)
     return scores

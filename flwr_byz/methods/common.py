@@ -78,7 +78,7 @@ def momentum_rows(
     bool. Each row equals ``momentum_update`` of that row bit for bit."""
     if not bool(started.any()):
         return grads.clone()
-    moved = beta * m + (1.0 - beta) * grads
+    moved = m.mul(beta).add_(grads.mul(1.0 - beta))  # beta m + (1 - beta) g, fewer buffers
     return moved if bool(started.all()) else torch.where(started[:, None], moved, grads)
 
 
