@@ -135,6 +135,15 @@ class _MethodDriver:
             return slice(None)
         return torch.tensor(list(parts), dtype=torch.long, device=self.device)[ok]
 
+    @staticmethod
+    def scatter(replies: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+        """The ``[len(ok), d]`` reply rows: ``replies`` (one per ``ok`` client) in place, zeros
+        for the clients that failed (their rows are rejected as errors)."""
+        if bool(ok.all()):
+            return replies
+        out = replies.new_zeros(len(ok), replies.shape[1])
+        return out.index_put_((ok,), replies)
+
     def forge(
         self,
         aggregated: torch.Tensor,
@@ -249,7 +258,7 @@ class MomentumDriver(_MethodDriver):
         )
         self.clients.m[rows] = new.m
         self.clients.started[rows] = new.started
-        vectors = replies if bool(ok.all()) else torch.zeros_like(grads).index_put_((ok,), replies)
+        vectors = self.scatter(replies, ok)
         vectors, _ = self.forge(vectors, parts, ok)
         accepted, reasons = self.validate(vectors, error)
         self.state, stats = momentum.server_step(
@@ -320,7 +329,7 @@ class Mu2Driver(_MethodDriver):
         replies, new = mu2sgd.client_step(grads[ok], grads_prev, x, state, beta=beta)
         self.clients.d[rows], self.clients.x_prev[rows] = new.d, new.x_prev
         self.clients.started[rows] = new.started
-        vectors = replies if bool(ok.all()) else torch.zeros_like(grads).index_put_((ok,), replies)
+        vectors = self.scatter(replies, ok)
         vectors, _ = self.forge(vectors, parts, ok)
         accepted, reasons = self.validate(vectors, error)
         self.state, stats = mu2sgd.server_step(
