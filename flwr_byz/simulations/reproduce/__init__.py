@@ -1,6 +1,6 @@
 """``flwr-byz reproduce``: regenerate docs/RESULTS.md, offline, from scratch.
 
-Targets: every claim of ../shared/ALGORITHMS.md (``c1.1`` ... ``c4.2``), the attack x defence
+Targets: every claim of the four papers (``c1.1`` ... ``c4.2``), the attack x defence
 ``matrix`` and the ``performance`` report; ``all`` is every one of them. Each target writes its
 section (``<work>/<full|quick>/sections/<key>.json``) and its figures (``<docs>/img``), then
 RESULTS.md is assembled from every section there, so one target can be redone alone.

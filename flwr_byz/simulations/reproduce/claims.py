@@ -1,4 +1,4 @@
-"""The papers' claims (../shared/ALGORITHMS.md, "Claims"), each as a reproducible experiment.
+"""The papers' claims (C1.1 ... C4.2), each as a reproducible experiment.
 
 A claim function runs its experiments through the ``Workspace`` (local engine, parallel,
 resumable), draws its figure, and returns a ``Section`` with the setup, a table, the figure, a
@@ -26,14 +26,14 @@ from .workspace import Workspace
 
 __all__ = ["CLAIMS", "Claim"]
 
-NO_NUMBER = "Paper: a qualitative claim, no number quoted (ALGORITHMS.md)."
+NO_NUMBER = "Paper: a qualitative claim, no number quoted."
 
 
 @dataclass(frozen=True)
 class Claim:
     key: str
     title: str
-    statement: str  # the paper's claim, as in ALGORITHMS.md
+    statement: str  # the paper's claim, in our words
     run: Callable[[Workspace], Section]
 
 
@@ -158,7 +158,7 @@ def c1_1(ws: Workspace) -> Section:
         "Rule: every clipped alpha ends at <= 1/10 of its round-1 gap, and without clipping the "
         "final gap is >= 10x the best clipped one or never fell 10x. Paper (a9a): linear "
         "convergence for every alpha in {0.1, 1, 10}, no progress without clipping; no number "
-        "quoted (ALGORITHMS.md).",
+        "quoted.",
         "",
         f"![C1.1 gap]({ws.link(fig)})",
     ]
@@ -227,7 +227,7 @@ def c1_2(ws: Workspace) -> Section:
         "Rule: with clipping within 2 points of, or above, no clipping under BitFlip, LabelFlip "
         "and ALIE; under ShiftBack clipping at least 5 points above no clipping (the "
         "unclipped rule does not survive). Paper (MNIST/CIFAR-10): a qualitative claim, no "
-        "number quoted (ALGORITHMS.md).",
+        "number quoted.",
         "",
         f"![C1.2 clipping]({ws.link(fig)})",
     ]
@@ -441,7 +441,7 @@ def c3_1(ws: Workspace) -> Section:
         "Rule: under every attack CTMA + Median is within 3 points of NNM + Median (or above), "
         "CTMA costs less time than NNM, and CTMA's worst attacked accuracy is at least "
         "Bucketing's. Paper (MNIST, 17 workers, 8 Byzantine): CTMA on par with NNM at a "
-        "fraction of its cost; no number quoted (ALGORITHMS.md).",
+        "fraction of its cost; no number quoted.",
         "",
         f"![C3.1 CTMA]({ws.link(fig)})",
     ]
@@ -701,7 +701,7 @@ _FUNCS = {
     "c3.1": c3_1, "c3.2": c3_2, "c4.1": c4_1, "c4.2": c4_2,
 }  # fmt: skip
 
-#: claim key -> Claim, in ALGORITHMS.md's order.
+#: claim key -> Claim, in the order of the papers (C1.1 ... C4.2).
 CLAIMS: dict[str, Claim] = {
     k: Claim(k, CLAIMS_TITLES[k], _STATEMENTS[k], fn) for k, fn in _FUNCS.items()
 }
