@@ -4,7 +4,8 @@ Every ``import`` of every module counts, at any depth: inside functions, under
 ``if TYPE_CHECKING:``, in ``try`` blocks. Relative imports are resolved against the module's
 package. Layers, bottom to top (a module imports only its own layer or lower ones):
 
-0. ``flwr_byz`` itself and ``flwr_byz.specs`` (spec-string parsing shared by the registries);
+0. ``flwr_byz`` itself, ``flwr_byz.specs`` (spec-string parsing shared by the registries) and
+   ``flwr_byz.files`` (atomic writes);
 1. ``methods``, ``aggregators``, ``compressors``, ``attacks``: pure torch, no ``flwr`` import;
 2. ``protocol``: the wire contract (keys, ArrayRecord bridge, payload records);
 3. ``strategies`` and ``clients``: the Flower edge; neither imports the other;
@@ -27,6 +28,7 @@ PACKAGE = "flwr_byz"
 LAYERS: dict[str, int] = {
     "": 0,
     "specs": 0,
+    "files": 0,
     "methods": 1,
     "aggregators": 1,
     "compressors": 1,
