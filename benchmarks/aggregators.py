@@ -12,10 +12,12 @@ times (median of ``--repeats`` runs after one warm-up) and measures the peak ext
 * ByzFL 0.0.11 (``byzfl.aggregators``) on a torch tensor and on a numpy array;
 * ``torch.mean(x, dim=0)``, the memory-bandwidth floor.
 
-Peak extra memory is (peak RSS during the call - RSS just before), sampled every ~1 ms by a
-background thread (GPU: ``torch.cuda.max_memory_allocated``), taken on the warm-up run (and on
-one more run for calls under 1 s; the smaller is kept). Results go to JSON (``--out``) and a
-table is printed. See benchmarks/README.md.
+Peak extra memory is (peak RSS during the call - RSS just before): the kernel's high-water mark
+``VmHWM``, reset just before the call through ``/proc/self/clear_refs`` (Linux; elsewhere RSS
+sampled every ~1 ms by a background thread, which can miss short spikes); on a GPU
+``torch.cuda.max_memory_allocated``. It is taken on the warm-up run (and on one more run for
+calls under 1 s; the smaller is kept) and reported in MiB and as a multiple of the input.
+Results go to JSON (``--out``) and a table is printed. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import numpy as np
 import torch
 
 from flwr_byz.aggregators import get_aggregator
+from flwr_byz.files import write_text
 from flwr_byz.simulations.local import ensure_task_identity
 
 MIB = 2**20
@@ -128,8 +131,59 @@ def rss_bytes() -> int | None:
     return int(os.pread(_STATM, 128, 0).split()[1]) * _PAGE
 
 
+def _status_bytes(key: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes, or None."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak RSS (``VmHWM``) to the current RSS; False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return _status_bytes("VmHWM") is not None
+
+
+class PeakRss:
+    """Context manager: the peak RSS above its entry value, from the kernel's high-water mark
+    (``VmHWM``, reset on entry), so that no allocation is missed however short it lives."""
+
+    def __init__(self) -> None:
+        self.base: int | None = None
+        self.peak: int | None = None
+
+    def __enter__(self) -> PeakRss:
+        reset_peak_rss()
+        self.base = _status_bytes("VmRSS")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.peak = _status_bytes("VmHWM")  # the result is still alive here: it counts
+
+    @property
+    def extra(self) -> int | None:
+        """Peak RSS minus RSS at entry, in bytes."""
+        if self.base is None or self.peak is None:
+            return None
+        return max(0, self.peak - self.base)
+
+
+PEAK_METHOD = "rss_hwm" if reset_peak_rss() else "rss_sampled_1ms"
+"""How CPU peaks are measured here: ``VmHWM`` reset per call, or the sampling fallback."""
+
+
 class RssSampler:
-    """Context manager recording the peak RSS above its entry value, sampled every ~1 ms."""
+    """Context manager recording the peak RSS above its entry value, sampled every ~1 ms (the
+    fallback where the kernel's peak cannot be reset)."""
 
     def __init__(self, interval_s: float = 1e-3) -> None:
         self.interval_s = interval_s
@@ -199,7 +253,7 @@ def _run_once(prepare: Prepare, cuda: bool, probe: bool) -> tuple[float, int | N
             elapsed = time.perf_counter() - t0
             peak = torch.cuda.max_memory_allocated() - base
         elif probe:
-            with RssSampler() as sampler:
+            with PeakRss() if PEAK_METHOD == "rss_hwm" else RssSampler() as sampler:
                 t0 = time.perf_counter()
                 out = call()
                 elapsed = time.perf_counter() - t0
@@ -691,6 +745,7 @@ class Bench:
             "f": self.f,
             "f_bulyan": self.fb,
             "input_mb": round(self.input_bytes / MIB, 2),
+            "peak_memory": "cuda_allocated" if self.cuda else PEAK_METHOD,
             "layers": len(self.bounds),
             "mean_floor_ms": None if floor.ms is None else round(floor.ms, 3),
             "rules": {},
@@ -711,7 +766,7 @@ class Bench:
             return lambda: agg(self.xd)
 
         self.record(e, "ours", self.run(ours, cuda=self.cuda), refused=True)
-        e["ours_peak_kind"] = "cuda_allocated" if self.cuda else "rss"
+        e["ours_peak_kind"] = "cuda_allocated" if self.cuda else PEAK_METHOD
 
         kind = FLOWER_KIND.get(name)
         wanted = set(self.args.baselines)
@@ -804,7 +859,8 @@ def print_table(size: dict[str, Any]) -> None:
     """Readable per-size table on stdout, then the skip reasons."""
     print(
         f"\nn={size['n']} d={size['d']} f={size['f']} (Bulyan f={size['f_bulyan']}), "
-        f"input {size['input_mb']} MiB, torch.mean floor {_fmt(size['mean_floor_ms'], 0)} ms"
+        f"input {size['input_mb']} MiB, torch.mean floor {_fmt(size['mean_floor_ms'], 0)} ms; "
+        f"peak = extra memory of ours ({size.get('peak_memory', 'rss')}), xInput = peak / input"
     )
     cols = (
         ("rule", 21), ("ours ms", 9), ("peak MiB", 9), ("xInput", 7), ("Fl.msg", 8),
@@ -896,6 +952,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "layers": args.layers,
             "seed": args.seed,
             "dtype": "float32",
+            "peak_memory_cpu": PEAK_METHOD,
             "f": "n // 4 (Bulyan: (n - 3) // 4)",
             "byzfl_import": bz_error or "ok (byzfl.benchmark stubbed)",
             "limits": {
@@ -924,7 +981,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["machine"]["loadavg_end"] = (
             list(os.getloadavg()) if hasattr(os, "getloadavg") else None
         )
-        out.write_text(json.dumps(result, indent=2) + "\n")  # partial results survive
+        write_text(out, json.dumps(result, indent=2) + "\n")  # partial results survive (atomic)
     for size in result["sizes"]:
         print_table(size)
     print(f"\nwrote {out} in {result['elapsed_s']} s")

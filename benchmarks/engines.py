@@ -45,6 +45,7 @@ import torch
 from torch.nn import functional as F
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from flwr_byz.files import write_text
 from flwr_byz.simulations import engines
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.datasets import client_data, load_dataset
@@ -481,9 +482,7 @@ class Bench:
         self.doc["machine"]["loadavg_end"] = (
             list(os.getloadavg()) if hasattr(os, "getloadavg") else None
         )
-        out = Path(self.args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(self.doc, indent=1) + "\n")
+        write_text(Path(self.args.out), json.dumps(self.doc, indent=1) + "\n")  # atomic
 
     def estimate(
         self, engine: str, method: str, model: str, clients: int, rounds: int
@@ -876,7 +875,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.save()
     text = table(bench.doc)
     txt = Path(args.txt) if args.txt else Path(args.out).with_suffix(".txt")
-    txt.write_text(text)
+    write_text(txt, text)
     print(text)
     print(f"wrote {args.out} and {txt} in {bench.doc['elapsed_s']} s")
     return 0

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from flwr_byz.files import write_text
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.engines import run_experiments
 from flwr_byz.simulations.result import Result
@@ -139,7 +140,7 @@ def main() -> None:
     for (name, _), result in zip(runs, results, strict=True):
         lines.append(_row(name, result))
     table = "\n".join(lines) + "\n"
-    (args.out / "table.md").write_text(table)
+    write_text(args.out / "table.md", table)
     print(table)
 
 

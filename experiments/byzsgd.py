@@ -19,6 +19,7 @@ from pathlib import Path
 
 from common import pct, run_all, tail_acc  # type: ignore[import-not-found]
 
+from flwr_byz.files import atomic_write, write_text
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.result import Result
 
@@ -151,7 +152,9 @@ def plot(cfgs: dict[str, ExperimentConfig], path: Path) -> None:
     bx.set_title("server attack / SignFlip workers (4 of 20)")
     bx.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_write(path) as fh:
+        fig.savefig(fh, dpi=110, format="png")
+    plt.close(fig)
 
 
 def seeds_table(results: list[dict[str, Result]]) -> str:
@@ -189,13 +192,13 @@ def main() -> None:
         cfgs = runs(out, args.rounds, seed)
         run_all(list(cfgs.values()), args.jobs)
         text = table(cfgs)
-        (out / "table.md").write_text(text)
+        write_text(out / "table.md", text)
         plot(cfgs, out / "diameter.png")
         print(f"# seed {seed}\n\n{text}")
         results.append({k: Result.load(str(c.out)) for k, c in cfgs.items()})
     if len(results) > 1:
         text = seeds_table(results)
-        (Path(args.out) / "table-seeds.md").write_text(text)
+        write_text(Path(args.out) / "table-seeds.md", text)
         print(text)
 
 

@@ -18,6 +18,7 @@ import torch
 from common import pct, run_all, tail_acc  # type: ignore[import-not-found]
 
 from flwr_byz.aggregators import get_aggregator
+from flwr_byz.files import write_text
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.result import Result
 
@@ -132,7 +133,7 @@ def main() -> None:
     run_all(configs, args.jobs)
     results = [Result.load(c.out) for c in configs if c.out and Path(c.out).exists()]
     text = tables(results)
-    (args.out / "table.md").write_text(text)
+    write_text(args.out / "table.md", text)
     print(text)
 
 

@@ -13,6 +13,7 @@ one core). A run that raises is recorded with its error message.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -84,8 +85,11 @@ def run(out: str) -> None:
                 except Exception as exc:  # recorded: a change may also move an error
                     results[key] = f"ERROR {type(exc).__name__}: {exc}"
                 print(key, flush=True)
-    with open(out, "w") as file:
+    # temp + rename, not flwr_byz.files: this script also runs at commits from before it
+    tmp = f"{out}.{os.getpid()}.tmp"
+    with open(tmp, "w") as file:
         json.dump(results, file, indent=1, default=str)
+    os.replace(tmp, out)
 
 
 def compare(before: str, after: str) -> int:

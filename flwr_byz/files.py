@@ -18,6 +18,8 @@ import contextlib
 import errno
 import json
 import os
+import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -47,17 +49,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _probe_name(path: Path) -> Path:
+    """The file ``check_writable`` creates and deletes (never ``atomic_write``'s own temp)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.probe.tmp")
+
+
 def _sweep(path: Path) -> None:
     """Delete temporary files of ``path`` left by processes that no longer exist."""
-    prefix = f".{path.name}."
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)(\.probe)?\.tmp")
     with contextlib.suppress(OSError):
         for entry in path.parent.iterdir():
-            name = entry.name
-            if not (name.startswith(prefix) and name.endswith(".tmp")):
+            match = pattern.fullmatch(entry.name)
+            if match is None:
                 continue
-            pid = name[len(prefix) : -len(".tmp")]
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                entry.unlink(missing_ok=True)
+            pid = int(match.group(1))
+            if pid != os.getpid() and not _alive(pid):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
 
 
 def _sync_dir(directory: Path) -> None:
@@ -74,36 +82,48 @@ def _sync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: int | None = None) -> Iterator[IO[bytes]]:
+def atomic_write(
+    path: str | Path, mode: int | None = None, durable: bool = True
+) -> Iterator[IO[bytes]]:
     """A binary file whose content replaces ``path`` atomically when the block succeeds.
 
     Parents are created. ``mode`` (e.g. ``0o600`` for a private key) is set on the temporary
-    file before any byte is written; by default the file gets ``0o666`` minus the umask, as
-    ``open`` would give it.
+    file before any byte is written; by default a file that replaces another keeps the
+    other's permission bits, and a new one gets ``0o666`` minus the umask, as ``open`` would
+    give it. One writer of a given ``path`` at a time per process. ``durable=False`` skips
+    the two ``fsync`` calls: still atomic against a killed process (the rename is), but not
+    against a power loss; for files rewritten often and cheap to lose (the nodes' state).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _sweep(path)
     tmp = temp_name(path)
     if mode is None:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with contextlib.suppress(OSError):
+            before = path.stat()
+            if stat.S_ISREG(before.st_mode):
+                mode = stat.S_IMODE(before.st_mode)
+    tmp.unlink(missing_ok=True)  # a stale one of a reused pid: its permissions must not stay
+    # a given mode holds from the start (0o600 at creation, then exactly ``mode``); without
+    # one the umask applies, as for ``open``
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else 0o600)
     try:
-        os.fchmod(fd, mode)
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fd = -1  # owned by fh now
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         if fd >= 0:
             os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
-    _sync_dir(path.parent)
+    if durable:
+        _sync_dir(path.parent)
 
 
 def write_bytes(path: str | Path, data: bytes, mode: int | None = None) -> Path:
@@ -113,14 +133,16 @@ def write_bytes(path: str | Path, data: bytes, mode: int | None = None) -> Path:
     return Path(path)
 
 
-def write_text(path: str | Path, text: str) -> Path:
+def write_text(path: str | Path, text: str, mode: int | None = None) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; returns ``path``."""
-    return write_bytes(path, text.encode("utf-8"))
+    return write_bytes(path, text.encode("utf-8"), mode)
 
 
-def write_json(path: str | Path, data: Any, indent: int | None = 1) -> Path:
+def write_json(
+    path: str | Path, data: Any, indent: int | None = 1, mode: int | None = None
+) -> Path:
     """Write ``data`` as strict JSON (no NaN) plus a newline, atomically; returns ``path``."""
-    return write_text(path, json.dumps(data, indent=indent, allow_nan=False) + "\n")
+    return write_text(path, json.dumps(data, indent=indent, allow_nan=False) + "\n", mode)
 
 
 def check_writable(path: str | Path, what: str = "--out") -> Path:
@@ -135,10 +157,12 @@ def check_writable(path: str | Path, what: str = "--out") -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ValueError(f"{what} {path}: cannot create {path.parent}: {_reason(exc)}") from None
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file" if blocker is not None else _reason(exc)
+        raise ValueError(f"{what} {path}: cannot create {path.parent}: {reason}") from None
     if path.exists() and not os.access(path, os.W_OK):
         raise ValueError(f"{what} {path} is not writable")
-    probe = temp_name(path)
+    probe = _probe_name(path)
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:

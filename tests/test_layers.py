@@ -4,8 +4,9 @@ Every ``import`` of every module counts, at any depth: inside functions, under
 ``if TYPE_CHECKING:``, in ``try`` blocks. Relative imports are resolved against the module's
 package. Layers, bottom to top (a module imports only its own layer or lower ones):
 
-0. ``flwr_byz`` itself, ``flwr_byz.specs`` (spec-string parsing shared by the registries) and
-   ``flwr_byz.files`` (atomic writes);
+0. ``flwr_byz`` itself, ``flwr_byz.specs`` (spec-string parsing shared by the registries),
+   ``flwr_byz.files`` (atomic writes) and ``flwr_byz.statetree`` (objects' state as tensors and
+   JSON, for checkpoints);
 1. ``methods``, ``aggregators``, ``compressors``, ``attacks``: pure torch, no ``flwr`` import;
 2. ``protocol``: the wire contract (keys, ArrayRecord bridge, payload records);
 3. ``strategies`` and ``clients``: the Flower edge; neither imports the other;
@@ -29,6 +30,8 @@ LAYERS: dict[str, int] = {
     "": 0,
     "specs": 0,
     "files": 0,
+    "interrupt": 0,
+    "statetree": 0,
     "methods": 1,
     "aggregators": 1,
     "compressors": 1,

@@ -8,6 +8,8 @@ these helpers instead of re-deriving them: one Gram product for pairwise distanc
 from __future__ import annotations
 
 import copy
+import itertools
+from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -19,6 +21,7 @@ __all__ = [
     "check_f",
     "check_finite",
     "check_input",
+    "column_chunks",
     "gram",
     "lowest",
     "mean_closest_to_median",
@@ -29,7 +32,10 @@ __all__ = [
     "smallest_in_rows",
     "smallest_sorted",
     "sort_columns",
+    "sorted_column_chunks",
+    "sorted_columns_reduce",
     "sq_distances_to",
+    "torch_sort_bytes",
     "with_f",
 ]
 
@@ -129,7 +135,7 @@ def gram(x: torch.Tensor) -> torch.Tensor:
         return g
     xs = x.double()
     scale = xs.abs().amax()
-    xs /= scale
+    xs = xs / scale if x.dtype == torch.float64 else xs.div_(scale)  # never x in place
     return (xs @ xs.T) * scale.square()
 
 
@@ -181,6 +187,116 @@ def sort_columns(x: torch.Tensor) -> torch.Tensor:
     return torch.sort(x, dim=0).values
 
 
+SCRATCH_FRACTION = 8
+"""The chunked column kernels keep their scratch within 1/``SCRATCH_FRACTION`` of the input."""
+
+CPU_CHUNK_ELEMS = 1 << 19
+"""On CPU, a sorted chunk holds at most this many entries (2 MiB of float32): it stays in cache
+for the reduction that follows (Meamed's window scan reads it ``n - f`` times)."""
+
+MIN_CHUNK_BYTES = 1 << 18
+"""A chunk's scratch is at least this much (unless ``x`` is narrower): on small inputs the
+per-chunk Python overhead would dominate, so those may exceed the fraction."""
+
+CHUNK_ALIGN = 256
+"""Chunk widths are multiples of this many columns. torch's CPU sum over rows handles the
+columns in blocks of 4 SIMD vectors (32 float32 with AVX2, 64 with AVX-512) and the rest
+apart, with a different rounding: aligned chunks put every column in the same kind of block
+as the whole tensor does, so chunked float sums equal the unchunked ones bit for bit."""
+
+
+def _numpy_sorts(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+
+def torch_sort_bytes(x: torch.Tensor, extra: int = 0) -> int:
+    """Scratch bytes per entry of ``torch.sort`` over a chunk of ``x``'s columns, plus ``extra``
+    bytes per entry of the caller's: values, int64 indices, a copy of the chunk (on CUDA,
+    unchunked at n=100, d=1e7: 12 bytes per float32 entry). On CPU 4x that: its first call on
+    each chunk allocates twice, and the heap fragments from one chunk to the next."""
+    return (3 * x.element_size() + 8 + extra) * (4 if x.device.type == "cpu" else 1)
+
+
+def column_chunks(x: torch.Tensor, rows: int, col_bytes: int) -> list[slice]:
+    """Consecutive column slices of ``x`` (``[n, d]``) for a kernel that needs ``col_bytes`` of
+    scratch per column of ``rows`` entries: the scratch of one chunk stays within
+    ``1 / SCRATCH_FRACTION`` of ``x``'s bytes (at least ``MIN_CHUNK_BYTES``), and on CPU
+    within ``CPU_CHUNK_ELEMS`` entries; widths are multiples of ``CHUNK_ALIGN``. On CUDA the
+    chunks are as wide as the budget allows.
+    """
+    d = x.shape[1]
+    budget = max(x.numel() * x.element_size() // SCRATCH_FRACTION, MIN_CHUNK_BYTES)
+    cols = budget // max(col_bytes, 1)
+    if x.device.type == "cpu":
+        cols = min(cols, CPU_CHUNK_ELEMS // max(rows, 1))
+    cols = max(CHUNK_ALIGN, cols - cols % CHUNK_ALIGN)
+    starts = list(range(0, d, cols))
+    if len(starts) > 1 and d - starts[-1] < CHUNK_ALIGN:
+        # a last chunk narrower than CHUNK_ALIGN (e.g. 7 columns, under one SIMD vector)
+        # would be summed by another kernel than the same columns of the whole tensor
+        starts[-1] -= CHUNK_ALIGN
+        if starts[-1] == starts[-2]:
+            starts.pop()
+    return [slice(a, b) for a, b in itertools.pairwise([*starts, d])]
+
+
+def sorted_column_chunks(
+    x: torch.Tensor, rows: torch.Tensor | None = None, extra_rows: int = 2
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(cols, s)`` chunk by chunk: ``s`` is ``sort_columns(x[rows][:, cols])`` (every row when
+    ``rows`` is None), the same values bit for bit, without ever holding all of it. ``s`` is
+    only valid until the next chunk is drawn (on CPU one buffer serves every chunk).
+
+    Each sort sees the same column as the whole-tensor sort would (the same kernel, one column at
+    a time), so any column-wise reduction of the chunks equals that of the whole. The scratch
+    (the sorted chunk; for ``torch.sort``, used off CPU and for other dtypes, its indices and
+    copies too; plus ``extra_rows`` rows for the caller's reduction) stays within the bounds of
+    :func:`column_chunks`.
+    """
+    m = x.shape[0] if rows is None else int(rows.numel())
+    size = x.element_size()
+    if not _numpy_sorts(x):
+        for cols in column_chunks(x, m, m * torch_sort_bytes(x) + extra_rows * size):
+            yield cols, torch.sort(x[:, cols] if rows is None else x[rows, cols], dim=0).values
+        return
+    # rows: the gathered chunk is a second copy
+    chunks = column_chunks(x, m, m * size * (1 if rows is None else 2) + extra_rows * size)
+    xn = x.detach().numpy()
+    picked = None if rows is None else rows.cpu().numpy()
+    if len(chunks) <= 1:  # the whole: exactly the unchunked sort (a contiguous copy)
+        for cols in chunks:
+            yield cols, torch.from_numpy(np.sort(xn if picked is None else xn[picked], axis=0))
+        return
+    # One buffer, a cache line wider than the chunk: numpy sorts a column by gathering its m
+    # entries, one per row; with a row stride of a power-of-two multiple of the line size
+    # (the aligned width) they all fall in a few cache sets and evict each other (3x slower).
+    width = max(c.stop - c.start for c in chunks)
+    buf = np.empty((m, width + 64 // size), dtype=xn.dtype)
+    for cols in chunks:
+        a = buf[:, : cols.stop - cols.start]
+        a[...] = xn[:, cols] if picked is None else xn[picked, cols]
+        a.sort(axis=0)  # np.sort(x, axis=0) is a copy and this in-place sort
+        yield cols, torch.from_numpy(a)
+
+
+def sorted_columns_reduce(
+    x: torch.Tensor,
+    reduce: Callable[[torch.Tensor], torch.Tensor],
+    rows: torch.Tensor | None = None,
+    extra_rows: int = 2,
+) -> torch.Tensor:
+    """``reduce(sort_columns(x[rows]))`` for a column-wise ``reduce`` (``[m, c]`` sorted to
+    ``[c]``), computed chunk by chunk (:func:`sorted_column_chunks`): the same result bit for
+    bit, with a peak of extra memory of about ``1 / SCRATCH_FRACTION`` of ``x`` plus the
+    ``[d]`` output instead of a full sorted copy. ``extra_rows``: how many ``[c]`` rows
+    ``reduce`` allocates.
+    """
+    out = torch.empty(x.shape[1], dtype=x.dtype, device=x.device)
+    for cols, s in sorted_column_chunks(x, rows, extra_rows):
+        out[cols] = reduce(s)
+    return out
+
+
 def mean_closest_to_median(s: torch.Tensor, k: int) -> torch.Tensor:
     """Per column, the mean of the ``k`` values closest to the column median.
 
@@ -197,6 +313,9 @@ def mean_closest_to_median(s: torch.Tensor, k: int) -> torch.Tensor:
     window = s[:k].sum(dim=0)
     best = window.clone()
     best_spread = torch.maximum(med - s[0], s[k - 1] - med)
+    if _numpy_sorts(s):
+        _scan_windows_numpy(s, k, med, window, best, best_spread)
+        return best.div_(k)
     spread, upper, better = torch.empty_like(med), torch.empty_like(med), torch.empty_like(med)
     # Preallocated outputs and a 0/1 float mask: torch.where and fresh tensors are 10x slower
     # than these in-place kernels on CPU.
@@ -210,6 +329,33 @@ def mean_closest_to_median(s: torch.Tensor, k: int) -> torch.Tensor:
         torch.sub(window, best, out=upper)
         best.addcmul_(upper, better)
     return best.div_(k)
+
+
+def _scan_windows_numpy(
+    s: torch.Tensor,
+    k: int,
+    med: torch.Tensor,
+    window: torch.Tensor,
+    best: torch.Tensor,
+    best_spread: torch.Tensor,
+) -> None:
+    """The window scan of :func:`mean_closest_to_median` in NumPy ufuncs on views of the same
+    memory: the same IEEE operations in the same order (so the same bits), at less cost per
+    call than torch's, which counts when the scan runs once per chunk of columns."""
+    sn, md, win, bst, bsp = (t.numpy() for t in (s, med, window, best, best_spread))
+    spread, upper, better = np.empty_like(md), np.empty_like(md), np.empty_like(md)
+    with np.errstate(all="ignore"):  # overflow to inf / NaN as in torch, silently
+        for j in range(1, s.shape[0] - k + 1):
+            np.add(win, sn[k - 1 + j], out=win)
+            np.subtract(win, sn[j - 1], out=win)
+            np.subtract(md, sn[j], out=spread)
+            np.subtract(sn[k - 1 + j], md, out=upper)
+            np.maximum(spread, upper, out=spread)
+            np.less(spread, bsp, out=better)  # strict: ties keep the lower window
+            np.minimum(spread, bsp, out=bsp)
+            np.subtract(win, bst, out=upper)
+            np.multiply(upper, better, out=upper)  # torch's addcmul_: best + upper * better
+            np.add(bst, upper, out=bst)
 
 
 def median_of_sorted(s: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ class CAF:
     ``W^1/2 Gc W^1/2`` (``Gc`` the ``mu_c``-centred Gram matrix, ``W = diag(c)/sum c``), whose
     top eigenpair is computed exactly (``eigh``; ByzFL runs one power iteration from a random
     start); ``tau`` follows as ``((Gc W^1/2 u)_i)^2 / lambda``. ``x`` is read twice in all.
+    The ``[n, n]`` filter runs on the CPU whatever ``x``'s device (one copy each way).
     """
 
     f: int = 0
@@ -36,12 +37,14 @@ class CAF:
         self.f = check_f(self.f)
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
-        """Convex weights ``w`` (float64, ``[n]``) with ``output = w^T x``."""
+        """Convex weights ``w`` (float64, ``[n]``, on ``x``'s device) with ``output = w^T x``."""
         f = self.f
         check_input(x, f"CAF(f={f})", 2 * f + 1, f"n > 2f = {2 * f}")
         n = x.shape[0]
-        g = gram(x).double()
-        c = torch.ones(n, dtype=g.dtype, device=g.device)
+        # The [n, n] filter runs on the CPU wherever x is: on a GPU, eigh of a tiny matrix and
+        # the per-round host syncs cost more than the Gram product. One copy there, [n] back.
+        g = gram(x).double().cpu()
+        c = torch.ones(n, dtype=g.dtype)
         best_w, best_lam = c / n, float("inf")
         while float(c.sum()) > n - 2 * f:
             w = c / c.sum()
@@ -57,7 +60,7 @@ class CAF:
             if not tmax > 0:  # all weighted inputs coincide: nothing left to filter
                 break
             c = (c * (1.0 - tau / tmax)).clamp_min(0.0)
-        return best_w
+        return best_w.to(x.device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.weights(x).to(x.dtype) @ x

@@ -15,7 +15,7 @@ from .base import (
     mean_of_rows,
     pairwise_sq_distances,
     smallest_sorted,
-    sort_columns,
+    sorted_columns_reduce,
 )
 
 __all__ = ["Bulyan", "Krum", "MultiKrum", "krum_scores"]
@@ -100,7 +100,8 @@ class Bulyan:
     Selection: theta = n - 2f times, Krum(f) on the inputs not yet selected picks one more
     (each time on the shrinking set, Krum's neighbour count ``max(1, |R| - f - 2)``).
     Aggregation: beta = theta - 2f; per coordinate, the mean of the beta selected values
-    closest to the selected inputs' coordinate median.
+    closest to the selected inputs' coordinate median (a chunk of coordinates at a time: the
+    selected rows are never gathered whole).
     """
 
     f: int = 0
@@ -125,4 +126,6 @@ class Bulyan:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         sel = self.select(x)
         beta = sel.numel() - 2 * self.f
-        return mean_closest_to_median(sort_columns(x[sel]), beta)
+        return sorted_columns_reduce(
+            x, lambda s: mean_closest_to_median(s, beta), rows=sel, extra_rows=8
+        )

@@ -15,8 +15,9 @@ dropped and counted. Then, by ``byzsgd-rule``:
   the closest to the estimate, is used and counted as ``byzsgd-fallback``.
 
 The worker keeps its last model, gradient, step and up to 100 past coefficients in
-``context.state``. A ``filter`` step without the previous step's state is refused (an error
-reply); the server then sends the median set, so the worker recovers on its next step.
+``context.state`` (saved beside a checkpoint after each step by ``GradientClient``, so that a
+resumed run filters on). A ``filter`` step without the previous step's state is refused (an
+error reply); the server then sends the median set, so the worker recovers on its next step.
 """
 
 from __future__ import annotations

@@ -38,6 +38,9 @@ Gradients are vectors over the model's floating-point arrays, in state-dict orde
 no gradient, e.g. BatchNorm statistics, are zero). Every reply also carries a MetricRecord
 ``"metrics"`` with ``train-loss`` and ``num-examples`` (the local data size). Per-run state in
 ``context.state`` is namespaced by the strategy's ``state-key``; a new key drops the old state.
+In a checkpointed run the state is also saved beside the checkpoint after every op, and a
+resumed run's node loads it back (``flwr_byz.clients.state``: ``save_run_state``,
+``load_run_state``).
 A data attack (LabelFlip, see ``label_flip_requested``) flips the labels before the step.
 """
 
@@ -77,7 +80,7 @@ from ..protocol.keys import (
     TRAIN_LOSS_KEY,
     VECTOR_KEY,
 )
-from ..protocol.records import Layout, flatten, layout_of, payload_record, unflatten
+from ..protocol.records import Layout, flatten, layout_of, payload_record, to_state_dict, unflatten
 from .byzsgd import worker_step
 from .mods import label_flip_requested
 from .state import (
@@ -89,7 +92,9 @@ from .state import (
     MOMENTUM,
     drop,
     load_count,
+    load_run_state,
     load_vector,
+    save_run_state,
     store_count,
     store_vector,
 )
@@ -147,6 +152,7 @@ class GradientClient:
         op = config.get(OP_KEY)
         if op not in OPS:
             raise ValueError(f"GradientClient: unknown op {op!r}; it answers {OPS}")
+        load_run_state(context, config)  # a resumed run: this node's saved state
         x, y = self.data_fn(context, config)
         if label_flip_requested(msg, context):
             y = self._flip(y, x, config)
@@ -159,6 +165,7 @@ class GradientClient:
             out[VECTOR_KEY], loss, counts = worker_step(self, context, config, msg.content, xb, yb)
             metrics: dict[str, Any] = {TRAIN_LOSS_KEY: loss, NUM_EXAMPLES_KEY: len(y), **counts}
             out[METRICS_KEY] = MetricRecord(metrics)
+            save_run_state(context, config)
             return Message(content=RecordDict(out), reply_to=msg)
         if POINT_KEY not in arrays:
             raise ValueError(f"GradientClient: the message has no {POINT_KEY!r} record (the model)")
@@ -190,6 +197,7 @@ class GradientClient:
             payload = compressor.compress(delta, int(config.get(COMPRESSOR_SEED_KEY, 0)))
             out[PAYLOAD_KEY] = payload_record(payload)
         out[METRICS_KEY] = MetricRecord({TRAIN_LOSS_KEY: loss, NUM_EXAMPLES_KEY: len(y)})
+        save_run_state(context, config)  # a checkpointed run: beside the checkpoint
         return Message(content=RecordDict(out), reply_to=msg)
 
     # --- the numeric step ----------------------------------------------------------------------
@@ -203,7 +211,7 @@ class GradientClient:
     ) -> tuple[torch.Tensor, float]:
         """(gradient of ``loss_fn`` at ``point`` on the batch as a flat vector, the loss)."""
         model = self.model_fn(config).to(self.device)
-        model.load_state_dict(point.to_torch_state_dict())
+        model.load_state_dict(to_state_dict(point))  # the bytes checked before decoding
         model.train()
         model.zero_grad(set_to_none=True)
         loss = self.loss_fn(model, x, y)

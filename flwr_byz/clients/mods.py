@@ -72,7 +72,7 @@ from .injection import (
     target_of,
     write_back,
 )
-from .state import EF21_G, EF21_G_PREV, load_vector, store_vector
+from .state import EF21_G, EF21_G_PREV, load_vector, save_run_state, store_vector
 
 __all__ = [
     "byzantine_app",
@@ -211,6 +211,7 @@ def _byzantine_step(
     write_back(reply.content, target, surface.to_wire(node, forged, compressed=target.compressed))
     if config is not None and EF21_VERSION_KEY in config:
         _ef21_sync(context, config, reply, target, copy)
+        save_run_state(context, config)  # the forged copy, over the honest step's file
     return reply
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ..files import write_bytes
 
 __all__ = ["NodeKeys", "TlsFiles", "make_node_keys", "make_tls"]
 
@@ -44,15 +45,9 @@ class NodeKeys:
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if private:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-    else:
-        path.write_bytes(data)
-    return path
+    """Write ``data`` atomically (parents created); a private key is 0600 from its first
+    byte, also where it replaces a file of another mode."""
+    return write_bytes(path, data, mode=0o600 if private else None)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -9,16 +9,25 @@ replies, which a SuperNode does not see, and are refused here.
 
 The ServerApp writes the same result JSON as a simulation; ``deploy`` adds to its ``config``
 ``deployment = true``, ``tls`` and ``auth`` (the transport and node authentication used).
+
+The work directory holds the private keys of the SuperLink and of every SuperNode, each
+process's ``FLWR_HOME`` and the logs: ``deploy`` deletes it at the end (success, error, Ctrl-C,
+SIGTERM) unless asked to keep it, and deletes only what it created (:class:`WorkDir`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from logging import WARNING
 from pathlib import Path
+
+from flwr.common.logger import log as flwr_log
 
 from ..attacks import get_attack
 from ..protocol.keys import ATTACK_SEED_KEY
@@ -27,7 +36,7 @@ from ..simulations.result import Result
 from ..simulations.runner import byzantine_partitions, prepare
 from .federation import LocalDeployment, NodeSpec
 
-__all__ = ["DeploymentError", "deploy", "find_app", "node_specs", "round_lines"]
+__all__ = ["DeploymentError", "WorkDir", "deploy", "find_app", "node_specs", "round_lines"]
 
 #: Called with (round, rounds, accuracy) for every round the ServerApp logs.
 OnProgress = Callable[[int, int, float], None]
@@ -37,6 +46,81 @@ _ROUND = re.compile(r"\[flwr-byz\] round (\d+)/(\d+)\s+accuracy ([0-9.naN]+)")
 
 class DeploymentError(RuntimeError):
     """The deployment or its run failed; the message names the log to read."""
+
+
+WORKDIR_PREFIX = "flwr-byz-deploy-"
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    """Where a deployment keeps its credentials, ``FLWR_HOME``s and logs, and what ``deploy``
+    deletes at the end: only what it created.
+
+    * no ``--workdir``: a new temporary directory ``flwr-byz-deploy-*``, deleted whole;
+    * a ``--workdir`` that does not exist: created (with its missing parents) and used as is;
+      the topmost directory created is deleted;
+    * a ``--workdir`` that exists: a new ``flwr-byz-deploy-*`` directory inside it is used and
+      deleted; nothing else in it is touched (a stale ``keys/`` of an earlier run included).
+
+    ``owned`` is the directory to delete (None until :meth:`create` for an existing parent).
+    """
+
+    requested: Path | None
+    owned: Path | None
+
+    @classmethod
+    def plan(cls, workdir: str | Path | None) -> WorkDir:
+        """What :meth:`create` will create, without creating anything; ``ValueError`` for a
+        ``workdir`` that exists but is not a directory."""
+        if workdir is None:
+            return cls(None, None)
+        path = Path(workdir).absolute()
+        if path.exists():
+            if not path.is_dir():
+                raise ValueError(f"--workdir {workdir} exists and is not a directory")
+            return cls(path, None)
+        top = path
+        while not top.parent.exists():
+            top = top.parent
+        return cls(path, top)
+
+    def owns(self, path: str | Path) -> bool:
+        """Whether ``path`` lies in the directory that will be deleted."""
+        if self.owned is None:
+            return False
+        return Path(path).absolute().is_relative_to(self.owned)
+
+    def create(self) -> tuple[Path, Path]:
+        """Create the work directory: (where the deployment writes, what to delete)."""
+        if self.requested is None:
+            work = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+            return work, work
+        if self.owned is None:
+            work = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX, dir=self.requested))
+            return work, work
+        self.requested.mkdir(parents=True)  # not exist_ok: we delete only what we created
+        return self.requested, self.owned
+
+
+def remove_workdir(path: Path, attempts: int = 3) -> bool:
+    """Delete ``path`` and everything in it (retried: a process being stopped may still add a
+    file); False, with a warning logged, if something could not be deleted."""
+    for attempt in range(attempts):
+        try:
+            shutil.rmtree(path)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            if attempt == attempts - 1:
+                flwr_log(
+                    WARNING,
+                    "flwr-byz deploy: could not delete the work directory %s: %s",
+                    path,
+                    exc,
+                )
+            time.sleep(0.2)
+    return False
 
 
 def find_app(app: str | Path | None = None) -> Path:
@@ -93,10 +177,15 @@ def deploy(
     app: str | Path | None = None,
     on_round: OnProgress | None = None,
     timeout: float = 3600.0,
+    keep_workdir: bool = False,
+    on_workdir: Callable[[Path], None] | None = None,
 ) -> Result:
     """Start the deployment, run ``config`` on it with ``flwr run``, stop every process, and
     return (and write to ``config.out``) the result. ``insecure``: no TLS, no node
-    authentication (local tests only)."""
+    authentication (local tests only). The work directory (``workdir``, see :class:`WorkDir`)
+    is deleted when this returns or raises, unless ``keep_workdir``; ``on_workdir(path)`` is
+    called once it exists. ``ValueError`` before anything starts when ``config.out`` or the
+    checkpoint would lie in the directory to delete."""
     if not config.out:
         raise ValueError("deploy needs config.out (where the ServerApp writes the result)")
     cfg = dataclasses.replace(prepare(config), injection="nodes")
@@ -108,31 +197,58 @@ def deploy(
         out=str(out),
         checkpoint=str(Path(cfg.checkpoint).resolve()) if cfg.checkpoint else None,
     )
+    plan = WorkDir.plan(workdir)
+    for what, path in (("--out", out), ("--checkpoint", run_cfg.checkpoint)):
+        if path and not keep_workdir and plan.owns(path):
+            raise ValueError(
+                f"{what} {path} lies in the work directory {plan.owned}, which deploy deletes "
+                "at the end: put it elsewhere or pass --keep-workdir"
+            )
     if out.exists():
         out.unlink()  # a stale file must not pass for this run's result
-    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="flwr-byz-deploy-"))
-    tls = auth = not insecure
-    with LocalDeployment(work, node_specs(cfg), tls=tls, auth=auth) as deployment:
-        run = deployment.start_run(app_dir, run_cfg.to_run_config())
-        seen = 0
-        deadline = time.monotonic() + timeout
-        while run.running():
-            if time.monotonic() > deadline:
-                raise DeploymentError(f"the run did not finish in {timeout:.0f} s; see {run.log}")
-            time.sleep(0.5)
-            seen = _report(run.log, seen, on_round)
-        _report(run.log, seen, on_round)
-        if not out.exists():
-            raise DeploymentError(
-                f"the run ended without a result (exit code {run.popen.returncode}); "
-                f"see {run.log} and the logs in {work / 'logs'}:\n{run.tail(20)}"
-            )
-    result = Result.load(out)
-    result.config.update(
-        {"deployment": True, "tls": tls, "auth": auth, "nodes": cfg.clients, "workdir": str(work)}
+    work, owned = plan.create()
+    try:
+        if on_workdir is not None:
+            on_workdir(work)
+        tls = auth = not insecure
+        with LocalDeployment(work, node_specs(cfg), tls=tls, auth=auth) as deployment:
+            run = deployment.start_run(app_dir, run_cfg.to_run_config())
+            seen = 0
+            deadline = time.monotonic() + timeout
+            while run.running():
+                if time.monotonic() > deadline:
+                    raise DeploymentError(
+                        f"the run did not finish in {timeout:.0f} s; "
+                        f"{_logs(run.log, work, keep_workdir)}:\n{run.tail(20)}"
+                    )
+                time.sleep(0.5)
+                seen = _report(run.log, seen, on_round)
+            _report(run.log, seen, on_round)
+            if not out.exists():
+                raise DeploymentError(
+                    f"the run ended without a result (exit code {run.popen.returncode}); "
+                    f"{_logs(run.log, work, keep_workdir)}:\n{run.tail(20)}"
+                )
+        result = Result.load(out)
+        kept = str(work) if keep_workdir else None  # a deleted directory is not recorded
+        result.config.update(
+            {"deployment": True, "tls": tls, "auth": auth, "nodes": cfg.clients, "workdir": kept}
+        )
+        result.save(out)
+        return result
+    finally:  # the processes are stopped (the with block): delete their files
+        if not keep_workdir:
+            remove_workdir(owned)
+
+
+def _logs(run_log: Path, work: Path, kept: bool) -> str:
+    """Where to read the logs: the kept files, or the tail below (the directory is deleted)."""
+    if kept:
+        return f"see {run_log} and the logs in {work / 'logs'}"
+    return (
+        f"the end of {run_log.name} below (the work directory with the logs is deleted; "
+        "--keep-workdir keeps it)"
     )
-    result.save(out)
-    return result
 
 
 def _report(log: Path, seen: int, on_round: OnProgress | None) -> int:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import write_text
 from ..protocol.keys import ATTACK_KEY, NUM_PARTITIONS_KEY, PARTITION_ID_KEY
 from .credentials import NodeKeys, TlsFiles, make_node_keys, make_tls
 from .processes import ManagedProcess, ProcessSet, descendants
@@ -238,7 +239,7 @@ class LocalDeployment:
             lines.append(f"root-certificates = {json.dumps(str(self.tls_files.ca_cert))}")
         else:
             lines.append("insecure = true")
-        (Path(self.cli_env["FLWR_HOME"]) / "config.toml").write_text("\n".join(lines) + "\n")
+        write_text(Path(self.cli_env["FLWR_HOME"]) / "config.toml", "\n".join(lines) + "\n")
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         """Run ``flwr <args>`` against this deployment's SuperLink."""
@@ -327,7 +328,7 @@ class LocalDeployment:
         """``flwr run <app> <connection> --run-config <file> --stream`` in the background."""
         self._runs += 1
         config_file = self.workdir / f"run-{self._runs}.toml"
-        config_file.write_text(run_config_toml(run_config))
+        write_text(config_file, run_config_toml(run_config))
         command = [
             _executable("flwr"),
             "run",

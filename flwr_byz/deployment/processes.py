@@ -3,8 +3,9 @@ and stopped with everything they spawned (Flower's SuperLink/SuperNode start Sup
 ``flwr-serverapp`` and ``flwr-clientapp`` processes, some of them in sessions of their own).
 
 ``ProcessSet.stop_all`` is idempotent and is also registered with ``atexit``, so the processes
-go away on normal exit, on an exception and on Ctrl-C (``KeyboardInterrupt``) alike; the CLI
-turns SIGTERM/SIGHUP into the same path (``handle_termination``).
+go away on normal exit, on an exception and on Ctrl-C alike; ``handle_termination`` turns
+SIGTERM/SIGHUP into the same path (the ``flwr-byz`` CLI does so for SIGINT as well:
+``flwr_byz.interrupt``).
 """
 
 from __future__ import annotations
@@ -18,48 +19,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import IO
+
+from ..interrupt import descendants, handle_interrupts
 
 __all__ = [
     "ManagedProcess",
     "ProcessSet",
     "descendants",
     "handle_termination",
+    "stop_together",
     "with_marker",
 ]
-
-
-def _children_map() -> dict[int, list[int]]:
-    """parent PID -> child PIDs, from ``/proc`` (empty where there is no ``/proc``)."""
-    out: dict[int, list[int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return out
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        out.setdefault(parent, []).append(int(entry))
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children first seen, breadth first)."""
-    children = _children_map()
-    found: list[int] = []
-    todo = list(children.get(pid, []))
-    while todo:
-        child = todo.pop(0)
-        if child not in found:
-            found.append(child)
-            todo.extend(children.get(child, []))
-    return found
 
 
 def with_marker(marker: str) -> list[int]:
@@ -123,20 +94,7 @@ class ManagedProcess:
 
     def stop(self, grace: float = 10.0, sig: int = signal.SIGTERM) -> None:
         """``sig`` to the process tree, SIGKILL after ``grace`` seconds to what is left."""
-        pids = self.tree()
-        _signal(pids, sig)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
-            self.popen.poll()  # reap our child so it does not linger as a zombie
-            time.sleep(0.1)
-        _signal([p for p in pids + descendants(self.pid) if _alive(p)], signal.SIGKILL)
-        try:
-            self.popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
-            pass
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        stop_together([self], grace, sig)
 
     def kill(self) -> None:
         """SIGKILL the process tree at once (a crash, as the fault tests stage it)."""
@@ -149,6 +107,30 @@ class ManagedProcess:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_together(
+    processes: Sequence[ManagedProcess], grace: float = 10.0, sig: int = signal.SIGTERM
+) -> None:
+    """``sig`` to every process tree at once, SIGKILL after ``grace`` seconds to what is
+    left (the slowest one sets the time, not their sum: a SuperNode takes about 2 s)."""
+    trees = [process.tree() for process in processes]
+    for pids in trees:
+        _signal(pids, sig)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for pids in trees for p in pids):
+        for process in processes:
+            process.popen.poll()  # reap our child so it does not linger as a zombie
+        time.sleep(0.1)
+    for process, pids in zip(processes, trees, strict=True):
+        _signal([p for p in pids + descendants(process.pid) if _alive(p)], signal.SIGKILL)
+        try:
+            process.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
+            pass
+        if process._fh is not None:
+            process._fh.close()
+            process._fh = None
 
 
 class ProcessSet:
@@ -182,12 +164,14 @@ class ProcessSet:
         self.processes.append(process)
         return process
 
-    def stop_all(self) -> None:
-        """Stop every process (newest first), then whatever still runs with ``marker`` in its
-        command line (children orphaned by a crashed parent leave its tree: Flower's SuperExec
-        and apps); safe to call more than once."""
-        while self.processes:
-            self.processes.pop().stop()
+    def stop_all(self, grace: float = 5.0) -> None:
+        """Stop every process at once (SIGTERM, newest first; SIGKILL after ``grace`` seconds
+        to what is left), then whatever still runs with ``marker`` in its command line
+        (children orphaned by a crashed parent leave its tree: Flower's SuperExec and apps);
+        safe to call more than once."""
+        processes = self.processes[::-1]
+        self.processes.clear()
+        stop_together(processes, grace)
         if self.marker:
             orphans = with_marker(self.marker)
             _signal(orphans, signal.SIGTERM)
@@ -203,15 +187,9 @@ class ProcessSet:
 
 @contextmanager
 def handle_termination() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGHUP raise ``SystemExit`` (so ``finally`` clauses and
-    context managers clean up as on Ctrl-C); the previous handlers are restored after."""
-
-    def _exit(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    saved = {sig: signal.signal(sig, _exit) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
+    """Within the block, SIGTERM and SIGHUP raise ``flwr_byz.interrupt.Interrupted`` (a
+    ``SystemExit`` with code 128 + the signal), so ``finally`` clauses and context managers
+    clean up as on Ctrl-C; a second signal ends the process at once. The previous handlers
+    are restored after."""
+    with handle_interrupts((signal.SIGTERM, signal.SIGHUP)):
         yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)

@@ -34,11 +34,20 @@ What this module follows, and the differences:
   keeps the client's g_i equal to the server's copy, so a lost reply never makes them drift.
 - Byz-EF21 is eta = 1 with the same stochastic gradients (the authors' code uses full local
   gradients for it). BR-CSGD: ``x^{t+1} = x^t - gamma RAgg({C(s_i)})``, no error feedback.
+- Dense resets are bounded (ours; the paper has no resets after the first round): a node
+  whose reset sets its copy in one round would otherwise skip the ``d/K`` rounds its
+  compressed messages take. :func:`refuse_resets` refuses a reset within ``interval`` rounds
+  of the node's last accepted one (``reset-limit``; first contact is always taken), or one
+  whose norm exceeds ``norm_bound`` times the median norm of the copies the server would hold
+  (``reset-norm``). A refused reset is not clipped (the client's g would then differ from the
+  copy for good): the server keeps its copy and version, and the handshake makes the client
+  send its reset again the next time it is sampled.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -52,7 +61,12 @@ from .sampling import plan_round as _plan_round
 from .surface import IdentitySurface, OffsetSurface
 
 __all__ = [
+    "DEFAULT_RESET_INTERVAL",
+    "DEFAULT_RESET_NORM_BOUND",
     "NO_COUNT",
+    "NO_ROUND",
+    "RESET_LIMIT",
+    "RESET_NORM",
     "BRCSGDState",
     "Compress",
     "EF21ClientState",
@@ -64,6 +78,8 @@ __all__ = [
     "client_step",
     "handshake",
     "plan_round",
+    "refuse_resets",
+    "reset_norm_ratios",
     "server_step",
 ]
 
@@ -152,17 +168,37 @@ def client_step(
 
 
 # --- server ------------------------------------------------------------------------------------
+NO_ROUND = -(2**62)
+"""``last_reset`` of a node with no accepted reset."""
+
+DEFAULT_RESET_INTERVAL = 10
+"""At most one dense reset per node per this many rounds (first contact is always taken): with
+TopK(0.1) the compressed messages need ``d/K = 10`` rounds to set a whole copy too."""
+
+DEFAULT_RESET_NORM_BOUND = 100.0
+"""A dense reset's norm may be at most this many times the median norm of the copies (an
+honest reset is a fresh momentum, a few times the norm of the averaged ones)."""
+
+RESET_LIMIT = "reset-limit"
+"""Rejection reason: a dense reset within ``interval`` rounds of the node's last one."""
+
+RESET_NORM = "reset-norm"
+"""Rejection reason: a dense reset whose norm exceeds the bound."""
+
+
 @dataclass(frozen=True)
 class EF21State:
     """Server: the model x^t, the start x^0 and a copy ``g_i`` per known node: ``copies``
     ``[N, d]`` and ``known`` ``[N]`` bool over ``node_ids`` (sorted; the aggregate stacks the
-    known copies in that order)."""
+    known copies in that order); ``last_reset`` ``[N]`` long: the round of each node's last
+    accepted dense reset (:data:`NO_ROUND`: none)."""
 
     x: torch.Tensor
     x0: torch.Tensor
     node_ids: tuple[int, ...] = ()
     copies: torch.Tensor | None = None
     known: torch.Tensor | None = None
+    last_reset: torch.Tensor | None = None
 
     def with_nodes(self, nodes: Sequence[int]) -> EF21State:
         """The state with a slot (no copy yet) for each of ``nodes`` it lacks."""
@@ -171,13 +207,17 @@ class EF21State:
             return self
         ids = sorted(self.node_ids + tuple(new))
         d = self.x.numel()
-        copies = torch.zeros(len(ids), d, dtype=self.x.dtype, device=self.x.device)
-        known = torch.zeros(len(ids), dtype=torch.bool, device=self.x.device)
+        dev = self.x.device
+        copies = torch.zeros(len(ids), d, dtype=self.x.dtype, device=dev)
+        known = torch.zeros(len(ids), dtype=torch.bool, device=dev)
+        last = torch.full((len(ids),), NO_ROUND, dtype=torch.long, device=dev)
         if self.copies is not None and self.known is not None:
             old = torch.tensor([ids.index(n) for n in self.node_ids], dtype=torch.long)
             copies[old] = self.copies
             known[old] = self.known
-        return replace(self, node_ids=tuple(ids), copies=copies, known=known)
+            if self.last_reset is not None:
+                last[old] = self.last_reset.to(dev)
+        return replace(self, node_ids=tuple(ids), copies=copies, known=known, last_reset=last)
 
     def row(self, node: int) -> int | None:
         """The slot of ``node`` (None: none)."""
@@ -209,6 +249,70 @@ class EF21State:
         """How many nodes the server holds a copy of."""
         return 0 if self.known is None else int(self.known.sum())
 
+    def rows_of(self, nodes: Sequence[int]) -> torch.Tensor:
+        """``[m]`` long: the slots of ``nodes`` (-1 where a node has none)."""
+        rows = [self.row(n) for n in nodes]
+        return torch.tensor([-1 if r is None else r for r in rows], dtype=torch.long)
+
+
+def refuse_resets(
+    state: EF21State,
+    nodes: Sequence[int],
+    resets: torch.Tensor,
+    *,
+    server_round: int,
+    interval: int = DEFAULT_RESET_INTERVAL,
+    norm_bound: float = DEFAULT_RESET_NORM_BOUND,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which of the dense resets ``resets`` ``[m, d]`` of ``nodes`` (distinct, finite) the
+    server refuses in round ``server_round``: (``too_soon`` ``[m]``, ``too_large`` ``[m]``),
+    disjoint bool masks (module doc).
+
+    ``too_soon`` (:data:`RESET_LIMIT`): the node's last accepted reset was fewer than
+    ``interval`` rounds ago (``interval <= 0``: no limit; a node with no accepted reset, first
+    contact, is never too soon). ``too_large`` (:data:`RESET_NORM`), among the others: the
+    reset's norm exceeds ``norm_bound`` times the median norm of the copies the server would
+    hold after taking them (the known copies of the other nodes and the resets not too soon;
+    ``norm_bound <= 0`` or infinite: no bound; a zero median bounds nothing)."""
+    m = len(nodes)
+    none = torch.zeros(m, dtype=torch.bool, device=resets.device)
+    if m == 0:
+        return none, none.clone()
+    too_soon = none.clone()
+    rows = state.rows_of(nodes).to(resets.device)
+    if interval > 0 and state.last_reset is not None:
+        last = torch.where(
+            rows >= 0, state.last_reset.to(resets.device)[rows.clamp(min=0)], NO_ROUND
+        )
+        too_soon = (server_round - last) < interval
+    if not (0 < norm_bound < math.inf):
+        return too_soon, none
+    ratios = reset_norm_ratios(state, nodes, resets, taken=~too_soon)
+    return too_soon, ~too_soon & (ratios > norm_bound)
+
+
+def reset_norm_ratios(
+    state: EF21State, nodes: Sequence[int], resets: torch.Tensor, taken: torch.Tensor
+) -> torch.Tensor:
+    """``[m]``: each reset's norm over the median norm of the copies the server would hold
+    after taking the resets of ``taken`` ``[m]`` bool (the known copies of the nodes not taken
+    and those resets); 0 where that median is 0 or there is no copy at all
+    (:func:`refuse_resets` refuses a ratio above its ``norm_bound``)."""
+    norms = torch.linalg.vector_norm(resets, dim=1)
+    pool = [norms[taken]]
+    if state.copies is not None and state.known is not None:
+        rows = state.rows_of(nodes).to(taken.device)
+        others = state.known.clone()
+        others[rows[(rows >= 0) & taken].to(others.device)] = False
+        if bool(others.any()):
+            kept = torch.linalg.vector_norm(state.copies, dim=1)[others]
+            pool.append(kept.to(norms.device, norms.dtype))
+    ref = torch.cat(pool)
+    median = ref.median() if ref.numel() else norms.new_zeros(())
+    if not bool(median > 0):
+        return torch.zeros_like(norms)
+    return norms / median
+
 
 def server_step(
     state: EF21State,
@@ -218,10 +322,12 @@ def server_step(
     aggregate: Aggregate,
     *,
     lr: float,
+    server_round: int | None = None,
 ) -> tuple[EF21State, dict[str, Any]]:
     """The server's copies from the accepted replies ``[m, d]`` of ``nodes``: ``g_i = reply``
-    where ``reset`` (a dense first reply), ``g_i = g_i + c_i`` elsewhere; then ``x^{t+1} = x^t
-    - gamma RAgg({g_i})`` over every known copy (stale ones too). On no aggregate x is kept.
+    where ``reset`` (a dense reset), ``g_i = g_i + c_i`` elsewhere; then ``x^{t+1} = x^t -
+    gamma RAgg({g_i})`` over every known copy (stale ones too). On no aggregate x is kept.
+    ``server_round``: recorded as the ``last_reset`` of the reset rows (None: not recorded).
     Stats: ``resets``, ``copies``, ``skipped``."""
     state = state.with_nodes(nodes)
     if state.copies is None or state.known is None:  # no node has ever replied
@@ -237,6 +343,10 @@ def server_step(
             raise ValueError("a compressed reply from a node the server has no copy of")
         copies[rows] = torch.where(reset[:, None], vecs, copies[rows] + vecs)
         known[rows] = True
+        if server_round is not None and state.last_reset is not None and bool(reset.any()):
+            last = state.last_reset.clone()
+            last[rows[reset.to(rows.device)]] = int(server_round)
+            state = replace(state, last_reset=last)
     state = replace(state, copies=copies, known=known)
     every = bool(known.all())
     agg = aggregate(copies if every else copies[known]) if every or bool(known.any()) else None

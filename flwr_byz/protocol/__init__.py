@@ -5,15 +5,30 @@ payload records (``payload``). Every name of ``keys`` is importable from here.""
 from . import keys
 from .keys import *  # noqa: F403 (the whole contract; its names are listed in keys.__all__)
 from .payload import PayloadCodec
-from .records import Layout, flatten, layout_of, payload_record, record_payload, unflatten
+from .records import (
+    Layout,
+    OversizeError,
+    array_view,
+    check_array,
+    flatten,
+    layout_of,
+    payload_record,
+    record_payload,
+    to_state_dict,
+    unflatten,
+)
 
 __all__ = [
     *keys.__all__,
     "Layout",
+    "OversizeError",
     "PayloadCodec",
+    "array_view",
+    "check_array",
     "flatten",
     "layout_of",
     "payload_record",
     "record_payload",
+    "to_state_dict",
     "unflatten",
 ]

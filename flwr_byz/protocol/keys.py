@@ -23,9 +23,11 @@ __all__ = [
     "BYZSGD_REJECTED_KEY",
     "BYZSGD_RULES",
     "BYZSGD_RULE_KEY",
+    "CLIENT_STATE_DIR_KEY",
     "COMPRESSOR_KEY",
     "COMPRESSOR_SEED_KEY",
     "CONFIG_KEY",
+    "COPIES_KEY",
     "DATASET_KEY",
     "EF21_VERSION_KEY",
     "F_SERVERS_KEY",
@@ -57,6 +59,8 @@ __all__ = [
     "PREV_KEY",
     "REJECTED_KEY",
     "REPLICA_KEY",
+    "RESETS_KEY",
+    "RESUME_ROUND_KEY",
     "SAMPLED_KEY",
     "SEED_KEY",
     "SERVER_ROUND_KEY",
@@ -64,6 +68,7 @@ __all__ = [
     "STATE_KEY",
     "STEP_KEY",
     "TRAIN_LOSS_KEY",
+    "UNMETERED_KEYS",
     "VECTOR_KEY",
     "WEIGHT_DECAY_KEY",
 ]
@@ -119,6 +124,15 @@ BETA_KEY = "beta"
 STATE_KEY = "state-key"
 #: The server round (Flower's FedAvg sets it too); seeds per-node attacks.
 SERVER_ROUND_KEY = "server-round"
+#: The folder where a node keeps its per-run state after each round it trains in, for a
+#: resumed run (``<checkpoint>.clients``; the runner sends it when the run checkpoints).
+CLIENT_STATE_DIR_KEY = "client-state-dir"
+#: The round of the checkpoint a resumed run continues from: a node with no state for the run
+#: loads its saved state of the latest round <= this one from ``CLIENT_STATE_DIR_KEY``.
+RESUME_ROUND_KEY = "resume-round"
+#: The runner's bookkeeping keys above, not the methods' protocol: left out of the bytes a run
+#: meters, so that checkpointing or resuming does not change a run's numbers.
+UNMETERED_KEYS = (CLIENT_STATE_DIR_KEY, RESUME_ROUND_KEY)
 #: Step size (ByzSGD worker's filters; the simulation app's local SGD).
 LR_KEY = "lr"
 #: ByzSGD step t.
@@ -199,3 +213,8 @@ REJECTED_KEY = "rejected"
 SAMPLED_KEY = "sampled"
 #: Round metric: 1 (or the replicas count) when the robust step could not run.
 SKIPPED_KEY = "skipped"
+#: Round metric (Byz-EF21-SGDM): dense resets accepted (a node's copy g_i set from a dense
+#: reply); the refused ones count as ``rejected-reset-limit`` / ``rejected-reset-norm``.
+RESETS_KEY = "resets"
+#: Round metric (Byz-EF21-SGDM): copies g_i the server holds (all aggregated, stale ones too).
+COPIES_KEY = "copies"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import torch
-from flwr.app import RecordDict
+from flwr.app import ArrayRecord, RecordDict
 
 from ..compressors import Compressor, compressor_spec, get_compressor
 from .keys import PAYLOAD_KEY
@@ -57,13 +57,17 @@ class PayloadCodec:
         check: Callable[[int], None] | None = None,
     ) -> Callable[[int, RecordDict], torch.Tensor]:
         """``decode(node, content)`` for ``validate_replies``: the dense ``[d]`` vector of the
-        reply's payload. A payload carrying a seed (RandK) must carry the seed sent to that
-        node (``seeds``); ``check(node)`` may refuse the node first. Raises ``ValueError``."""
+        reply's payload. The payload's keys, shapes, dtypes and byte lengths must be this
+        compressor's at ``d`` (float32 or float64 values) before anything is read. A payload
+        carrying a seed (RandK) must carry the seed sent to that node (``seeds``);
+        ``check(node)`` may refuse the node first. Raises ``ValueError`` (``OversizeError``
+        for an array carrying more bytes than its declared shape and dtype)."""
 
         def decode(node: int, content: RecordDict) -> torch.Tensor:
             if check is not None:
                 check(node)
-            payload = record_payload(content.array_records[PAYLOAD_KEY])
+            record = content.array_records[PAYLOAD_KEY]
+            payload = record_payload(record, self.expected(record, d))
             if "seed" in payload:
                 sent = seeds.get(node)
                 got = payload["seed"].reshape(-1)
@@ -72,6 +76,11 @@ class PayloadCodec:
             return self.compressor.decompress(payload, d)
 
         return decode
+
+    def expected(self, record: ArrayRecord, d: int) -> Layout:
+        """The layout ``record`` must have at ``d``: the payload of a float64 vector if
+        ``record`` holds a float64 array, else of a float32 one (read from the headers)."""
+        return self.layout(d, layout_of(record).vector_dtype)
 
     def __repr__(self) -> str:
         return f"PayloadCodec({self.compressor!r})"

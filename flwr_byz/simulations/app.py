@@ -51,6 +51,7 @@ from ..protocol.keys import (
     TRAIN_LOSS_KEY,
     WEIGHT_DECAY_KEY,
 )
+from ..protocol.records import to_state_dict
 from .config import ExperimentConfig
 from .datasets import Dataset, client_data, load_dataset
 from .metering import wait_for_nodes
@@ -117,7 +118,7 @@ def train(msg: Message, context: Context) -> Message:
     if label_flip_requested(msg, context):
         y = LabelFlip(num_classes=dataset.num_classes)(y)
     model = build_model(str(cfg[MODEL_KEY]), dataset.input_shape, dataset.num_classes)
-    model.load_state_dict(msg.content.array_records[POINT_KEY].to_torch_state_dict())
+    model.load_state_dict(to_state_dict(msg.content.array_records[POINT_KEY]))  # bytes checked
     loss = train_epochs(
         model,
         x,

@@ -4,6 +4,7 @@ attacks."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
@@ -20,10 +21,23 @@ from rich.table import Table
 
 from flwr_byz.aggregators import AGGREGATORS, WRAPPERS
 from flwr_byz.attacks import ATTACKS
+from flwr_byz.files import check_writable, write_text
 
 from .config import ExperimentConfig, parse_params
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """The ``flwr-byz`` app: every command ends on Ctrl-C (SIGINT), SIGTERM or SIGHUP within
+    seconds, with one line on stderr (where it stopped, how to continue), no traceback, none
+    of its processes left and exit code 130 / 143 / 129 (``flwr_byz.interrupt.guarded``)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from flwr_byz.interrupt import guarded
+
+        return guarded(super().__call__, *args, hint=lambda: INTERRUPT_HINT, **kwargs)
+
+
+app = _App(
     help="Byzantine-robust federated learning for Flower.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -58,6 +72,61 @@ def _key(cfg: ExperimentConfig) -> str:
     return json.dumps(dataclasses.replace(cfg, out=None).to_dict(), sort_keys=True, default=str)
 
 
+#: What to do about an interrupted command (set while it trains, e.g. how to resume a run;
+#: cleared when it ends normally): the interrupt message ends with it.
+INTERRUPT_HINT: str | None = None
+
+
+def _fail(message: str) -> typer.Exit:
+    """Print ``message`` as one ``error:`` line; the ``Exit(2)`` to raise."""
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    return typer.Exit(2)
+
+
+def _writable(path: str | Path, what: str) -> None:
+    """Fail in one line, before any training, unless a file can be written at ``path``."""
+    try:
+        check_writable(path, what)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _writable_dir(directory: Path, what: str, name: str = "results.md") -> None:
+    """Fail in one line unless ``directory`` is (or can be made) a directory whose files
+    (``name`` among them) can be written."""
+    if directory.exists() and not directory.is_dir():
+        raise _fail(f"{what} {directory} is a file; give a directory")
+    _writable(directory / name, what)
+
+
+#: Options that change how a run executes, not what it computes: left out of a grid run's key.
+_EXECUTION_OPTIONS = ("out", "checkpoint", "resume", "threads", "ray_address")
+
+
+def run_digest(config: dict[str, Any]) -> str:
+    """A short hash of a run's resolved config (``ExperimentConfig.to_dict()`` or a result's
+    ``config``; the execution options and any other key left out): what ``grid`` keys the
+    result files of its runs by."""
+    names = {fd.name for fd in dataclasses.fields(ExperimentConfig)} - set(_EXECUTION_OPTIONS)
+    values = {k: v for k, v in config.items() if k in names}
+    text = json.dumps(values, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _finished(cfg: ExperimentConfig) -> Any:
+    """The ``Result`` stored at ``cfg.out`` when it is a finished run of ``cfg``, else None
+    (absent, unreadable, cut short, or of another config)."""
+    from .result import Result
+
+    assert cfg.out is not None
+    try:
+        result = Result.load(cfg.out)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    same = run_digest(result.config) == run_digest(cfg.resolved().to_dict())
+    return result if same and len(result.rounds) == cfg.rounds else None
+
+
 def _label(cfg: ExperimentConfig) -> str:
     from .report import run_label
 
@@ -67,7 +136,10 @@ def _label(cfg: ExperimentConfig) -> str:
 
 @contextmanager
 def _progress(configs: Sequence[ExperimentConfig]) -> Iterator[Any]:
-    """A rich progress bar per run; yields the ``on_round`` callback."""
+    """A rich progress bar per run; yields the ``on_round`` callback (which also keeps the
+    interrupt message's ``after round 3 of 10`` up to date)."""
+    from flwr_byz.interrupt import note
+
     from .runner import prepare
 
     progress = Progress(
@@ -84,10 +156,20 @@ def _progress(configs: Sequence[ExperimentConfig]) -> Iterator[Any]:
         label = escape(_label(resolved))
         tasks[_key(resolved)] = progress.add_task(label, total=cfg.rounds, acc="—")
 
+    finished: set[str] = set()
+
     def on_round(cfg: ExperimentConfig, record: Any) -> None:
-        task = tasks.get(_key(cfg))
+        key = _key(cfg)
+        task = tasks.get(key)
         if task is not None:
-            progress.update(task, advance=1, acc=f"{100 * record.accuracy:.1f}%")
+            progress.update(task, completed=record.round, acc=f"{100 * record.accuracy:.1f}%")
+        where = f"round {record.round} of {cfg.rounds}"
+        if record.round >= cfg.rounds:
+            finished.add(key)
+        if len(tasks) > 1:  # "after 2 of 12 runs (the next one at round 3 of 30)"
+            current = "" if key in finished else f" (the next one at {where})"
+            where = f"{len(finished)} of {len(tasks)} runs{current}"
+        note(f"after {where}")
 
     with progress:
         yield on_round
@@ -156,8 +238,18 @@ def run(
     ),
     injection: str | None = typer.Option(None, help=_help("injection")),
     round_timeout: float | None = typer.Option(None, help=_help("round_timeout")),
-    checkpoint: str | None = typer.Option(None, help=_help("checkpoint")),
-    resume: bool | None = typer.Option(None, "--resume", help=_help("resume")),
+    checkpoint: str | None = typer.Option(
+        None,
+        help=escape(ExperimentConfig.help("checkpoint").rsplit(" [default:", 1)[0])
+        + " \\[default: <out>.ckpt, deleted once the result is written (none with --engine "
+        "batched); '' for none]",
+    ),
+    resume: bool | None = typer.Option(
+        None,
+        "--resume",
+        help=escape(ExperimentConfig.help("resume").rsplit(" [default:", 1)[0])
+        + " A killed run: the same command with this flag continues it. \\[default: False]",
+    ),
     threads: int | None = typer.Option(None, min=0, help=_help("threads")),
     device: str | None = typer.Option(None, help=_help("device")),
     engine: str = typer.Option(
@@ -180,11 +272,34 @@ def run(
         injection=injection, checkpoint=checkpoint, resume=resume, threads=threads,
         device=device,
     )  # fmt: skip
+    global INTERRUPT_HINT
+    INTERRUPT_HINT = None
     cfg = _config(config, given, param)
     if cfg.out is None:
         name = f"{cfg.method}-{cfg.attack.replace(':', '_')}-b{cfg.byzantine}-s{cfg.seed}.json"
         cfg = dataclasses.replace(cfg, out=str(Path("results") / name))
+    # a checkpoint beside the result by default, so that a killed run can resume
+    own_checkpoint = cfg.checkpoint is None and engine != "batched"
+    if own_checkpoint:
+        cfg = dataclasses.replace(cfg, checkpoint=f"{cfg.out}.ckpt")
+    elif cfg.checkpoint == "":
+        cfg = dataclasses.replace(cfg, checkpoint=None)
+    _writable(str(cfg.out), "--out")
+    if cfg.checkpoint:
+        _writable(cfg.checkpoint, "--checkpoint")
+        if not cfg.resume and Path(cfg.checkpoint).exists():
+            console.print(
+                f"[yellow]note:[/yellow] starting over; the checkpoint {escape(cfg.checkpoint)} "
+                "of an earlier run is replaced (--resume continues from it)",
+                soft_wrap=True,
+            )
+        INTERRUPT_HINT = f"progress is kept in {cfg.checkpoint}: add --resume to continue"
     (result,) = _execute([cfg], verbose, engine)
+    INTERRUPT_HINT = None
+    if own_checkpoint:
+        from .checkpoint import remove
+
+        remove(str(cfg.checkpoint))  # the result is written: nothing left to resume
     _summary([result], "flwr-byz run")
     console.print(f"result written to {cfg.out}")
 
@@ -218,7 +333,11 @@ def grid(
     param: list[str] = typer.Option([], "--param", help="Method hyperparameter name=value."),
     ray_address: str | None = typer.Option(None, help=_help("ray_address")),
     threads: int | None = typer.Option(None, min=0, help=_help("threads")),
-    out_dir: Path = typer.Option(Path("results/grid"), help="Where results.md, heatmap.png go."),
+    out_dir: Path = typer.Option(
+        Path("results/grid"),
+        help="Where results.md, heatmap.png and runs/ (one JSON per run, kept as each finishes "
+        "and reused by a rerun of the same grid) go.",
+    ),
     device: str | None = typer.Option(None, help=_help("device")),
     engine: str = typer.Option(
         "simulation",
@@ -230,6 +349,8 @@ def grid(
 
     The 'none' column of a Byzantine count b is the run where those b clients behave honestly,
     so the robust rules are set for the same f as under attack. A count of 0 runs 'none' only.
+    Each run's result is written to OUT_DIR/runs/ as soon as it finishes, named by a hash of
+    its config; an interrupted grid run again reuses those and runs only the rest.
     """
     from .methods import uses_aggregator
     from .plots import plot_heatmap
@@ -243,27 +364,43 @@ def grid(
     defences = [
         (m, a) for m in method for a in (aggregator if uses_aggregator(m) else [base.aggregator])
     ]
+    global INTERRUPT_HINT
+    INTERRUPT_HINT = None
     configs = []
     for m, agg in defences:
         for att, b in [(a, b) for b in byzantine for a in attack if a == "none" or b > 0]:
             name = f"{m}-{agg}-{att}-b{b}".replace(":", "_").replace("+", "_")
+            cfg = dataclasses.replace(base, method=m, aggregator=agg, attack=att, byzantine=b)
+            try:
+                digest = run_digest(cfg.resolved().to_dict())
+            except ValueError as exc:
+                raise _fail(str(exc)) from exc
             configs.append(
-                dataclasses.replace(
-                    base,
-                    method=m,
-                    aggregator=agg,
-                    attack=att,
-                    byzantine=b,
-                    out=str(out_dir / "runs" / f"{name}.json"),
-                )
+                dataclasses.replace(cfg, out=str(out_dir / "runs" / f"{name}-{digest}.json"))
             )
-    results = _execute(configs, verbose, engine)
+    if not configs:
+        raise _fail("the grid has no runs (a Byzantine count of 0 runs the attack 'none' only)")
+    _writable_dir(out_dir, "--out-dir")
+    _writable_dir(out_dir / "runs", "--out-dir", name="run.json")
+    finished = {i: r for i, r in enumerate(map(_finished, configs)) if r is not None}
+    if finished:
+        console.print(
+            f"reusing {len(finished)} of {len(configs)} finished runs in "
+            f"{escape(str(out_dir / 'runs'))}",
+            soft_wrap=True,
+        )
+    todo = [cfg for i, cfg in enumerate(configs) if i not in finished]
+    INTERRUPT_HINT = (
+        f"finished runs are kept in {out_dir / 'runs'}; the same grid command reuses them"
+    )
+    new = iter(_execute(todo, verbose, engine) if todo else [])
+    INTERRUPT_HINT = None
+    results = [finished[i] if i in finished else next(new) for i in range(len(configs))]
     cells = cells_from_results([r.to_dict() for r in results])
     markdown = grid_markdown(
         cells, title=f"final accuracy (%), {base.dataset}, {base.rounds} rounds"
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.md").write_text(markdown)
+    write_text(out_dir / "results.md", markdown)
     plot_heatmap(cells, out_dir / "heatmap.png")
     _summary(results, "flwr-byz grid")
     console.print(f"wrote {out_dir / 'results.md'} and {out_dir / 'heatmap.png'}")
@@ -283,6 +420,7 @@ def plot(
     from .plots import plot_curves
     from .report import run_label
 
+    _writable(out, "--out")
     curves = []
     for path in files:
         data = json.loads(path.read_text())
@@ -322,6 +460,7 @@ def demo(
     from .plots import plot_curves
     from .report import run_label
 
+    _writable_dir(out_dir, "--out-dir", name="accuracy.png")
     configs = []
     for method, aggregator, attacked in DEMO_RUNS:
         att, b = (attack, 4) if attacked else ("none", 0)
@@ -382,7 +521,14 @@ def deploy(
     resume: bool = typer.Option(False, "--resume", help=_help("resume")),
     out: Path = typer.Option(Path("results/deploy.json"), help="Result JSON path."),
     workdir: Path | None = typer.Option(
-        None, help="Credentials, FLWR_HOMEs and logs. \\[default: a new temporary directory]"
+        None,
+        help="Credentials, FLWR_HOMEs and logs (an existing DIR gets a new subdirectory). "
+        "\\[default: a new temporary directory]",
+    ),
+    keep_workdir: bool = typer.Option(
+        False,
+        "--keep-workdir",
+        help="Keep the work directory (private keys, logs) at the end instead of deleting it.",
     ),
     app_dir: Path | None = typer.Option(
         None, "--app", help="The Flower App directory. \\[default: this source tree]"
@@ -399,6 +545,7 @@ def deploy(
     from flwr_byz.deployment import handle_termination
     from flwr_byz.deployment.deploy import DeploymentError
     from flwr_byz.deployment.deploy import deploy as run_deployment
+    from flwr_byz.interrupt import note
 
     given = _collect(
         clients=nodes if nodes is not None else (None if config else 5), byzantine=byzantine,
@@ -408,6 +555,11 @@ def deploy(
         round_timeout=round_timeout, checkpoint=checkpoint, resume=resume or None, out=str(out),
     )  # fmt: skip
     cfg = _config(config, given, param)
+    _writable(str(cfg.out), "--out")
+    if cfg.checkpoint:
+        _writable(cfg.checkpoint, "--checkpoint")
+        global INTERRUPT_HINT
+        INTERRUPT_HINT = f"progress is kept in {cfg.checkpoint}: add --resume to continue"
     if insecure:
         console.print(
             "[yellow]warning:[/yellow] --insecure: no TLS and no SuperNode authentication. "
@@ -425,15 +577,27 @@ def deploy(
 
     def on_round(r: int, total: int, accuracy: float) -> None:
         progress.update(task, completed=r, total=total, acc=f"{100 * accuracy:.1f}%")
+        note(f"after round {r} of {total}")  # for the interrupt message
 
+    work: list[Path] = []
     try:
         with handle_termination(), progress:
             result = run_deployment(
-                cfg, workdir=workdir, insecure=insecure, app=app_dir, on_round=on_round
+                cfg,
+                workdir=workdir,
+                insecure=insecure,
+                app=app_dir,
+                on_round=on_round,
+                keep_workdir=keep_workdir,
+                on_workdir=work.append,
             )
     except (ValueError, DeploymentError, TimeoutError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
+    finally:  # on success, error, Ctrl-C and SIGTERM alike
+        if keep_workdir and work:
+            kept = f"work directory kept (private keys, logs): {escape(str(work[0]))}"
+            console.print(kept, soft_wrap=True)  # one line, however long the path
     _summary([result], "flwr-byz deploy")
     console.print(
         f"tls={result.config['tls']} auth={result.config['auth']} "
@@ -474,6 +638,10 @@ def reproduce(
     if engine not in ("local", "batched"):
         raise typer.BadParameter(f"--engine must be local or batched, got {engine!r}")
     out_docs = docs if docs is not None else (work / "quick" / "docs" if quick else Path("docs"))
+    _writable_dir(work, "--work", name="sections.json")
+    _writable_dir(out_docs, "--docs", name="RESULTS.md")
+    global INTERRUPT_HINT
+    INTERRUPT_HINT = f"finished runs are kept in {work}; the same command continues from them"
     path = run_reproduce(
         names,
         Budget.make(quick=quick, jobs=jobs, engine=engine),
@@ -531,8 +699,28 @@ def bench(
         typer.echo(f"benchmark script not found at {script} (needs a source checkout)", err=True)
         raise typer.Exit(2)
     target = out if out is not None else Path("benchmarks/results") / f"{suite}.json"
+    _writable(target, "--out")
     args = [sys.executable, str(script), "--out", str(target), "--device", device]
-    raise typer.Exit(subprocess.call(args + (["--quick"] if quick else [])))
+    raise typer.Exit(_call(args + (["--quick"] if quick else [])))
+
+
+def _call(args: list[str]) -> int:
+    """Run ``args`` and return its exit code. The child ignores SIGINT: on Ctrl-C this
+    process stops it (SIGTERM), rather than the child printing a traceback of its own."""
+    from flwr_byz.interrupt import children_ignore_sigint
+
+    with children_ignore_sigint():
+        child = subprocess.Popen(args)
+    try:
+        return child.wait()
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
 
 if __name__ == "__main__":

@@ -114,7 +114,8 @@ class ExperimentConfig:
     checkpoint: str | None = _opt(
         None,
         "Checkpoint file, rewritten after every round (global model, strategy and attack "
-        "state, rounds so far); None: no checkpoint.",
+        "state, rounds so far; tensors and JSON only); the nodes keep their own state in "
+        "<checkpoint>.clients/. None: no checkpoint.",
     )
     resume: bool = _opt(
         False,

@@ -29,7 +29,6 @@ import math
 import numbers
 import os
 import random
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..files import atomic_write
 from ..specs import build, split_part
 from .training import derive_seed, float_dtype
 
@@ -230,18 +230,11 @@ def _cached(
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` via a temp file and ``os.replace``; skip if not writable."""
+    """Write ``arrays`` to ``path`` atomically (``flwr_byz.files``: processes that build the
+    same file at once each write their own temporary file); skip if not writable."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)  # type: ignore[arg-type]
-            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache is shared
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path, mode=0o644) as fh:  # the cache is shared
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
     except OSError as exc:
         warnings.warn(f"could not cache {path.name} in {path.parent}: {exc}", stacklevel=3)
 

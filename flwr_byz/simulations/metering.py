@@ -28,6 +28,7 @@ from ..protocol.keys import (
     PARTITION_ID_KEY,
     PARTITION_QUERY,
     PARTITION_RECORD_KEY,
+    UNMETERED_KEYS,
 )
 
 __all__ = [
@@ -42,8 +43,16 @@ _QUERY_BATCH = 100
 
 
 def message_bytes(message: Message) -> int:
-    """Size in bytes of the Message's protobuf serialisation."""
-    return int(message_to_proto(message).ByteSize())
+    """Size in bytes of the Message's protobuf serialisation, without the runner's
+    bookkeeping entries (``UNMETERED_KEYS``: the client-state folder, the resumed round)."""
+    proto = message_to_proto(message)
+    for item in proto.content.items:
+        if item.HasField("config_record"):
+            entries = item.config_record.items
+            for i in reversed(range(len(entries))):
+                if entries[i].key in UNMETERED_KEYS:
+                    del entries[i]
+    return int(proto.ByteSize())
 
 
 class RunGrid(GridWrapper):

@@ -18,6 +18,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from flwr_byz.files import atomic_write
 from flwr_byz.simulations.report import MISSING, Cell, byzantine_heading, cell_grids
 
 __all__ = ["METRICS", "X_AXES", "curve_series", "plot_curves", "plot_heatmap"]
@@ -72,9 +73,9 @@ def curve_series(
 
 def _save(fig: Figure, out: Path) -> Path:
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=DPI, format="png")
+    with atomic_write(out) as fh:  # parents created; a kill leaves the previous PNG
+        fig.savefig(fh, dpi=DPI, format="png")
     fig.clear()
     return out
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import write_json
+
 __all__ = ["Result", "RoundRecord"]
 
 
@@ -79,11 +81,9 @@ class Result:
         )
 
     def save(self, path: str | Path) -> Path:
-        """Write the JSON file (parents created)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        return path
+        """Write the JSON file atomically (parents created): a run killed while saving leaves
+        the previous file or the new one, never a truncated one."""
+        return write_json(path, self.to_dict(), indent=1)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,11 +31,13 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
+from .. import statetree
 from ..attacks import get_attack
 from ..clients import ByzantineGrid
 from ..compressors import get_compressor
 from ..protocol.keys import (
     BATCH_SIZE_KEY,
+    CLIENT_STATE_DIR_KEY,
     DATASET_KEY,
     LOCAL_EPOCHS_KEY,
     LR_KEY,
@@ -42,10 +45,11 @@ from ..protocol.keys import (
     MOMENTUM_KEY,
     PARTITION_KEY,
     REJECTED_KEY,
+    RESUME_ROUND_KEY,
     SEED_KEY,
     WEIGHT_DECAY_KEY,
 )
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, client_state_dir
 from .config import ExperimentConfig
 from .datasets import check_partition, load_dataset
 from .metering import RunGrid, discover_partitions
@@ -93,9 +97,11 @@ def byzantine_partitions(cfg: ExperimentConfig) -> list[int]:
     return sorted(rng.sample(range(cfg.clients), cfg.byzantine))
 
 
-def train_config(cfg: ExperimentConfig) -> ConfigRecord:
-    """What every train message carries for the ClientApp (Flower adds ``server-round``)."""
-    return ConfigRecord(
+def train_config(cfg: ExperimentConfig, resumed: int | None = None) -> ConfigRecord:
+    """What every train message carries for the ClientApp (Flower adds ``server-round``);
+    with a checkpoint, where the nodes keep their state (``client_state_dir``), and in a run
+    resumed from round ``resumed``, that round (the bytes a run meters leave both out)."""
+    record = ConfigRecord(
         {
             DATASET_KEY: cfg.dataset,
             PARTITION_KEY: cfg.partition,
@@ -108,6 +114,11 @@ def train_config(cfg: ExperimentConfig) -> ConfigRecord:
             SEED_KEY: int(cfg.seed),
         }
     )
+    if cfg.checkpoint:
+        record[CLIENT_STATE_DIR_KEY] = str(client_state_dir(cfg.checkpoint))
+        if resumed is not None:
+            record[RESUME_ROUND_KEY] = int(resumed)
+    return record
 
 
 def train_on_grid(
@@ -156,19 +167,22 @@ def _train(
     torch.manual_seed(derive_seed(cfg.seed, "init"))
     model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
     saved = _resume_from(cfg)
-    if saved is None:
-        strategy = build_strategy(cfg)
-        arrays = ArrayRecord(model.state_dict())
-        records: list[RoundRecord] = []
-    else:
-        strategy, arrays, records = saved.strategy, saved.arrays, list(saved.records)
+    strategy = build_strategy(cfg)  # a resumed run loads its saved state into a fresh one
+    arrays = ArrayRecord(model.state_dict())
+    records: list[RoundRecord] = []
+    if saved is not None:
+        arrays, records = saved.arrays, list(saved.records)
+        _restore(cfg, strategy, saved.strategy, "strategy")
         if saved.torch_rng is not None:
             torch.set_rng_state(saved.torch_rng)
-        if isinstance(strategy_grid, ByzantineGrid) and saved.attack is not None:
-            strategy_grid.attack = saved.attack
-            strategy_grid.attacked_replies = saved.attacked_replies
+    elif cfg.checkpoint:
+        _forget_client_state(cfg.checkpoint)  # a new run: no node resumes an older one's state
     if isinstance(strategy_grid, ByzantineGrid):
         strategy_grid.bind(strategy)  # ShiftBack reads x^0, x^k, lr; EF21 the copies g_i
+        if saved is not None and saved.attack is not None:  # after bind: the surface is set
+            _restore(cfg, strategy_grid.attack, saved.attack, "attack")
+            strategy_grid.attacked_replies = saved.attacked_replies
+    resumed = None if saved is None else saved.round
     objective = TrainingObjective(
         dataset.x_train, dataset.y_train, cfg.weight_decay, convex=cfg.model == "logreg"
     )
@@ -179,7 +193,9 @@ def _train(
         random.seed(derive_seed(cfg.seed, "sample", server_round))  # Flower samples with it
         clock = time.perf_counter()
         messages = list(
-            strategy.configure_train(server_round, arrays, train_config(cfg), strategy_grid)
+            strategy.configure_train(
+                server_round, arrays, train_config(cfg, resumed), strategy_grid
+            )
         )
         replies = list(strategy_grid.send_and_receive(messages, timeout=timeout))
         replies, lost = _missing(messages, replies, server_round)
@@ -253,6 +269,20 @@ def _resume_from(cfg: ExperimentConfig) -> Checkpoint | None:
     return saved
 
 
+def _restore(cfg: ExperimentConfig, obj: object, tree: dict[str, Any], what: str) -> None:
+    """``statetree.restore`` with the checkpoint named in its error (one line)."""
+    try:
+        statetree.restore(obj, tree)
+    except ValueError as exc:
+        raise ValueError(f"{cfg.checkpoint}: the saved {what} does not fit: {exc}") from None
+
+
+def _forget_client_state(checkpoint: str) -> None:
+    """Delete the nodes' saved state of an earlier run at this checkpoint path (local nodes;
+    the nodes also ignore files of another run)."""
+    shutil.rmtree(client_state_dir(checkpoint), ignore_errors=True)
+
+
 def _checkpoint(
     cfg: ExperimentConfig,
     server_round: int,
@@ -267,9 +297,9 @@ def _checkpoint(
         config=cfg.to_dict(),
         round=server_round,
         arrays=arrays,
-        strategy=strategy,
+        strategy=statetree.capture(strategy),
         records=records,
-        attack=attack,
+        attack=None if attack is None else statetree.capture(attack),
         attacked_replies=grid.attacked_replies if isinstance(grid, ByzantineGrid) else 0,
         torch_rng=torch.get_rng_state(),
     ).save(cfg.checkpoint)

@@ -2,7 +2,7 @@
 (RobustMomentum, ByzVRMarinaPP, ByzEF21SGDM with its baselines ByzEF21 and BRCSGD, Mu2SGD,
 ByzSGD) and reply validation."""
 
-from .byz_ef21_sgdm import BRCSGD, ByzEF21, ByzEF21SGDM
+from .byz_ef21_sgdm import BRCSGD, RESET_REASONS, ByzEF21, ByzEF21SGDM
 from .byz_vr_marina import ByzVRMarinaPP
 from .byzsgd import ByzSGD
 from .method import MethodStrategy
@@ -14,6 +14,7 @@ from .validation import REASONS, CheckedReplies, Rejection, validate_replies
 __all__ = [
     "BRCSGD",
     "REASONS",
+    "RESET_REASONS",
     "ByzEF21",
     "ByzEF21SGDM",
     "ByzSGD",

@@ -10,6 +10,13 @@ The server keeps a copy g_i of every client that ever replied; one that is not s
 whose reply is lost or rejected, keeps its stale copy in the aggregate, and the version
 handshake (``ef21-version``, see ``GradientClient.error_feedback``) keeps the client's g_i equal
 to the server's copy, so a lost reply never makes them drift.
+
+Dense resets are bounded (``ef21.refuse_resets``): at most one per node per ``reset_interval``
+rounds (first contact is always taken), refused as ``reset-limit`` beyond it, and refused as
+``reset-norm`` above ``reset_norm_bound`` times the median norm of the copies. A refused reset
+changes nothing on the server; the client sends it again when next sampled. Accepted resets
+are counted in the round's ``resets`` metric; a node's other replies in a round where its
+reset was taken are ``duplicate``.
 """
 
 from __future__ import annotations
@@ -34,21 +41,26 @@ from ..protocol.keys import (
     BETA_KEY,
     COMPRESSOR_KEY,
     COMPRESSOR_SEED_KEY,
+    COPIES_KEY,
     EF21_VERSION_KEY,
     OP_GRAD,
     OP_KEY,
     OP_MOMENTUM,
     PAYLOAD_KEY,
     POINT_KEY,
+    RESETS_KEY,
     SAMPLED_KEY,
     SKIPPED_KEY,
     VECTOR_KEY,
 )
 from ..protocol.payload import PayloadCodec
 from .method import MethodStrategy
-from .validation import CheckedReplies, validate_replies
+from .validation import CheckedReplies, Rejection, validate_replies
 
-__all__ = ["BRCSGD", "ByzEF21", "ByzEF21SGDM"]
+__all__ = ["BRCSGD", "RESET_REASONS", "ByzEF21", "ByzEF21SGDM"]
+
+#: The rejection reasons of dense resets, beyond ``validation.REASONS`` (``rejected-<reason>``).
+RESET_REASONS: tuple[str, ...] = (ef21.RESET_LIMIT, ef21.RESET_NORM)
 
 
 class _CompressedSGD(MethodStrategy):
@@ -126,6 +138,13 @@ class ByzEF21SGDM(_CompressedSGD):
         Wait until this many nodes are connected.
     seed : int (default: 0)
         Seeds sampling, minibatches and compressor randomness.
+    reset_interval : int (default: 10)
+        At most one dense reset per node per this many rounds; a reset sooner is refused
+        (``rejected-reset-limit``). A node's first reset (the server has no copy) is always
+        taken. 0: no limit.
+    reset_norm_bound : float (default: 100.0)
+        A dense reset whose norm exceeds this many times the median norm of the copies is
+        refused (``rejected-reset-norm``). 0: no bound.
     """
 
     def __init__(
@@ -139,10 +158,23 @@ class ByzEF21SGDM(_CompressedSGD):
         clients_per_round: int | None = None,
         min_available_nodes: int = 1,
         seed: int = 0,
+        reset_interval: int = ef21.DEFAULT_RESET_INTERVAL,
+        reset_norm_bound: float = ef21.DEFAULT_RESET_NORM_BOUND,
     ) -> None:
         if not 0 < eta <= 1:
             raise ValueError(f"eta must be in (0, 1], got {eta}")
+        whole = isinstance(reset_interval, (int, float)) and not isinstance(reset_interval, bool)
+        if not (whole and float(reset_interval).is_integer() and reset_interval >= 0):
+            raise ValueError(
+                f"reset_interval must be an int >= 0 (0: no limit), got {reset_interval!r}"
+            )
+        if not reset_norm_bound >= 0:  # NaN too
+            raise ValueError(
+                f"reset_norm_bound must be >= 0 (0: no bound), got {reset_norm_bound!r}"
+            )
         self.eta = float(eta)
+        self.reset_interval = int(reset_interval)
+        self.reset_norm_bound = float(reset_norm_bound)
         super().__init__(
             compressor,
             aggregator=aggregator,
@@ -198,7 +230,7 @@ class ByzEF21SGDM(_CompressedSGD):
         if not self._sent_this_round(server_round, context):
             return None, None
         dense, compressed = self._split(replies)
-        resets = self._validate_dense(dense, context)
+        resets = self._admit(self._validate_dense(dense, context), server_round, context)
         diffs = self._validate_compressed(compressed, set(resets.node_ids), context)
         for node in resets.node_ids:
             self.versions[node] = self.versions.get(node, -1) + 1
@@ -214,6 +246,7 @@ class ByzEF21SGDM(_CompressedSGD):
             torch.arange(len(nodes)) < len(resets.node_ids),
             lambda rows: self.robust(self.aggregator, rows, context),
             lr=self.lr,
+            server_round=server_round,
         )
         merged = _merge(resets, diffs)
         log(
@@ -227,8 +260,8 @@ class ByzEF21SGDM(_CompressedSGD):
         metrics = self.metrics(
             merged,
             **{
-                "resets": stats["resets"],
-                "copies": stats["copies"],
+                RESETS_KEY: stats["resets"],
+                COPIES_KEY: stats["copies"],
                 SAMPLED_KEY: len(self._sent_nodes),
                 SKIPPED_KEY: stats["skipped"],
             },
@@ -251,11 +284,63 @@ class ByzEF21SGDM(_CompressedSGD):
             replies, {VECTOR_KEY: self.layout}, expected_nodes=self._sent_nodes, context=context
         )
 
+    def _admit(self, resets: CheckedReplies, server_round: int, context: str) -> CheckedReplies:
+        """The valid dense resets without those ``ef21.refuse_resets`` refuses (rejected,
+        logged, with the reasons ``reset-limit`` / ``reset-norm``)."""
+        if not resets.node_ids:
+            return resets
+        too_soon, too_large = ef21.refuse_resets(
+            self.state,
+            resets.node_ids,
+            resets.vectors,
+            server_round=server_round,
+            interval=self.reset_interval,
+            norm_bound=self.reset_norm_bound,
+        )
+        if not bool((too_soon | too_large).any()):
+            return resets
+        refused: list[Rejection] = []
+        state: EF21State = self.state
+        for i, node in enumerate(resets.node_ids):
+            if bool(too_soon[i]):
+                row, last = state.row(node), state.last_reset
+                taken = "" if row is None or last is None else f" (round {int(last[row])})"
+                detail = (
+                    f"a dense reset within {self.reset_interval} rounds of the last one taken"
+                    f"{taken}"
+                )
+                refused.append(_refuse(node, ef21.RESET_LIMIT, detail, context))
+            elif bool(too_large[i]):
+                detail = (
+                    f"a dense reset of norm {float(resets.vectors[i].norm()):.3g}, above "
+                    f"{self.reset_norm_bound:g} times the copies' median norm"
+                )
+                refused.append(_refuse(node, ef21.RESET_NORM, detail, context))
+        keep = ~(too_soon | too_large)
+        at = keep.nonzero().reshape(-1).tolist()
+        return CheckedReplies(
+            node_ids=[resets.node_ids[i] for i in at],
+            contents=[resets.contents[i] for i in at],
+            vectors=resets.vectors[keep],
+            rejected=resets.rejected + refused,
+        )
+
     def _validate_compressed(
         self, replies: list[Message], reset_nodes: set[int], context: str
     ) -> CheckedReplies:
         d = self.layout.numel
         state: EF21State = self.state
+        seconds: list[Rejection] = []  # another reply of a node whose reset was taken
+        if reset_nodes:
+            rest = []
+            for msg in replies:
+                node = int(msg.metadata.src_node_id)
+                if node in reset_nodes:
+                    detail = "a dense reset from this node was already accepted"
+                    seconds.append(_refuse(node, "duplicate", detail, context))
+                else:
+                    rest.append(msg)
+            replies = rest
 
         def has_copy(node: int) -> None:
             if state.copy_of(node) is None:
@@ -272,16 +357,22 @@ class ByzEF21SGDM(_CompressedSGD):
                 raise ValueError("g_i + c_i overflows to Inf; the copy is kept")
             return vec
 
-        return validate_replies(
+        checked = validate_replies(
             replies,
             {PAYLOAD_KEY: self.codec.layout(d, state.x.dtype)},
-            expected_nodes=self._sent_nodes - reset_nodes,  # one reply per node in all
+            expected_nodes=self._sent_nodes,
             context=context,
             decode=decode_finite_sum,
         )
+        checked.rejected[:0] = seconds
+        return checked
 
     def options(self) -> dict[str, Any]:
-        return super().options() | {"eta (momentum)": self.eta}
+        return super().options() | {
+            "eta (momentum)": self.eta,
+            "reset interval": self.reset_interval or "no limit",
+            "reset norm bound": self.reset_norm_bound or "no bound",
+        }
 
 
 class ByzEF21(ByzEF21SGDM):
@@ -298,6 +389,8 @@ class ByzEF21(ByzEF21SGDM):
         clients_per_round: int | None = None,
         min_available_nodes: int = 1,
         seed: int = 0,
+        reset_interval: int = ef21.DEFAULT_RESET_INTERVAL,
+        reset_norm_bound: float = ef21.DEFAULT_RESET_NORM_BOUND,
     ) -> None:
         super().__init__(
             aggregator=aggregator,
@@ -309,6 +402,8 @@ class ByzEF21(ByzEF21SGDM):
             clients_per_round=clients_per_round,
             min_available_nodes=min_available_nodes,
             seed=seed,
+            reset_interval=reset_interval,
+            reset_norm_bound=reset_norm_bound,
         )
 
 
@@ -376,6 +471,12 @@ class BRCSGD(_CompressedSGD):
             checked, **{SAMPLED_KEY: len(self._sent_nodes), SKIPPED_KEY: stats["skipped"]}
         )
         return self.model_record(), metrics
+
+
+def _refuse(node: int, reason: str, detail: str, context: str) -> Rejection:
+    """A rejection made here (not by ``validate_replies``), logged as that one logs."""
+    log(WARNING, "%s: rejected the reply of node %d: %s (%s)", context, node, reason, detail)
+    return Rejection(node, reason, detail)
 
 
 def _merge(a: CheckedReplies, b: CheckedReplies) -> CheckedReplies:

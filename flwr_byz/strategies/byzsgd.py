@@ -27,6 +27,7 @@ computes. A single trusted server is ``n_servers=1, f_servers=0``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import replace
 from logging import WARNING
@@ -333,5 +334,8 @@ def _worker_counts(contents: Iterable[Any]) -> dict[str, float | int]:
     for content in contents:
         for record in content.metric_records.values():
             for name, key in keys.items():
-                out[name] += int(record.get(key, 0))
+                value = record.get(key, 0)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    if math.isfinite(value) and value > 0:  # a count; anything else is noise
+                        out[name] += int(value)
     return out

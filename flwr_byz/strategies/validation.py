@@ -3,8 +3,11 @@
 A reply is rejected, with one log line naming the node and the reason, when it is an error
 reply, comes from a node the round was not sent to (or is a second reply from one), lacks the
 expected ArrayRecord or carries extra ones, has missing/extra array keys, wrong shapes or
-dtypes, undecodable bytes, NaN/Inf values, or (when weighting by sample count) no usable
-weight. Nothing a client sends can raise here: the worst a reply can do is be rejected.
+dtypes, more bytes than its shapes and dtypes take, undecodable bytes, NaN/Inf values, or
+(when weighting by sample count) no usable weight. Nothing a client sends can raise here:
+the worst a reply can do is be rejected. The structure (records, keys, shapes, dtypes, byte
+lengths) is checked from the headers before any array is decoded, so rejecting a reply costs
+no more than its expected size.
 
 The counts go into the round's MetricRecord: ``accepted``, ``rejected`` and
 ``rejected-<reason>`` for every reason seen (see :data:`REASONS`).
@@ -23,7 +26,7 @@ from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.common.logger import log
 
 from ..protocol.keys import ACCEPTED_KEY, REJECTED_KEY
-from ..protocol.records import Layout, flatten, layout_of
+from ..protocol.records import Layout, OversizeError, check_array, flatten, layout_of
 
 __all__ = ["REASONS", "CheckedReplies", "Rejection", "sample_count", "validate_replies"]
 
@@ -37,6 +40,7 @@ REASONS: tuple[str, ...] = (
     "extra-key",  # an array key that was not expected
     "shape",  # an array of the wrong shape
     "dtype",  # an array of the wrong dtype
+    "oversize",  # an array whose bytes hold more than its declared shape and dtype take
     "malformed",  # an array whose bytes do not decode to its declared shape/dtype
     "non-finite",  # NaN or Inf values
     "bad-weight",  # weighting by sample count, but no finite positive count
@@ -99,7 +103,9 @@ def validate_replies(
     ``context`` prefixes the log lines (e.g. ``"RobustFedAvg round 3"``).
     ``decode(node_id, content)``: turns a reply whose records have the expected structure
     into its ``[d]`` vector (e.g. decompressing a compressor's payload) instead of
-    concatenating the arrays; any exception it raises rejects the reply as ``malformed``.
+    concatenating the arrays; any exception it raises rejects the reply as ``malformed``
+    (``oversize`` for an ``OversizeError``). Every array's bytes are checked against its
+    declared shape and dtype before ``decode`` or ``flatten`` reads them.
     """
     layouts = list(expected.values())
     wide = any(lay.vector_dtype == torch.float64 for lay in layouts)
@@ -164,11 +170,16 @@ def _vector(
     decode: Callable[[int, RecordDict], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     if decode is not None:
-        _records(content, expected)  # the structure first
+        matched = _records(content, expected)  # the structure first
+        if set(content.array_records) != set(expected):  # the one record, under another key
+            renamed = RecordDict(dict(content.metric_records))
+            for key, (record, _) in zip(expected, matched, strict=True):
+                renamed[key] = record
+            content = renamed
         try:
             vector = decode(node, content)
         except Exception as exc:  # a payload the decoder refuses
-            raise _Reject("malformed", str(exc) or repr(exc)) from exc
+            raise _Reject(_reason(exc), str(exc) or repr(exc)) from exc
         if not isinstance(vector, torch.Tensor) or vector.dim() != 1:
             raise _Reject("malformed", "the payload does not decode to a vector")
         return vector.to(dtype)
@@ -177,8 +188,13 @@ def _vector(
         try:
             parts.append(flatten(record, layout).to(dtype))
         except ValueError as exc:
-            raise _Reject("malformed", str(exc)) from exc
+            raise _Reject(_reason(exc), str(exc)) from exc
     return torch.cat(parts) if parts else torch.empty(0, dtype=dtype)
+
+
+def _reason(exc: Exception) -> str:
+    """``oversize`` for an ``OversizeError``, else ``malformed``."""
+    return "oversize" if isinstance(exc, OversizeError) else "malformed"
 
 
 def _error_text(msg: Message) -> str:
@@ -229,6 +245,10 @@ def _check_structure(record: ArrayRecord, layout: Layout, name: str) -> None:
             raise _Reject("shape", f"{name}[{key!r}] has shape {got_shape}, expected {shape}")
         if got_dtype != dtype:
             raise _Reject("dtype", f"{name}[{key!r}] has dtype {got_dtype}, expected {dtype}")
+        try:  # the bytes against the headers, before any array is decoded
+            check_array(record[key], (shape, dtype))
+        except Exception as exc:
+            raise _Reject(_reason(exc), f"{name}[{key!r}]: {exc}") from exc
     # Keys in a different order are fine: flatten() reads them in the layout's order.
 
 

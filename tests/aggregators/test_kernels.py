@@ -7,8 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flwr_byz.aggregators import NNM
-from flwr_byz.aggregators.base import pairwise_sq_distances, smallest_in_rows, smallest_sorted
+from flwr_byz.aggregators import NNM, Bulyan
+from flwr_byz.aggregators.base import (
+    gram,
+    pairwise_sq_distances,
+    smallest_in_rows,
+    smallest_sorted,
+)
 
 
 def by_sort(s: torch.Tensor, k: int) -> torch.Tensor:
@@ -93,3 +98,12 @@ def test_smallest_sorted_is_topk_bit_for_bit(dtype: torch.dtype) -> None:
                 for k in sorted({0, 1, m // 2, m - 1, m}):
                     want = v.topk(k, dim=1, largest=False).values
                     assert torch.equal(smallest_sorted(v, k).view(bits), want.view(bits))
+
+
+def test_gram_overflow_fallback_leaves_the_input_alone() -> None:
+    """The float64 rescaled Gram product once divided a float64 input in place."""
+    x = torch.randn(5, 40, dtype=torch.float64) * 1e300
+    before = x.clone()
+    gram(x)
+    assert torch.equal(x, before)
+    assert Bulyan(0).select(x).tolist() == Bulyan(0).select(x).tolist()

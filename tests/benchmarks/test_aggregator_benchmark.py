@@ -38,6 +38,33 @@ def test_baselines_selection_and_real_timings(tmp_path: Path) -> None:
     assert size["rules"]["Median"]["flower_numpy_ms"] > size["mean_floor_ms"]
 
 
+def test_peak_memory_as_a_multiple_of_the_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every rule's peak extra memory, in MiB and as a multiple of the input, in the JSON and
+    in the table: our chunked sorts stay under a quarter of the input, while np.median (which
+    partitions a copy of all of it) shows at least one input's worth, so the probe misses no
+    allocation."""
+    bench = _bench()
+    out = tmp_path / "agg.json"
+    args = ["--sizes", "20x500000", "--only", "median,meamed,krum", "--repeats", "1"]
+    assert bench.main(
+        [*args, "--threads", "1", "--baselines", "flower_numpy", "--out", str(out)]
+    ) in (0, None)
+    result = json.loads(out.read_text())
+    (size,) = result["sizes"]
+    assert result["config"]["peak_memory_cpu"] == size["peak_memory"] == bench.PEAK_METHOD
+    assert set(size["rules"]) == {"Median", "Meamed", "Krum"}
+    for name, rule in size["rules"].items():
+        assert rule["ours_peak_kind"] == bench.PEAK_METHOD
+        ratio, mib = rule["ours_peak_ratio"], rule["ours_peak_mb"]
+        assert ratio is not None and 0 <= ratio <= 0.25, (name, ratio)
+        assert ratio == pytest.approx(mib / size["input_mb"], abs=2e-3)
+    assert size["rules"]["Median"]["flower_numpy_peak_ratio"] >= 0.9
+    table = capsys.readouterr().out
+    assert "xInput" in table and f"({bench.PEAK_METHOD})" in table
+
+
 def test_unknown_baseline_is_refused() -> None:
     with pytest.raises(SystemExit):
         _bench().parse_args(["--baselines", "flower_msg,nope"])

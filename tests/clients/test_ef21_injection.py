@@ -252,6 +252,7 @@ def test_dense_resets_are_attacked_as_plain_vectors() -> None:
     flipped."""
     nodes = Nodes()
     strat, grid = bound_grid("topk:0.1", SignFlip(), nodes)
+    strat.reset_interval = 2  # the second reset 2 rounds after the first (default limit: 10)
     lost = BYZ[0]
 
     def forget(server_round: int) -> None:

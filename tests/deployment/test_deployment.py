@@ -62,12 +62,15 @@ def test_tls_auth_deployment_with_a_byzantine_node_matches_simulation(workdir: P
     """``flwr-byz deploy``: 5 SuperNodes over TLS with authentication, 1 of them Byzantine
     (sign-flip on the node itself); RobustFedAvg(median) ends within 3 points of the same
     experiment in simulation (the attack injected by ByzantineGrid), and every process is
-    gone when the command returns."""
+    gone when the command returns. ``--keep-workdir``: the logs and keys stay, and it says
+    where."""
     out = workdir / "x.json"
-    args = "--nodes 5 --byzantine 1 --attack sign-flip --method robust-fedavg"
+    args = "--nodes 5 --byzantine 1 --attack sign-flip --method robust-fedavg --keep-workdir"
     proc = _deploy_cli(workdir, args + " --aggregator median --rounds 4 --dataset digits", 900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert not alive(processes_with(str(workdir))), "deploy left processes running"
+    assert f"work directory kept (private keys, logs): {workdir / 'work'}" in proc.stdout
+    assert (workdir / "work" / "keys" / "supernode-0").exists()  # a private key, kept
     result = json.loads(out.read_text())
     cfg = result["config"]
     assert cfg["tls"] is True and cfg["auth"] is True and cfg["deployment"] is True
@@ -249,7 +252,8 @@ def _sigint_default() -> None:
 @pytest.mark.parametrize("fault", ["SIGINT", "SIGTERM", "superlink-crash"])
 def test_deploy_stops_every_process_on_ctrl_c_sigterm_and_error(workdir: Path, fault: str) -> None:
     """``flwr-byz deploy`` interrupted (Ctrl-C, SIGTERM) or failing (its SuperLink dies
-    mid-run) exits with an error and leaves no SuperLink, SuperNode or app process behind."""
+    mid-run) exits with an error and leaves no SuperLink, SuperNode or app process behind,
+    and no work directory (the private keys and logs are deleted)."""
     work = workdir / "work"
     command = [FLWR_BYZ, "deploy", *"--nodes 2 --rounds 50 --dataset digits".split()]
     command += ["--out", str(workdir / "x.json"), "--workdir", str(work)]
@@ -280,6 +284,7 @@ def test_deploy_stops_every_process_on_ctrl_c_sigterm_and_error(workdir: Path, f
     assert proc.returncode != 0, output[-3000:]
     assert not alive(processes_with(str(work))), output[-3000:]
     assert not (workdir / "x.json").exists()
+    assert not work.exists(), sorted(work.rglob("*"))[:20]
     if fault == "superlink-crash":
         assert "error" in output and "run-1.log" in output, output[-3000:]
 

@@ -15,6 +15,7 @@ from flwr_byz.compressors.rows import compress_rows
 from flwr_byz.methods.common import guarded, momentum_update
 from flwr_byz.methods.ef21 import (
     NO_COUNT,
+    NO_ROUND,
     BRCSGDState,
     EF21ClientState,
     EF21State,
@@ -23,6 +24,7 @@ from flwr_byz.methods.ef21 import (
     brcsgd_server_step,
     client_step,
     handshake,
+    refuse_resets,
     server_step,
 )
 
@@ -191,3 +193,91 @@ def test_handshake_rows_equal_the_scalar_rule() -> None:
     assert restore.tolist() == [w[0] for w in want]
     assert reset.tolist() == [w[1] for w in want]
     assert bool(restore.any()) and bool((~reset & ~restore).any()) and bool(reset.any())
+
+
+# --- dense resets: the rate limit and the norm bound -------------------------------------------
+
+
+def _state_with_resets(rounds: dict[int, int], d: int = 4) -> EF21State:
+    """A state whose node n got a dense reset ``n * ones`` in round ``rounds[n]``."""
+    x = torch.zeros(d, dtype=torch.float64)
+    state = EF21State(x, x.clone())
+    for node, rnd in sorted(rounds.items(), key=lambda kv: kv[1]):
+        vec = torch.full((1, d), float(node), dtype=torch.float64)
+        state, _ = server_step(
+            state, [node], vec, torch.tensor([True]), guarded(Mean()), lr=0.1, server_round=rnd
+        )
+    return state
+
+
+def test_server_step_records_the_round_of_each_reset() -> None:
+    state = _state_with_resets({3: 1, 1: 2})
+    assert state.node_ids == (1, 3) and state.last_reset is not None
+    assert state.last_reset.tolist() == [2, 1]
+    grown = state.with_nodes([2, 5])  # new slots have none; the old ones keep theirs
+    assert grown.node_ids == (1, 2, 3, 5) and grown.last_reset is not None
+    assert grown.last_reset.tolist() == [2, NO_ROUND, 1, NO_ROUND]
+    # a compressed reply, or a reset without a round, records nothing
+    c = torch.ones(2, 4, dtype=torch.float64)
+    kept, _ = server_step(grown, [1, 5], c, torch.tensor([False, True]), guarded(Mean()), lr=0.1)
+    assert kept.last_reset is not None and kept.last_reset.tolist() == grown.last_reset.tolist()
+
+
+@pytest.mark.parametrize("interval", [0, 1, 3, 10])
+def test_refuse_resets_rate_limit(interval: int) -> None:
+    state = _state_with_resets({1: 1, 2: 4})  # node 3 never reset (first contact)
+    nodes = [1, 2, 3]
+    resets = torch.ones(3, 4, dtype=torch.float64)
+    for rnd in range(5, 16):
+        too_soon, too_large = refuse_resets(
+            state, nodes, resets, server_round=rnd, interval=interval, norm_bound=0
+        )
+        want = [interval > 0 and rnd - last < interval for last in (1, 4)] + [False]
+        assert too_soon.tolist() == want, rnd
+        assert not bool(too_large.any())
+
+
+def test_refuse_resets_norm_bound_against_the_median_of_the_copies() -> None:
+    gen = torch.Generator().manual_seed(0)
+    state = _state_with_resets({1: 1, 2: 1, 3: 1, 4: 1, 5: 1})  # copies n * ones, norm 2n
+    resets = torch.randn(3, 4, generator=gen, dtype=torch.float64) * torch.tensor(
+        [[1.0], [30.0], [0.1]], dtype=torch.float64
+    )
+    nodes = [2, 6, 7]  # node 2 replaces its copy; 6 and 7 are new
+    for bound in (0.5, 1.0, 3.0, 10.0):
+        too_soon, too_large = refuse_resets(
+            state, nodes, resets, server_round=20, interval=10, norm_bound=bound
+        )
+        pool = [2.0 * n for n in (1, 3, 4, 5)] + [float(r.norm()) for r in resets]
+        median = sorted(pool)[(len(pool) - 1) // 2]  # the lower median, as torch.median
+        want = [float(r.norm()) > bound * median for r in resets]
+        assert too_large.tolist() == want and not bool(too_soon.any()), bound
+    # off: bound 0 or inf; a too-soon reset is never also too large (and not in the pool)
+    for off in (0.0, float("inf")):
+        _, too_large = refuse_resets(state, nodes, resets * 1e6, server_round=20, norm_bound=off)
+        assert not bool(too_large.any())
+    too_soon, too_large = refuse_resets(
+        state, [1, 6], torch.full((2, 4), 1e6, dtype=torch.float64), server_round=5
+    )
+    assert too_soon.tolist() == [True, False] and too_large.tolist() == [False, True]
+
+
+def test_refuse_resets_first_round_and_degenerate_cases() -> None:
+    x = torch.zeros(3)
+    empty = EF21State(x, x.clone())
+    none_soon, none_large = refuse_resets(empty, [], torch.zeros(0, 3), server_round=1)
+    assert none_soon.shape == none_large.shape == (0,)
+    # round 1: the resets themselves are the reference (a median of 1, 1, 1, 1000)
+    resets = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1000.0, 0, 0]])
+    too_soon, too_large = refuse_resets(empty, [1, 2, 3, 4], resets, server_round=1)
+    assert too_large.tolist() == [False, False, False, True] and not bool(too_soon.any())
+    # a zero median bounds nothing
+    zeros = torch.zeros(3, 3)
+    zeros[0, 0] = 5.0
+    _, too_large = refuse_resets(empty, [1, 2, 3], zeros, server_round=1)
+    assert not bool(too_large.any())
+    # huge float32 values (the norm overflows to inf) are refused
+    big = torch.ones(3, 3)
+    big[2] = 3e38
+    _, too_large = refuse_resets(empty, [1, 2, 3], big, server_round=1)
+    assert too_large.tolist() == [False, False, True]

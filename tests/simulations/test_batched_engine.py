@@ -101,7 +101,8 @@ def run_both(
     return local, fast, models["local"], models["batched"]
 
 
-def assert_same_run(cfg: ExperimentConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+def assert_same_run(cfg: ExperimentConfig, monkeypatch: pytest.MonkeyPatch) -> Result:
+    """Both engines agree (module doc); returns the local engine's result."""
     local, fast, a, b = run_both(cfg, monkeypatch)
     assert len(a) == len(b) == cfg.rounds
     for k, (x, y) in enumerate(zip(a, b, strict=True), 1):
@@ -120,6 +121,7 @@ def assert_same_run(cfg: ExperimentConfig, monkeypatch: pytest.MonkeyPatch) -> N
             math.isnan(s.loss) and math.isnan(r.loss)
         )
     assert fast.config == local.config
+    return local
 
 
 @pytest.mark.parametrize("attack", ["none", "alie"])
@@ -170,6 +172,22 @@ CASES: dict[str, ExperimentConfig] = {
 @pytest.mark.parametrize("name", list(CASES))
 def test_attacks_participation_and_compressors(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert_same_run(CASES[name], monkeypatch)
+
+
+@pytest.mark.parametrize("bound", [None, 0.0])
+def test_ef21_refused_dense_resets(bound: float | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Byz-EF21-SGDM's norm bound on dense resets: the Byzantine node's first-contact reset,
+    scaled 1000x, is refused (``rejected-reset-norm``) every time it is sampled, on both
+    engines alike; without the bound (``reset_norm_bound=0``) it is taken."""
+    params = {} if bound is None else {"reset_norm_bound": bound}
+    cfg = config("byz-ef21-sgdm", "scale:1000", clients_per_round=4, params=params)
+    local = assert_same_run(cfg, monkeypatch)
+    refused = sum(int(r.metrics.get("rejected-reset-norm", 0)) for r in local.rounds)
+    resets = sum(int(r.metrics["resets"]) for r in local.rounds)
+    if bound is None:
+        assert refused >= 2 and resets == cfg.clients - 1
+    else:
+        assert refused == 0 and resets == cfg.clients
 
 
 #: ShiftBack needs a Byzantine majority in a round: 3 of 6 clients, 3 sampled per round.

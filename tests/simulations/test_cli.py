@@ -163,7 +163,9 @@ def test_run_help_shows_the_default_of_every_option() -> None:
         if fd.name == "params":
             continue
         shown = ExperimentConfig.help(fd.name)
-        expected = "[default: results/" if fd.name == "out" else shown[shown.rindex("[default:") :]
+        expected = {"out": "[default: results/", "checkpoint": "[default: <out>.ckpt"}.get(
+            fd.name, shown[shown.rindex("[default:") :]
+        )
         if expected not in rows[flag]:
             missing[flag] = expected
     if "[default: none]" not in rows["--param"]:

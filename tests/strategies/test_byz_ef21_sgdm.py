@@ -25,7 +25,7 @@ from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr_byz.aggregators import get_aggregator
 from flwr_byz.clients.state import load_count, load_vector
 from flwr_byz.compressors import get_compressor
-from flwr_byz.protocol.records import payload_record
+from flwr_byz.protocol.records import layout_of, payload_record, unflatten
 from flwr_byz.strategies import BRCSGD, ByzEF21, ByzEF21SGDM
 from tests.clients.gradient_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from tests.strategies.method_helpers import (
@@ -537,7 +537,9 @@ def test_lost_and_rejected_replies_roll_back_and_wiped_state_resets():
         return reply
 
     net.tamper = tamper
-    run, snaps = go(make(eta=0.3), net, 7)
+    # C's second reset comes 3 rounds after its first: allowed by reset_interval=3 (the
+    # default limit refuses it for a while: test_a_reset_too_soon_waits_for_the_limit)
+    run, snaps = go(make(eta=0.3, reset_interval=3), net, 7)
     replay(run, net, snaps, eta=0.3, spec="topk:0.1", rule=median_rule, wiped={3: {c}})
     got = [kinds(r) for r in run.rounds]
     m = run.metrics
@@ -832,3 +834,216 @@ def test_defaults():
     assert s.codec.spec == "topk:0.1" and s.compressor == get_compressor("topk:0.1")
     assert ByzEF21().eta == 1.0
     assert BRCSGD(compressor="randk:0.5").compressor == get_compressor("randk:0.5")
+
+
+# --- 11. dense resets: rate limit, norm bound, labels -------------------------------------------
+
+
+def dense_reset(ins: Message, vector: torch.Tensor) -> Message:
+    """A dense reset reply: ``{"grad": vector}`` in the model's layout (what a client sends on
+    first contact), with the usual metrics."""
+    content = RecordDict(
+        {
+            "grad": unflatten(vector.to(torch.float32), layout_of(ins.content["arrays"])),
+            "metrics": MetricRecord({"train-loss": 1.0, "num-examples": 20}),
+        }
+    )
+    return Message(content, reply_to=ins)
+
+
+def forged(rnd: int) -> torch.Tensor:
+    """The Byzantine node's reset of round ``rnd``: a different, moderate vector every round."""
+    return torch.linspace(-1.0, 1.0, D, dtype=torch.float64) * (1.0 + rnd)
+
+
+@pytest.mark.parametrize("interval", [None, 3, 0])
+def test_dense_resets_every_round_are_refused_beyond_the_limit(interval: int | None):
+    byz, rounds = NODES[1], 12
+    net = Network(NODES)
+
+    def tamper(rnd: int, ins: Message, reply: Message) -> Message:
+        if int(ins.metadata.dst_node_id) != byz:
+            return reply
+        return dense_reset(ins, forged(rnd))
+
+    net.tamper = tamper
+    options = {} if interval is None else {"reset_interval": interval}
+    run, snaps = go(make(**options), net, rounds)
+    # the default: one per 10 rounds; 0: no limit (every round)
+    taken = {None: [1, 11], 3: [1, 4, 7, 10], 0: list(range(1, rounds + 1))}[interval]
+    honest = [n for n in NODES if n != byz]
+    copy = None
+    for k, m in enumerate(run.metrics):
+        rnd = k + 1
+        if rnd in taken:
+            copy = forged(rnd)
+            assert m["resets"] == (len(NODES) if rnd == 1 else 1), rnd
+            assert m["rejected"] == 0 and m["accepted"] == len(NODES), rnd
+        else:
+            assert m["resets"] == 0, rnd
+            assert m["rejected"] == m["rejected-reset-limit"] == 1, rnd
+            assert m["accepted"] == len(NODES) - 1, rnd
+        assert snaps[k].versions[byz] == len([r for r in taken if r <= rnd]) - 1
+        torch.testing.assert_close(snaps[k].copies[byz], copy, atol=1e-6, rtol=1e-6)
+        assert_in_sync(snaps[k], honest)
+        assert m["copies"] == len(NODES) and m["skipped"] == 0
+
+
+def _refused_lines(caplog: pytest.LogCaptureFixture, reason: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if f": {reason} (" in r.getMessage()]
+
+
+def test_a_refused_reset_is_logged_with_its_reason(caplog: pytest.LogCaptureFixture):
+    byz = NODES[1]
+
+    def tamper(rnd: int, ins: Message, reply: Message) -> Message:
+        return dense_reset(ins, forged(rnd)) if int(ins.metadata.dst_node_id) == byz else reply
+
+    go(make(), Network(NODES, tamper=tamper), 2)
+    lines = _refused_lines(caplog, "reset-limit")
+    assert len(lines) == 1 and f"round 2: rejected the reply of node {byz}" in lines[0]
+    assert "within 10 rounds of the last one taken (round 1)" in lines[0]
+
+
+def test_a_huge_norm_reset_is_refused_and_the_node_joins_later(caplog: pytest.LogCaptureFixture):
+    byz = NODES[1]
+    huge = torch.full((D,), 1e29, dtype=torch.float64)
+
+    def tamper(rnd: int, ins: Message, reply: Message) -> Message:
+        if int(ins.metadata.dst_node_id) != byz or rnd not in (1, 4):
+            return reply
+        return dense_reset(ins, huge * rnd)  # round 4: allowed by the rate, not by the norm
+
+    net = Network(NODES, tamper=tamper)
+    run, snaps = go(make(eta=0.3, reset_interval=2), net, 6)
+    replay(run, net, snaps, eta=0.3, spec="topk:0.1", rule=median_rule, accept=untampered)
+    m = run.metrics
+    assert m[0]["rejected-reset-norm"] == 1 and m[0]["resets"] == len(NODES) - 1
+    assert byz not in snaps[0].copies and m[0]["copies"] == len(NODES) - 1
+    assert version_sent(run.rounds[1], byz) == -1
+    assert kinds(run.rounds[1])[byz] == "grad" and m[1]["resets"] == 1  # its honest reset
+    assert m[3]["rejected-reset-norm"] == 1 and m[3]["resets"] == 0
+    assert kinds(run.rounds[4])[byz] == "payload"  # rolled back, not reset: in sync again
+    assert_in_sync(snaps[5], NODES)
+    assert all(float(c.abs().max()) < 1e3 for s in snaps for c in s.copies.values())
+    assert len(_refused_lines(caplog, "reset-norm")) == 2
+    # without the bound (the old behaviour) the same reset becomes the node's copy
+    net = Network(NODES, tamper=tamper)
+    run, snaps = go(make(eta=0.3, reset_interval=2, reset_norm_bound=0), net, 1)
+    assert run.metrics[0]["resets"] == len(NODES) and float(
+        snaps[0].copies[byz].max()
+    ) == pytest.approx(1e29, rel=1e-6)
+
+
+def test_a_reset_too_soon_waits_for_the_limit():
+    """An honest node that loses its state in round 3 resets from round 4 on; the default
+    limit refuses it until round 11 (10 rounds after its first), its stale copy is aggregated
+    meanwhile, then it is taken and the node is in sync."""
+    c, rounds = NODES[2], 12
+    net = Network(NODES)
+
+    def tamper(rnd: int, ins: Message, reply: Message) -> Message:
+        if rnd == 3 and int(ins.metadata.dst_node_id) == c:
+            net.contexts[c] = Context(
+                run_id=1, node_id=c, node_config={}, state=RecordDict(), run_config={}
+            )
+        return reply
+
+    net.tamper = tamper
+    run, snaps = go(make(eta=0.3), net, rounds)
+    refused = {id(ex) for r in run.rounds[3:10] for ex in r if node_of(ex) == c}
+
+    def accept(ex: Exchange, msg: Message) -> bool:
+        return id(ex) not in refused
+
+    replay(
+        run, net, snaps, eta=0.3, spec="topk:0.1", rule=median_rule, accept=accept, wiped={3: {c}}
+    )
+    for k in range(3, 10):
+        assert kinds(run.rounds[k])[c] == "grad"
+        assert run.metrics[k]["rejected-reset-limit"] == 1 and run.metrics[k]["resets"] == 0
+        assert torch.equal(snaps[k].copies[c], snaps[2].copies[c])  # the stale copy
+    assert kinds(run.rounds[10])[c] == "grad" and run.metrics[10]["resets"] == 1
+    assert kinds(run.rounds[11])[c] == "payload" and run.metrics[11]["rejected"] == 0
+    assert_in_sync(snaps[10], NODES)
+    assert_in_sync(snaps[11], NODES)
+
+
+def test_a_lost_reset_is_taken_again_and_later_replies_keep_their_labels():
+    """E's first reset is lost; in round 2 E resets (taken: the server has no copy) and a
+    payload of E arrives too (a ``duplicate``, not an ``unknown-node``); E's NaN payload in
+    round 3 is ``non-finite``; E is in sync afterwards."""
+    e = NODES[4]
+    topk = get_compressor("topk:0.1")
+
+    def tamper(rnd: int, ins: Message, reply: Message):
+        if int(ins.metadata.dst_node_id) != e:
+            return reply
+        if rnd == 1:
+            return None
+        if rnd == 2:
+            dense = vec(reply.content["grad"]).to(torch.float32)
+            extra = RecordDict(
+                {
+                    "payload": payload_record(topk.compress(dense, 0)),
+                    "metrics": MetricRecord({"train-loss": 1.0, "num-examples": 20}),
+                }
+            )
+            return [reply, Message(extra, reply_to=ins)]
+        if rnd == 3:
+            return _nan_payload(ins, reply)
+        return reply
+
+    net = Network(NODES, tamper=tamper)
+    run, snaps = go(make(eta=0.3), net, 5)
+    replay(run, net, snaps, eta=0.3, spec="topk:0.1", rule=median_rule, accept=untampered)
+    m = run.metrics
+    assert m[1]["resets"] == 1 and m[1]["rejected"] == m[1]["rejected-duplicate"] == 1
+    assert m[2]["rejected"] == m[2]["rejected-non-finite"] == 1
+    assert not any(key.startswith("rejected-unknown") for r in m for key in r)
+    assert kinds(run.rounds[3])[e] == "payload" and m[3]["rejected"] == 0
+    assert_in_sync(snaps[3], NODES)
+    assert_in_sync(snaps[4], NODES)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"reset_interval": -1}, "reset_interval"),
+        ({"reset_interval": 2.5}, "reset_interval"),
+        ({"reset_interval": math.inf}, "reset_interval"),
+        ({"reset_interval": "3"}, "reset_interval"),
+        ({"reset_norm_bound": -1.0}, "reset_norm_bound"),
+        ({"reset_norm_bound": math.nan}, "reset_norm_bound"),
+    ],
+)
+def test_bad_reset_limits_are_rejected(options: dict, match: str):
+    with pytest.raises(ValueError, match=match):
+        ByzEF21SGDM(**options)
+
+
+def test_reset_limit_defaults_and_the_baseline_takes_them():
+    s = ByzEF21SGDM()
+    assert (s.reset_interval, s.reset_norm_bound) == (10, 100.0)
+    b = ByzEF21(reset_interval=0, reset_norm_bound=0)
+    assert (b.reset_interval, b.reset_norm_bound) == (0, 0.0)
+    assert b.options()["reset interval"] == "no limit"
+
+
+@pytest.mark.parametrize("per_round", [None, 2])
+def test_honest_runs_are_the_same_with_and_without_the_limits(per_round: int | None):
+    """No honest reset is refused (first contacts, late ones under sampling too): the defaults
+    give bitwise the numbers of the limits off, the behaviour before them."""
+    runs = []
+    for options in ({}, {"reset_interval": 0, "reset_norm_bound": 0}):
+        run, snaps = go(make(clients_per_round=per_round, **options), Network(NODES), 6)
+        runs.append((run, snaps))
+    (a, sa), (b, sb) = runs
+    assert all(torch.equal(x, y) for x, y in zip(a.arrays, b.arrays, strict=True))
+    assert a.metrics == b.metrics and not any(
+        k.startswith("rejected-") for m in a.metrics for k in m
+    )
+    assert sum(m["resets"] for m in a.metrics) == len(NODES)  # every node's first contact
+    for s, t in zip(sa, sb, strict=True):
+        assert s.copies.keys() == t.copies.keys()
+        assert all(torch.equal(s.copies[n], t.copies[n]) for n in s.copies)

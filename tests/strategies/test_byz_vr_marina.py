@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from flwr_byz.simulations.metering import message_bytes
 from flwr_byz.strategies import ByzVRMarinaPP
@@ -373,6 +373,23 @@ def _wrong_seed(ins: Message, reply: Message) -> Message:
     return replace_arrays(reply, lambda rec, key, a: a + 1 if key == "seed" else a, ins)
 
 
+def _oversize(ins: Message, reply: Message) -> Message:
+    """The dense ``bias`` / the payload's ``values`` declared as sent but carrying 100x the
+    bytes after them (decoding it would read them)."""
+    content: dict[str, ArrayRecord | MetricRecord] = {}
+    for name, record in reply.content.array_records.items():
+        arrays = dict(record.items())
+        for key in ("bias", "values"):
+            if key in arrays:
+                a = arrays[key]
+                data = a.data + bytes(99 * len(a.data))
+                arrays[key] = Array(dtype=a.dtype, shape=a.shape, stype=a.stype, data=data)
+        content[name] = ArrayRecord(arrays)
+    for name, metrics in reply.content.metric_records.items():
+        content[name] = MetricRecord(dict(metrics))
+    return Message(RecordDict(content), reply_to=ins)
+
+
 def _no_record(ins: Message, reply: Message) -> Message:
     return Message(RecordDict({"metrics": MetricRecord({"num-examples": 20})}), reply_to=ins)
 
@@ -385,6 +402,7 @@ BAD_REPLIES: dict[str, Callable[[Message, Message], Message | list[Message]]] = 
     "error-reply": lambda ins, reply: Message(Error(code=3, reason="boom"), reply_to=ins),
     "unknown-node": lambda ins, reply: [reply, stranger(ins, reply)],
     "malformed": _wrong_seed,
+    "oversize": _oversize,
 }
 
 

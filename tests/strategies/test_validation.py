@@ -143,6 +143,21 @@ def _short_bytes(ins: Message) -> Message:
     return with_arrays(ins, arrays)
 
 
+def _oversize(mode: str) -> BuildReply:
+    """``w`` declares its [3, 4] float32 but carries 100x the data: in the ``.npy`` header
+    (``header``) or after a correct one (``trailing``)."""
+
+    def build(ins: Message) -> Message:
+        arrays = honest_dict(ins)
+        w = arrays["w"]
+        big = np.zeros(1200, np.float32)
+        data = Array(big).data if mode == "header" else w.data + big.tobytes()
+        arrays["w"] = Array(dtype=w.dtype, shape=w.shape, stype=w.stype, data=data)
+        return with_arrays(ins, arrays)
+
+    return build
+
+
 def _non_finite(value: float) -> BuildReply:
     def build(ins: Message) -> Message:
         arrays = honest_dict(ins)
@@ -198,6 +213,7 @@ CASES: dict[str, Case] = {
     "extra-key": Case({13: _extra_key}, 1),
     "shape": Case({14: _shape}, 1),
     "dtype": Case({15: _dtype}, 1),
+    "oversize": Case({12: _oversize("header"), 15: _oversize("trailing")}, 2),
     "malformed": Case({16: _malformed, 11: _short_bytes}, 2),
     "non-finite": Case({17: _non_finite(math.nan), 12: _non_finite(-math.inf)}, 2),
     "bad-weight": Case(

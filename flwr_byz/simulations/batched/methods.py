@@ -35,6 +35,7 @@ from ...protocol.keys import (
     BETA_KEY,
     COMPRESSOR_KEY,
     COMPRESSOR_SEED_KEY,
+    COPIES_KEY,
     EF21_VERSION_KEY,
     OP_DOUBLE,
     OP_GRAD,
@@ -44,6 +45,7 @@ from ...protocol.keys import (
     PAYLOAD_KEY,
     POINT_KEY,
     PREV_KEY,
+    RESETS_KEY,
     SAMPLED_KEY,
     SKIPPED_KEY,
     VECTOR_KEY,
@@ -461,6 +463,7 @@ class EF21Driver(_MethodDriver):
         dense, vectors = self._clients(parts, grads, ok, cseeds)
         vectors, dense = self._attack(parts, cseeds, vectors, dense, ok)
         accepted, reasons = self._validate(parts, vectors, dense, error)
+        accepted = self._admit(server_round, parts, vectors, dense, accepted, reasons)
         applied = [p for p, a in zip(parts, accepted.tolist(), strict=True) if a]
         self.versions[applied] += 1
         self.state, stats = ef21.server_step(
@@ -470,14 +473,15 @@ class EF21Driver(_MethodDriver):
             dense[accepted],
             self.aggregate,
             lr=self.lr,
+            server_round=server_round,
         )
         metrics = self.metrics(
             accepted,
             reasons,
             losses.tolist(),
             **{
-                "resets": stats["resets"],
-                "copies": stats["copies"],
+                RESETS_KEY: stats["resets"],
+                COPIES_KEY: stats["copies"],
                 SAMPLED_KEY: len(plan.nodes),
                 SKIPPED_KEY: stats["skipped"],
             },
@@ -566,6 +570,37 @@ class EF21Driver(_MethodDriver):
                 wire[byz] = self.compress(values, byz_seeds).to(self.payload_dtype)
                 out[idx] = wire.to(self.dtype)
         return out, dense
+
+    def _admit(
+        self,
+        server_round: int,
+        parts: list[int],
+        vectors: torch.Tensor,
+        dense: torch.Tensor,
+        accepted: torch.Tensor,
+        reasons: Counter[str],
+    ) -> torch.Tensor:
+        """``ByzEF21SGDM._admit``: ``accepted`` without the dense resets that
+        ``methods.ef21.refuse_resets`` refuses (counted in ``reasons``)."""
+        resets = accepted & dense
+        if not bool(resets.any()):
+            return accepted
+        idx = resets.nonzero().reshape(-1)
+        s = self.strategy
+        too_soon, too_large = ef21.refuse_resets(
+            self.state,
+            [parts[i] + 1 for i in idx.tolist()],
+            vectors[idx],
+            server_round=server_round,
+            interval=s.reset_interval,
+            norm_bound=s.reset_norm_bound,
+        )
+        for reason, mask in ((ef21.RESET_LIMIT, too_soon), (ef21.RESET_NORM, too_large)):
+            if bool(mask.any()):
+                reasons[reason] += int(mask.sum())
+        accepted = accepted.clone()
+        accepted[idx[too_soon | too_large]] = False
+        return accepted
 
     def _validate(
         self, parts: list[int], vectors: torch.Tensor, dense: torch.Tensor, error: torch.Tensor

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ...files import write_text
 from .claims import CLAIMS, Claim
 from .matrix import attack_matrix
 from .performance import performance_report
@@ -139,10 +140,7 @@ def write_document(ws: Workspace) -> Path:
         "each method are in [EXPERIMENTS.md](EXPERIMENTS.md), with their own commands.",
         "",
     ]
-    path = ws.docs / "RESULTS.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
-    return path
+    return write_text(ws.docs / "RESULTS.md", "\n".join(lines))
 
 
 def _cost(s: Section) -> str:

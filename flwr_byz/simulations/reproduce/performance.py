@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ...deployment.processes import descendants
+from ...files import write_text
 from ..config import ExperimentConfig
 from ..engines import run_experiments
 from ..runner import _flower_logging
@@ -172,8 +173,7 @@ def _strategies(ws: Workspace) -> list[str]:
             }
             for (label, _), r in zip(STRATEGIES, results, strict=True)
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(data, indent=1))
+        write_text(out, json.dumps(data, indent=1))  # atomic: a kill leaves no half file
     data = json.loads(out.read_text())
 
     def per_round(label: str) -> float:  # round 1 includes the nodes' data loading
@@ -208,8 +208,7 @@ def _compressors(ws: Workspace) -> list[str]:
         data = {
             c: [rec.bytes_up for rec in r.rounds] for c, r in zip(COMPRESSORS, results, strict=True)
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(data, indent=1))
+        write_text(out, json.dumps(data, indent=1))  # atomic: a kill leaves no half file
     data = json.loads(out.read_text())
     dense = statistics.fmean(data["none"])
     rows = [[c, f"{statistics.fmean(v) / 1e3:.1f}", f"{statistics.fmean(v) / dense:.3f}"]
@@ -240,8 +239,7 @@ def _scale(ws: Workspace) -> list[str]:
             "peak_mib": peak["peak_mib"],
             "accuracy": result.accuracy,
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(data, indent=1))
+        write_text(out, json.dumps(data, indent=1))  # atomic: a kill leaves no half file
     data = json.loads(out.read_text())
     secs = data["seconds"]
     return [

@@ -5,6 +5,11 @@ experiment script) resumes where it stopped. Each job runs with one torch thread
 config sets ``threads`` (the worker processes: one intra-op and inter-op thread, and
 ``OMP_NUM_THREADS=1`` for anything they start): on a 2-core machine two single-threaded jobs
 beat one job with two threads, and the numbers do not depend on ``jobs``.
+
+Interrupts: the workers ignore SIGINT (a terminal's Ctrl-C reaches them too); on an
+interrupt, or any other exception, ``run_all`` terminates them at once (SIGTERM: the job in
+progress unwinds, so a file being written is left as it was, and the worker exits). The
+runs already written stay and are not run again.
 """
 
 from __future__ import annotations
@@ -13,14 +18,19 @@ import dataclasses
 import logging
 import math
 import multiprocessing
+import os
+import signal
 import statistics
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+from ... import interrupt
 from ..config import ExperimentConfig
 from ..engines import run_experiments
 from ..result import Result
@@ -78,8 +88,58 @@ def _run_one(cfg: ExperimentConfig, engine: str = "local") -> str:
     return str(cfg.out)
 
 
+#: Whether this worker process is running a job (``_job``): a SIGTERM then unwinds it first.
+_IN_JOB = False
+
+
+def _worker_signal(signum: int, frame: FrameType | None) -> None:
+    if _IN_JOB:
+        raise interrupt.Interrupted(signum)
+    os._exit(128 + signum)
+
+
+def _worker_init() -> None:
+    """A pool worker: one thread (``one_thread_per_process``), SIGINT ignored, and SIGTERM /
+    SIGHUP end it quietly (the job in progress unwinds first: ``_job``)."""
+    one_thread_per_process()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _worker_signal)
+
+
+def _job(cfg: ExperimentConfig, engine: str = "local") -> str:
+    """``_run_one`` in a pool worker; a SIGTERM (``run_all`` stopping the pool) unwinds it,
+    so that an atomic write in progress removes its temporary file, then ends the worker
+    without a traceback."""
+    global _IN_JOB
+    _IN_JOB = True
+    try:
+        return _run_one(cfg, engine)
+    except interrupt.Interrupted as exc:
+        os._exit(128 + exc.signum)
+    finally:
+        _IN_JOB = False
+
+
+def stop_pool(pool: ProcessPoolExecutor, grace: float = 5.0) -> None:
+    """Terminate ``pool``'s workers now (SIGTERM, SIGKILL after ``grace`` seconds) and cancel
+    the jobs not started; the jobs in progress are lost."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)
+
+
 def job_pool(jobs: int) -> ProcessPoolExecutor:
-    """``jobs`` worker processes, each pinned to one thread (``one_thread_per_process``).
+    """``jobs`` worker processes, each pinned to one thread (``one_thread_per_process``),
+    ignoring SIGINT and ended quietly by SIGTERM (``stop_pool``).
 
     They are spawned, not forked: a child forked from a process whose OpenMP threads have run
     (torch's intra-op pool, e.g. an experiment run in this process before) hangs in its first
@@ -87,7 +147,7 @@ def job_pool(jobs: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(
         max_workers=jobs,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=one_thread_per_process,
+        initializer=_worker_init,
     )
 
 
@@ -101,20 +161,34 @@ def run_all(
     ``engine`` (``local`` or ``batched``).
 
     ``progress(done, total, out)`` is called after every run (default: a printed line).
+    On an interrupt (or any error) the workers are terminated at once (``stop_pool``); the
+    runs written so far stay.
     """
     if any(not c.out for c in configs):
         raise ValueError("every config needs an 'out' path")
     todo = list({c.out: c for c in configs if not Path(str(c.out)).exists()}.values())
-    report = progress or (lambda i, n, out: print(f"[{i}/{n}] {out}", flush=True))
+    show = progress or (lambda i, n, out: print(f"[{i}/{n}] {out}", flush=True))
+
+    def report(i: int, n: int, out: str) -> None:
+        interrupt.note(f"after {i} of {n} runs")
+        show(i, n, out)
+
     if not todo:
         return
     if jobs <= 1:
         for i, cfg in enumerate(todo, 1):
             report(i, len(todo), _run_one(cfg, engine))
         return
-    with job_pool(jobs) as pool:
-        for i, out in enumerate(pool.map(partial(_run_one, engine=engine), todo), 1):
+    pool = job_pool(jobs)
+    try:
+        with interrupt.children_ignore_sigint():  # the workers start in ``map``
+            outs = pool.map(partial(_job, engine=engine), todo)
+        for i, out in enumerate(outs, 1):
             report(i, len(todo), out)
+    except BaseException:
+        stop_pool(pool)
+        raise
+    pool.shutdown()
 
 
 def tail_acc(r: Result, upto: int | None = None, tail: int = TAIL) -> float:

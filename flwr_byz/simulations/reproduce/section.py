@@ -17,6 +17,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ...files import atomic_write, write_text
+
 __all__ = ["VERDICTS", "Budget", "Section", "line_figure", "table"]
 
 #: The one-line verdicts a claim can get.
@@ -72,9 +74,8 @@ class Section:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
 
     def save(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
-        return path
+        """Write the section's JSON atomically (parents created)."""
+        return write_text(path, json.dumps(asdict(self), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> Section:
@@ -111,7 +112,7 @@ def line_figure(
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="x-small")
-    out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(out, dpi=110, format="png")
+    with atomic_write(out) as fh:  # parents created
+        fig.savefig(fh, dpi=110, format="png")
     return out
