@@ -39,6 +39,7 @@ __all__ = [
     "STOP",
     "Interrupted",
     "Stopped",
+    "alive",
     "become_subreaper",
     "check",
     "children_ignore_sigint",
@@ -47,6 +48,7 @@ __all__ = [
     "handle_interrupts",
     "note",
     "reinstall",
+    "send_signal",
     "signalled",
     "stop_processes",
 ]
@@ -107,7 +109,7 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 
 def _hard_exit(signum: int) -> NoReturn:
     _write(f"{_prog()}: {signal.Signals(signum).name} again; stopping at once")
-    _kill(descendants(os.getpid()), signal.SIGKILL)
+    send_signal(descendants(os.getpid()), signal.SIGKILL)
     os._exit(128 + signum)
 
 
@@ -230,7 +232,8 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         return state != "Z"
@@ -242,7 +245,8 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _kill(pids: Iterable[int], sig: int) -> None:
+def send_signal(pids: Iterable[int], sig: int) -> None:
+    """Send ``sig`` to each of ``pids`` that still exists (and is ours to signal)."""
     for pid in pids:
         try:
             os.kill(pid, sig)
@@ -270,12 +274,12 @@ def stop_processes(pids: Iterable[int], grace: float = 3.0) -> list[int]:
     """SIGTERM to ``pids``, SIGKILL after ``grace`` seconds to those still alive; returns
     the PIDs that got SIGKILL."""
     pids = list(pids)
-    _kill(pids, signal.SIGTERM)
+    send_signal(pids, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.05)
-    left = [p for p in pids if _alive(p)]
-    _kill(left, signal.SIGKILL)
+    left = [p for p in pids if alive(p)]
+    send_signal(left, signal.SIGKILL)
     return left
 
 

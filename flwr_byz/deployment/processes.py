@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from ..interrupt import descendants, handle_interrupts
+from ..interrupt import alive, descendants, handle_interrupts, send_signal
 
 __all__ = [
     "ManagedProcess",
@@ -50,26 +50,6 @@ def with_marker(marker: str) -> list[int]:
         if pid != me and marker.encode() in cmdline and pid not in found:
             found += [pid, *(d for d in descendants(pid) if d not in found)]
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True
-
-
-def _signal(pids: Sequence[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 @dataclass
@@ -116,14 +96,14 @@ def stop_together(
     left (the slowest one sets the time, not their sum: a SuperNode takes about 2 s)."""
     trees = [process.tree() for process in processes]
     for pids in trees:
-        _signal(pids, sig)
+        send_signal(pids, sig)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for pids in trees for p in pids):
+    while time.monotonic() < deadline and any(alive(p) for pids in trees for p in pids):
         for process in processes:
             process.popen.poll()  # reap our child so it does not linger as a zombie
         time.sleep(0.1)
     for process, pids in zip(processes, trees, strict=True):
-        _signal([p for p in pids + descendants(process.pid) if _alive(p)], signal.SIGKILL)
+        send_signal([p for p in pids + descendants(process.pid) if alive(p)], signal.SIGKILL)
         try:
             process.popen.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
@@ -174,15 +154,15 @@ class ProcessSet:
         stop_together(processes, grace)
         if self.marker:
             orphans = with_marker(self.marker)
-            _signal(orphans, signal.SIGTERM)
+            send_signal(orphans, signal.SIGTERM)
             deadline = time.monotonic() + 5.0
-            while time.monotonic() < deadline and any(_alive(p) for p in orphans):
+            while time.monotonic() < deadline and any(alive(p) for p in orphans):
                 time.sleep(0.1)
-            _signal([p for p in orphans if _alive(p)], signal.SIGKILL)
+            send_signal([p for p in orphans if alive(p)], signal.SIGKILL)
 
     def pids(self) -> set[int]:
         """Every live process this set started, with descendants."""
-        return {p for proc in self.processes for p in proc.tree() if _alive(p)}
+        return {p for proc in self.processes for p in proc.tree() if alive(p)}
 
 
 @contextmanager
