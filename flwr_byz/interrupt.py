@@ -186,7 +186,11 @@ def signalled(signum: int) -> None:
 @contextmanager
 def children_ignore_sigint() -> Iterator[None]:
     """Processes started within the block ignore SIGINT (the disposition survives ``exec``);
-    a SIGINT for this process meanwhile stays pending and is delivered after the block."""
+    a SIGINT for this process meanwhile stays pending and is delivered after the block.
+
+    The SIGINT is blocked in the calling thread only: where other threads run, the kernel may
+    hand it to one of them while it is ignored, and that Ctrl-C is lost (press it again; the
+    block lasts as long as starting the children)."""
     if not _main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return

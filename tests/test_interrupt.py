@@ -23,7 +23,6 @@ from flwr_byz.interrupt import (
     Interrupted,
     Stopped,
     check,
-    children_ignore_sigint,
     descendants,
     handle_interrupts,
 )
@@ -120,21 +119,53 @@ def _ignored(pid: int, sig: int) -> bool:
     return bool(mask & (1 << (sig - 1)))
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
-def test_children_started_in_the_block_ignore_sigint_and_a_sigint_meanwhile_waits() -> None:
-    with pytest.raises(Interrupted), handle_interrupts():
+_CHILDREN_IGNORE = """
+import os, signal, subprocess, sys, time
+from pathlib import Path
+from flwr_byz.interrupt import Interrupted, children_ignore_sigint, handle_interrupts
+
+def ignored(pid, sig):
+    status = Path(f"/proc/{pid}/status").read_text()
+    line = next(x for x in status.splitlines() if x.startswith("SigIgn:"))
+    return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
+
+child = None
+try:
+    with handle_interrupts():
         with children_ignore_sigint():
             child = subprocess.Popen(["sleep", "30"])
+            time.sleep(0.2)
+            print("child ignores:", ignored(child.pid, signal.SIGINT))
             os.kill(os.getpid(), signal.SIGINT)  # pending until the block ends
             time.sleep(0.2)
-        try:
-            assert _ignored(child.pid, signal.SIGINT)
-            assert not _ignored(os.getpid(), signal.SIGINT)
-        finally:
-            child.kill()
-            child.wait()
+            print("still in the block")
         time.sleep(5)
-        raise AssertionError("the SIGINT was lost")
+        print("the SIGINT was lost")
+except Interrupted as exc:
+    print("interrupted", exc.code)
+finally:
+    if child is not None:
+        child.kill()
+        child.wait()
+print("parent ignores:", ignored(os.getpid(), signal.SIGINT))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_children_started_in_the_block_ignore_sigint_and_a_sigint_meanwhile_waits() -> None:
+    """In a process of its own: the SIGINT is blocked in the calling thread only, so in a
+    process with other threads (pytest's, after other tests) the kernel may hand it to one of
+    them, where it is ignored (``children_ignore_sigint`` documents this)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILDREN_IGNORE], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:4] == [
+        "child ignores: True",
+        "still in the block",
+        "interrupted 130",
+        "parent ignores: False",
+    ], done.stdout
 
 
 # --- guarded, in a process of its own (it ends with os._exit) -----------------------------
