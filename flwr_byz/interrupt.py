@@ -372,6 +372,18 @@ def _helpers() -> set[int]:
     return {pid} if isinstance(pid, int) else set()
 
 
+def _stop_resource_tracker() -> None:
+    """End ``multiprocessing``'s resource tracker now and reap it (it would end by itself
+    just after this process, so that a check right at our exit would still see it)."""
+    tracker = sys.modules.get("multiprocessing.resource_tracker")
+    stop = getattr(getattr(tracker, "_resource_tracker", None), "_stop", None)
+    if callable(stop):
+        try:
+            stop()
+        except Exception:  # best effort: it ends with this process anyway
+            pass
+
+
 def _exit_now(code: int) -> NoReturn:
     """``atexit`` handlers, flushed streams, then ``os._exit``: the interpreter's own
     finalization is skipped, which can wait seconds for a daemon thread (Flower's telemetry
@@ -382,6 +394,7 @@ def _exit_now(code: int) -> NoReturn:
 
     gc.collect()  # what the unwound frames held (a pool's semaphores: finalizers run)
     atexit._run_exitfuncs()
+    _stop_resource_tracker()
     for stream in (sys.stdout, sys.stderr, _state.get("stderr")):
         try:
             if stream is not None:

@@ -8,7 +8,7 @@ malformed reply is rejected with the right reason (in the log and in the round's
 that a round whose forged replies were all rejected moves exactly as its honest replies
 alone, and that no step exceeds ``STEP_FACTOR`` times the largest honest step from the same
 state (``fuzz_helpers`` explains both). The fast part runs one seed per profile (about a
-minute on one thread); ``slow`` runs more seeds and rounds.
+minute on one thread); ``slow`` runs another seed for three times the rounds.
 
     python -m tests.strategies.fuzz_helpers [rounds-multiplier] [seed]   # the counts table
 """
@@ -49,7 +49,7 @@ def test_fuzz(profile: Profile) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1])
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
 def test_fuzz_longer(profile: Profile, seed: int) -> None:
     stats = run_fuzz(profile, seed=seed, rounds=3 * profile.rounds)
