@@ -177,8 +177,8 @@ SCRIPT = textwrap.dedent(
     def main(cleanup_seconds):
         child = subprocess.Popen(["sleep", "60"])  # left running: guarded stops it
         note("after round 3 of 10")
-        print(child.pid, flush=True)
         try:
+            print(child.pid, flush=True)  # inside: a signal from now on meets the cleanup
             time.sleep(60)
         finally:
             time.sleep(cleanup_seconds)  # slow cleanup: a second signal cuts it short

@@ -10,8 +10,11 @@ package. Layers, bottom to top (a module imports only its own layer or lower one
 1. ``methods``, ``aggregators``, ``compressors``, ``attacks``: pure torch, no ``flwr`` import;
 2. ``protocol``: the wire contract (keys, ArrayRecord bridge, payload records);
 3. ``strategies`` and ``clients``: the Flower edge; neither imports the other;
-4. ``simulations`` and ``deployment``: the app layer;
-5. ``cli`` / ``__main__`` (the entry points, where present).
+4. ``simulations``: the app layer's engines, round loop, data sets, models and results;
+5. ``deployment``: the loopback deployment (it runs the simulations' round loop; the
+   simulations never import it);
+6. ``reproduce``: the reproduction pipeline (it runs experiments, and measures deployments);
+7. ``cli`` / ``__main__``: the one entry point over everything.
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ LAYERS: dict[str, int] = {
     "strategies": 3,
     "clients": 3,
     "simulations": 4,
-    "deployment": 4,
-    "cli": 5,
-    "__main__": 5,
+    "deployment": 5,
+    "reproduce": 6,
+    "cli": 7,
+    "__main__": 7,
 }
 PURE = {"methods", "aggregators", "compressors", "attacks"}  # no Flower import
 APART = {("strategies", "clients"), ("clients", "strategies")}  # same layer, never each other

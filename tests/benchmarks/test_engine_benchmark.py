@@ -141,7 +141,7 @@ def test_flwr_byz_bench_runs_the_engine_benchmark(
 ) -> None:
     from typer.testing import CliRunner
 
-    from flwr_byz.simulations import cli
+    from flwr_byz import cli
 
     calls: list[list[str]] = []
     monkeypatch.setattr(cli, "_call", lambda args: calls.append(args) or 0)  # no real run

@@ -49,7 +49,7 @@ from flwr_byz.deployment import (
 )
 from flwr_byz.deployment.deploy import DeploymentError, deploy, find_app, node_specs, round_lines
 from flwr_byz.deployment.federation import CONNECTION
-from flwr_byz.simulations.cli import app as cli_app
+from flwr_byz.cli import app as cli_app
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.runner import byzantine_partitions
 

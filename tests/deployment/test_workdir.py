@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 import flwr_byz.deployment.deploy as deploy_module
 from flwr_byz.deployment import handle_termination
 from flwr_byz.deployment.deploy import DeploymentError, WorkDir, deploy
-from flwr_byz.simulations.cli import app as cli_app
+from flwr_byz.cli import app as cli_app
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.result import Result
 

@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 from flwr_byz.simulations import runner
 from flwr_byz.simulations.batched import check_batched, resolve_device
 from flwr_byz.simulations.batched import engine as batched_engine
-from flwr_byz.simulations.cli import app as cli_app
+from flwr_byz.cli import app as cli_app
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.engines import ENGINES, run_experiment
-from flwr_byz.simulations.reproduce.pool import without_flower_gc
+from flwr_byz.reproduce.pool import without_flower_gc
 from flwr_byz.simulations.result import Result
 from flwr_byz.simulations.training import evaluate, float_precision
 

@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 
 from flwr_byz.aggregators import AGGREGATORS, WRAPPERS
 from flwr_byz.attacks import ATTACKS
-from flwr_byz.simulations import cli
-from flwr_byz.simulations.cli import app
+from flwr_byz import cli
+from flwr_byz.cli import app
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.methods import METHODS
 from flwr_byz.simulations.models import build_model

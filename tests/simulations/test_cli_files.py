@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 import flwr_byz.simulations.engines as engines
 import flwr_byz.simulations.runner as runner
-from flwr_byz.simulations import cli
+from flwr_byz import cli
 from flwr_byz.simulations.checkpoint import client_state_dir
-from flwr_byz.simulations.cli import app
+from flwr_byz.cli import app
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.result import Result, RoundRecord
 
@@ -101,7 +101,7 @@ def test_other_commands_check_their_out_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
 ) -> None:
     import flwr_byz.deployment.deploy as deploy
-    import flwr_byz.simulations.cli as cli_module
+    import flwr_byz.cli as cli_module
 
     def started(*args: Any, **kwargs: Any) -> None:
         raise AssertionError(f"{command} started")

@@ -24,7 +24,7 @@ import pytest
 from flwr_byz.interrupt import Stopped
 from flwr_byz.simulations.checkpoint import Checkpoint
 from flwr_byz.simulations.engines import StoppableGrid
-from flwr_byz.simulations.reproduce.pool import job_pool, stop_pool
+from flwr_byz.reproduce.pool import job_pool, stop_pool
 from flwr_byz.simulations.result import Result
 
 from .interrupt_probe import FLWR_BYZ, Outcome, after, interrupt, run_args

@@ -23,7 +23,7 @@ from flwr_byz.protocol.records import layout_of
 from flwr_byz.simulations import app as client_side
 from flwr_byz.simulations import engines as engine_module
 from flwr_byz.simulations import runner
-from flwr_byz.simulations.cli import app as cli_app
+from flwr_byz.cli import app as cli_app
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.engines import ENGINES, run_experiment, run_experiments
 from flwr_byz.simulations.local import CLIENT_EXCEPTION, LocalGrid, run_local

@@ -18,7 +18,7 @@ import pytest
 from flwr.app import ArrayRecord
 
 from flwr_byz.simulations.config import ExperimentConfig
-from flwr_byz.simulations.reproduce import (
+from flwr_byz.reproduce import (
     CLAIMS,
     TARGETS,
     Budget,
@@ -27,8 +27,8 @@ from flwr_byz.simulations.reproduce import (
     pool,
     write_document,
 )
-from flwr_byz.simulations.reproduce import matrix as matrix_mod
-from flwr_byz.simulations.reproduce.section import VERDICTS
+from flwr_byz.reproduce import matrix as matrix_mod
+from flwr_byz.reproduce.section import VERDICTS
 from flwr_byz.simulations.result import Result, RoundRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -249,7 +249,7 @@ def test_document_lists_missing_targets(tmp_path: Path) -> None:
 def test_reproduce_records_from_scratch_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import flwr_byz.simulations.reproduce as rep
+    import flwr_byz.reproduce as rep
 
     stored = tmp_path / "measure.json"
 
@@ -277,8 +277,8 @@ def test_reproduce_records_from_scratch_time(
 def test_targets_and_cli_errors() -> None:
     from typer.testing import CliRunner
 
-    from flwr_byz.simulations.cli import app
-    from flwr_byz.simulations.reproduce import resolve_targets
+    from flwr_byz.cli import app
+    from flwr_byz.reproduce import resolve_targets
 
     assert list(TARGETS)[:8] == list(CLAIMS) and list(TARGETS)[8:] == ["matrix", "performance"]
     assert resolve_targets([]) == list(TARGETS) == resolve_targets(["c1.1", "all"])
@@ -297,7 +297,7 @@ def test_quick_pipeline_end_to_end(tmp_path: Path) -> None:
     """``flwr-byz reproduce all --quick``: every section, verdict, table and figure, offline;
     then one target again reuses the stored runs."""
     work, docs = tmp_path / "work", tmp_path / "docs"
-    cmd = [sys.executable, "-m", "flwr_byz.simulations.cli", "reproduce"]
+    cmd = [sys.executable, "-m", "flwr_byz.cli", "reproduce"]
     args = ["--quick", "--work", str(work), "--docs", str(docs)]
     proc = subprocess.run([*cmd, "all", *args], capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -21,7 +21,7 @@ from flwr_byz.simulations.engines import (
     _backend_config,
     run_experiment,
 )
-from flwr_byz.simulations.reproduce.pool import job_pool, run_all
+from flwr_byz.reproduce.pool import job_pool, run_all
 from flwr_byz.simulations.result import Result
 from flwr_byz.simulations.runner import _flower_logging
 from flwr_byz.simulations.threads import (

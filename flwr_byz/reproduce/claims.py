@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ...aggregators import get_aggregator
-from ..config import ExperimentConfig
-from ..result import Result
+from ..aggregators import get_aggregator
+from ..simulations.config import ExperimentConfig
+from ..simulations.result import Result
 from .pool import TAIL, first_reaching, mean_std, pct, tail_acc
 from .section import Budget, Section, line_figure, table
 from .workspace import Workspace

@@ -30,12 +30,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ... import interrupt
-from ..config import ExperimentConfig
-from ..engines import run_experiments
-from ..result import Result
-from ..runner import _flower_logging
-from ..threads import one_thread_per_process
+from .. import interrupt
+from ..simulations.config import ExperimentConfig
+from ..simulations.engines import run_experiments
+from ..simulations.result import Result
+from ..simulations.runner import _flower_logging
+from ..simulations.threads import one_thread_per_process
 
 __all__ = [
     "TAIL",

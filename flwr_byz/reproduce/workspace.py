@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ExperimentConfig
-from ..result import Result
+from ..simulations.config import ExperimentConfig
+from ..simulations.result import Result
 from .pool import run_all
 from .section import Budget, Section
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ...files import write_text
+from ..files import write_text
 from .claims import CLAIMS, Claim
 from .matrix import attack_matrix
 from .performance import performance_report

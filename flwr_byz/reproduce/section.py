@@ -17,7 +17,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ...files import atomic_write, write_text
+from ..files import atomic_write, write_text
 
 __all__ = ["VERDICTS", "Budget", "Section", "line_figure", "table"]
 

@@ -20,11 +20,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ...deployment.processes import descendants
-from ...files import write_text
-from ..config import ExperimentConfig
-from ..engines import run_experiments
-from ..runner import _flower_logging
+from ..interrupt import descendants
+from ..files import write_text
+from ..simulations.config import ExperimentConfig
+from ..simulations.engines import run_experiments
+from ..simulations.runner import _flower_logging
 from .section import Section, table
 from .workspace import Workspace
 
@@ -89,7 +89,7 @@ def _peak_tree_rss() -> Iterator[dict[str, float]]:
 
 
 def _aggregators(ws: Workspace) -> list[str]:
-    script = Path(__file__).resolve().parents[3] / "benchmarks" / "aggregators.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "aggregators.py"
     out = ws.root / "bench" / "aggregators.json"
     if not script.exists():
         return [f"The aggregator benchmark needs a source checkout ({script} is missing)."]

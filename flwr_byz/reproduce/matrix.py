@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..config import ExperimentConfig
-from ..plots import plot_heatmap
-from ..report import Cell
-from ..result import Result
+from ..simulations.config import ExperimentConfig
+from ..simulations.plots import plot_heatmap
+from ..simulations.report import Cell
+from ..simulations.result import Result
 from .pool import first_reaching, mean_std
 from .section import Section, table
 from .workspace import Workspace

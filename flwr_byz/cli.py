@@ -23,7 +23,7 @@ from flwr_byz.aggregators import AGGREGATORS, WRAPPERS
 from flwr_byz.attacks import ATTACKS
 from flwr_byz.files import check_writable, write_text
 
-from .config import ExperimentConfig, parse_params
+from .simulations.config import ExperimentConfig, parse_params
 
 
 class _App(typer.Typer):
@@ -116,7 +116,7 @@ def run_digest(config: dict[str, Any]) -> str:
 def _finished(cfg: ExperimentConfig) -> Any:
     """The ``Result`` stored at ``cfg.out`` when it is a finished run of ``cfg``, else None
     (absent, unreadable, cut short, or of another config)."""
-    from .result import Result
+    from .simulations.result import Result
 
     assert cfg.out is not None
     try:
@@ -128,7 +128,7 @@ def _finished(cfg: ExperimentConfig) -> Any:
 
 
 def _label(cfg: ExperimentConfig) -> str:
-    from .report import run_label
+    from .simulations.report import run_label
 
     attack = cfg.attack if cfg.byzantine and cfg.attack != "none" else "no attack"
     return f"{run_label(cfg.to_dict())} | {attack} | {cfg.byzantine} Byz"
@@ -140,7 +140,7 @@ def _progress(configs: Sequence[ExperimentConfig]) -> Iterator[Any]:
     interrupt message's ``after round 3 of 10`` up to date)."""
     from flwr_byz.interrupt import note
 
-    from .runner import prepare
+    from .simulations.runner import prepare
 
     progress = Progress(
         TextColumn("{task.description}"),
@@ -176,7 +176,7 @@ def _progress(configs: Sequence[ExperimentConfig]) -> Iterator[Any]:
 
 
 def _summary(results: Sequence[Any], title: str) -> None:
-    from .report import summary_rows
+    from .simulations.report import summary_rows
 
     rows = summary_rows([r.to_dict() for r in results])
     table = Table(title=title)
@@ -190,7 +190,7 @@ def _summary(results: Sequence[Any], title: str) -> None:
 def _execute(
     configs: list[ExperimentConfig], verbose: bool, engine: str = "simulation"
 ) -> list[Any]:
-    from .engines import run_experiments
+    from .simulations.engines import run_experiments
 
     try:
         with _progress(configs) as on_round:
@@ -297,7 +297,7 @@ def run(
     (result,) = _execute([cfg], verbose, engine)
     INTERRUPT_HINT = None
     if own_checkpoint:
-        from .checkpoint import remove
+        from .simulations.checkpoint import remove
 
         remove(str(cfg.checkpoint))  # the result is written: nothing left to resume
     _summary([result], "flwr-byz run")
@@ -352,9 +352,9 @@ def grid(
     Each run's result is written to OUT_DIR/runs/ as soon as it finishes, named by a hash of
     its config; an interrupted grid run again reuses those and runs only the rest.
     """
-    from .methods import uses_aggregator
-    from .plots import plot_heatmap
-    from .report import cells_from_results, grid_markdown
+    from .simulations.methods import uses_aggregator
+    from .simulations.plots import plot_heatmap
+    from .simulations.report import cells_from_results, grid_markdown
 
     shared = _collect(
         clients=clients, rounds=rounds, dataset=dataset, partition=partition, model=model,
@@ -417,8 +417,8 @@ def plot(
     title: str | None = typer.Option(None, help="Plot title. \\[default: from the metric]"),
 ) -> None:
     """Draw curves of one metric from result files into a PNG."""
-    from .plots import plot_curves
-    from .report import run_label
+    from .simulations.plots import plot_curves
+    from .simulations.report import run_label
 
     _writable(out, "--out")
     curves = []
@@ -457,8 +457,8 @@ def demo(
     """The flagship experiment: MNIST-1D, 20 clients of which 4 Byzantine (ALIE): FedAvg vs
     RobustFedAvg(CWMed) vs RobustFedAvg(NNM+Krum), with FedAvg without attack as reference.
     Writes one JSON per run and accuracy.png to OUT_DIR."""
-    from .plots import plot_curves
-    from .report import run_label
+    from .simulations.plots import plot_curves
+    from .simulations.report import run_label
 
     _writable_dir(out_dir, "--out-dir", name="accuracy.png")
     configs = []
@@ -694,7 +694,7 @@ def bench(
     """Run a benchmark of benchmarks/ (a source checkout): aggregators or engines."""
     if suite not in BENCHMARKS:
         raise typer.BadParameter(f"unknown benchmark {suite!r}; one of {', '.join(BENCHMARKS)}")
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / f"{suite}.py"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{suite}.py"
     if not script.exists():
         typer.echo(f"benchmark script not found at {script} (needs a source checkout)", err=True)
         raise typer.Exit(2)
