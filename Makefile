@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast bench bench-engines results lint clean
+.PHONY: help install demo test test-fast bench bench-engines results lint wheel clean
 
 help:
 	@echo "make install    create .venv (torch==2.13.0 first) and install flwr-byz[dev]"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench-engines  install, run benchmarks/engines.py (engines vs a plain loop, ~30-60 min)"
 	@echo "make results    install, then regenerate docs/RESULTS.md and its figures (~55 min)"
 	@echo "make lint       ruff + mypy"
+	@echo "make wheel      install, then build the sdist and, from it, the wheel -> dist/ (offline)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,5 +55,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy flwr_byz
 
+# No build isolation: setuptools and build come from .venv (the dev extra), nothing is
+# downloaded. The wheel is built from the sdist, so the sdist is known to be complete.
+wheel: $(STAMP)
+	rm -f dist/flwr_byz-*
+	$(PY) -m build --no-isolation --outdir dist .
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -45,8 +45,74 @@ app = _App(
 console = Console(width=None if sys.stdout.isatty() else 140)  # logs/CI: no wrapping
 
 
-def _help(name: str) -> str:
-    return escape(ExperimentConfig.help(name))  # "[default: x]" is not rich markup
+def _print_version(value: bool) -> None:
+    if value:
+        from flwr_byz import __version__
+
+        typer.echo(f"flwr-byz {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Byzantine-robust federated learning for Flower."""
+
+
+def _help(name: str, method: str | None = None) -> str:
+    return escape(ExperimentConfig.help(name, method))  # "[default: x]" is not rich markup
+
+
+def _method_in(args: Sequence[str]) -> str | None:
+    """The method named by ``--method M`` / ``--method=M`` in ``args``, else by the
+    ``--config`` file given there; None when neither names one."""
+    for i, arg in enumerate(args):
+        if arg == "--method" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--method="):
+            return arg.partition("=")[2]
+    for i, arg in enumerate(args):
+        path = args[i + 1] if arg == "--config" and i + 1 < len(args) else None
+        path = arg.partition("=")[2] if arg.startswith("--config=") else path
+        if path:
+            try:
+                return ExperimentConfig.from_toml(path).method
+            except (OSError, ValueError, TypeError):
+                return None
+    return None
+
+
+class _MethodHelp(typer.core.TyperCommand):
+    """A command whose ``--help`` shows the defaults of the method its arguments name
+    (``flwr-byz run --method byz-ef21-sgdm --help``): typer renders help texts fixed at
+    import, so the method-dependent options' texts are swapped while the help is drawn."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.meta["flwr_byz.args"] = list(args)  # --help is eager: read before the parse
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from .simulations.config import METHOD_OPTIONS
+        from .simulations.defaults import METHOD_DEFAULTS
+
+        method = _method_in(ctx.meta.get("flwr_byz.args", []))
+        if method not in METHOD_DEFAULTS:
+            return super().format_help(ctx, formatter)
+        saved = [(p, p.help) for p in self.params if p.name in METHOD_OPTIONS]
+        for param, _ in saved:
+            param.help = _help(str(param.name), method)
+        listed = ", ".join(f"{k} {v}" for k, v in METHOD_DEFAULTS[method].to_dict().items())
+        text = self.help
+        self.help = f"{text}\n\n{escape(method)}'s defaults: {escape(listed)}."
+        try:
+            return super().format_help(ctx, formatter)
+        finally:
+            self.help = text
+            for param, old in saved:
+                param.help = old
 
 
 # --- shared experiment options -----------------------------------------------------------
@@ -123,8 +189,9 @@ def _finished(cfg: ExperimentConfig) -> Any:
         result = Result.load(cfg.out)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    same = run_digest(result.config) == run_digest(cfg.resolved().to_dict())
-    return result if same and len(result.rounds) == cfg.rounds else None
+    resolved = cfg.resolved()
+    same = run_digest(result.config) == run_digest(resolved.to_dict())
+    return result if same and len(result.rounds) == resolved.rounds else None
 
 
 def _label(cfg: ExperimentConfig) -> str:
@@ -140,8 +207,6 @@ def _progress(configs: Sequence[ExperimentConfig]) -> Iterator[Any]:
     interrupt message's ``after round 3 of 10`` up to date)."""
     from flwr_byz.interrupt import note
 
-    from .simulations.runner import prepare
-
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -151,10 +216,8 @@ def _progress(configs: Sequence[ExperimentConfig]) -> Iterator[Any]:
         console=console,
     )
     tasks = {}
-    for cfg in configs:
-        resolved = prepare(cfg)
-        label = escape(_label(resolved))
-        tasks[_key(resolved)] = progress.add_task(label, total=cfg.rounds, acc="—")
+    for cfg in configs:  # prepared (``_execute``): as the round loop reports them
+        tasks[_key(cfg)] = progress.add_task(escape(_label(cfg)), total=cfg.rounds, acc="—")
 
     finished: set[str] = set()
 
@@ -191,17 +254,20 @@ def _execute(
     configs: list[ExperimentConfig], verbose: bool, engine: str = "simulation"
 ) -> list[Any]:
     from .simulations.engines import run_experiments
+    from .simulations.flower_gc import without_flower_gc
+    from .simulations.runner import prepare
 
     try:
-        with _progress(configs) as on_round:
-            return run_experiments(configs, on_round=on_round, verbose=verbose, engine=engine)
+        prepared = [prepare(c) for c in configs]  # once per run: the engine takes them as they are
+        with _progress(prepared) as on_round, without_flower_gc():  # time only (flower-bulyan)
+            return run_experiments(prepared, on_round=on_round, verbose=verbose, engine=engine)
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
 
 
 # --- commands ----------------------------------------------------------------------------
-@app.command()
+@app.command(cls=_MethodHelp)
 def run(
     config: Path | None = typer.Option(
         None,
@@ -261,7 +327,9 @@ def run(
     verbose: bool = typer.Option(False, help="Show Flower's per-round log."),
 ) -> None:
     """Run one experiment (Flower's simulation engine, or --engine local / batched) and write
-    its JSON."""
+    its JSON. The method-dependent options (aggregator, lr, batch size, local epochs,
+    momentum, compressor, rounds) default to the method's own (docs/DEFAULTS.md):
+    'flwr-byz run --method M --help' shows M's."""
     given = _collect(
         method=method, aggregator=aggregator, attack=attack, byzantine=byzantine,
         clients=clients, clients_per_round=clients_per_round, rounds=rounds, dataset=dataset,
@@ -362,7 +430,9 @@ def grid(
     )  # fmt: skip
     base = _config(config, shared, param)
     defences = [
-        (m, a) for m in method for a in (aggregator if uses_aggregator(m) else [base.aggregator])
+        (m, a)
+        for m in method
+        for a in (aggregator if uses_aggregator(m) else [base.aggregator or _own_rule(m)])
     ]
     global INTERRUPT_HINT
     INTERRUPT_HINT = None
@@ -398,12 +468,25 @@ def grid(
     results = [finished[i] if i in finished else next(new) for i in range(len(configs))]
     cells = cells_from_results([r.to_dict() for r in results])
     markdown = grid_markdown(
-        cells, title=f"final accuracy (%), {base.dataset}, {base.rounds} rounds"
+        cells, title=f"final accuracy (%), {base.dataset}, {_rounds_of(results)} rounds"
     )
     write_text(out_dir / "results.md", markdown)
     plot_heatmap(cells, out_dir / "heatmap.png")
     _summary(results, "flwr-byz grid")
     console.print(f"wrote {out_dir / 'results.md'} and {out_dir / 'heatmap.png'}")
+
+
+def _own_rule(method: str) -> str:
+    """The aggregator a method takes by default (a name for the methods that take none)."""
+    from .simulations.defaults import METHOD_DEFAULTS
+
+    defaults = METHOD_DEFAULTS.get(method)
+    return defaults.aggregator if defaults else "default"
+
+
+def _rounds_of(results: Sequence[Any]) -> str:
+    """The rounds of the runs (methods default to their own): "30" or "30/40"."""
+    return "/".join(str(r) for r in sorted({int(x.config["rounds"]) for x in results}))
 
 
 @app.command()
@@ -474,6 +557,10 @@ def demo(
                 clients=20,
                 rounds=rounds,
                 dataset="mnist1d",
+                lr=0.05,  # the local-SGD settings the demo was made with, explicit
+                batch_size=32,
+                local_epochs=2,
+                momentum=0.9,
                 out=str(out_dir / f"{name}.json"),
             )
         )
@@ -531,7 +618,10 @@ def deploy(
         help="Keep the work directory (private keys, logs) at the end instead of deleting it.",
     ),
     app_dir: Path | None = typer.Option(
-        None, "--app", help="The Flower App directory. \\[default: this source tree]"
+        None,
+        "--app",
+        help="A Flower App directory to run. \\[default: one written to the work directory, "
+        "running the installed flwr_byz]",
     ),
     insecure: bool = typer.Option(
         False,
@@ -652,6 +742,43 @@ def reproduce(
     console.print(f"wrote {path}")
 
 
+@app.command("defaults-sweep")
+def defaults_sweep(
+    method: list[str] = typer.Option(
+        [], "--method", help="Methods to sweep (repeatable). \\[default: every method]"
+    ),
+    jobs: int = typer.Option(2, min=1, help="Parallel processes running the experiments."),
+    engine: str = typer.Option(
+        "batched", help="batched (every client of a round at once) or local (in-process)."
+    ),
+    work: Path = typer.Option(
+        Path("results/defaults-sweep"),
+        help="Where the runs are kept (runs/<method>-<hash>.json; a rerun reuses them).",
+    ),
+    docs: Path = typer.Option(Path("docs"), help="Where DEFAULTS.md goes."),
+) -> None:
+    """Choose each method's defaults: a small grid (lr x batch size x aggregator x a method
+    knob) on digits, 40 rounds, 20 clients, without attack and under sign-flip, ALIE, IPM and
+    label-flip with 4 Byzantine; the best worst-case accuracy wins. Writes DEFAULTS.md in DOCS
+    and names the methods whose DEFAULTS (flwr_byz/methods/) differ from the choice."""
+    from .reproduce.defaults_sweep import differences, sweep, write_docs
+
+    if engine not in ("local", "batched"):
+        raise typer.BadParameter(f"--engine must be local or batched, got {engine!r}")
+    _writable_dir(work / "runs", "--work", name="run.json")
+    _writable_dir(docs, "--docs", name="DEFAULTS.md")
+    global INTERRUPT_HINT
+    INTERRUPT_HINT = f"finished runs are kept in {work}; the same command continues from them"
+    try:
+        choices = sweep(work, method or None, jobs=jobs, engine=engine, echo=console.print)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    INTERRUPT_HINT = None
+    console.print(f"wrote {write_docs(choices, docs, engine)}")
+    for line in differences(choices):
+        console.print(f"[yellow]note:[/yellow] {escape(line)}", soft_wrap=True)
+
+
 @app.command()
 def aggregators() -> None:
     """List the aggregator names usable in spec strings (e.g. 'bucketing:2+median')."""
@@ -668,7 +795,7 @@ def attacks() -> None:
         typer.echo(f"{name:<12} {kind}")
 
 
-#: ``flwr-byz bench`` suites: the benchmark scripts of benchmarks/ in a source checkout.
+#: ``flwr-byz bench`` suites: the modules ``flwr_byz.bench.<suite>`` (installed with the package).
 BENCHMARKS = ("aggregators", "engines")
 
 
@@ -683,7 +810,9 @@ def bench(
         False, help="A small run: aggregators n=20, d=100k; engines MLP, 20 clients, 3 rounds."
     ),
     out: Path | None = typer.Option(
-        None, help="Where to write the JSON results. \\[default: benchmarks/results/SUITE.json]"
+        None,
+        help="Where to write the JSON results. \\[default: benchmarks/results/SUITE.json under "
+        "the current directory]",
     ),
     device: str = typer.Option(
         "cpu",
@@ -691,16 +820,16 @@ def bench(
         "cuda or cpu,cuda).",
     ),
 ) -> None:
-    """Run a benchmark of benchmarks/ (a source checkout): aggregators or engines."""
+    """Run a benchmark (``flwr_byz.bench``): aggregators or engines.
+
+    It runs as ``python -m flwr_byz.bench.SUITE`` in a process of its own (its thread settings
+    and peak-memory probes see only the benchmark)."""
     if suite not in BENCHMARKS:
         raise typer.BadParameter(f"unknown benchmark {suite!r}; one of {', '.join(BENCHMARKS)}")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{suite}.py"
-    if not script.exists():
-        typer.echo(f"benchmark script not found at {script} (needs a source checkout)", err=True)
-        raise typer.Exit(2)
     target = out if out is not None else Path("benchmarks/results") / f"{suite}.json"
     _writable(target, "--out")
-    args = [sys.executable, str(script), "--out", str(target), "--device", device]
+    module = f"flwr_byz.bench.{suite}"
+    args = [sys.executable, "-m", module, "--out", str(target), "--device", device]
     raise typer.Exit(_call(args + (["--quick"] if quick else [])))
 
 

@@ -6,5 +6,25 @@ torch and the processes the tests start (Ray actors, SuperNodes) read when they 
 from __future__ import annotations
 
 import os
+from typing import Any
+
+import pytest
 
 os.environ["OMP_NUM_THREADS"] = "1"
+
+
+@pytest.fixture
+def prepare_checks(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The configs ``prepare`` checks during the test (its work, ``runner._check``), in order:
+    one per run when a run's config is prepared once."""
+    from flwr_byz.simulations import runner
+
+    seen: list[Any] = []
+    check = runner._check
+
+    def counting(config: Any) -> Any:
+        seen.append(config)
+        return check(config)
+
+    monkeypatch.setattr(runner, "_check", counting)
+    return seen

@@ -14,6 +14,10 @@ package. Layers, bottom to top (a module imports only its own layer or lower one
 5. ``deployment``: the loopback deployment (it runs the simulations' round loop; the
    simulations never import it);
 6. ``reproduce``: the reproduction pipeline (it runs experiments, and measures deployments);
+   ``bench``: the benchmarks (aggregators against Flower and ByzFL, engines against a plain
+   loop). Same layer, never each other: the reproduction's performance section runs the
+   aggregator benchmark as a child process (``python -m flwr_byz.bench.aggregators``, a fresh
+   process for its thread count and memory probes), so neither imports the other;
 7. ``cli`` / ``__main__``: the one entry point over everything.
 """
 
@@ -45,11 +49,17 @@ LAYERS: dict[str, int] = {
     "simulations": 4,
     "deployment": 5,
     "reproduce": 6,
+    "bench": 6,
     "cli": 7,
     "__main__": 7,
 }
 PURE = {"methods", "aggregators", "compressors", "attacks"}  # no Flower import
-APART = {("strategies", "clients"), ("clients", "strategies")}  # same layer, never each other
+APART = {  # same layer, never each other
+    ("strategies", "clients"),
+    ("clients", "strategies"),
+    ("reproduce", "bench"),
+    ("bench", "reproduce"),
+}
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Robust aggregators: pure torch, ``[n, d]`` tensor in, ``[d]`` tensor out.
 
-See ALGORITHMS.md section 1 for the definitions; ``get_aggregator`` parses spec strings.
+See docs/ALGORITHMS.md, Aggregators for the definitions; ``get_aggregator`` parses spec strings.
 """
 
 from .base import Aggregator, PreAggregator, pairwise_sq_distances

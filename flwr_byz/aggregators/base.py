@@ -2,7 +2,7 @@
 
 Everything here is pure torch on ``[n, d]`` tensors (no Flower import). Every aggregator calls
 these helpers instead of re-deriving them: one Gram product for pairwise distances
-(ALGORITHMS.md section 1), one input check, one coordinate-wise sort.
+(docs/ALGORITHMS.md, Pairwise distances), one input check, one coordinate-wise sort.
 """
 
 from __future__ import annotations
@@ -153,7 +153,8 @@ def _sq_from_gram(g: torch.Tensor) -> torch.Tensor:
 def pairwise_sq_distances(x: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
     """Squared Euclidean distances ``D_ij = ||x_i - x_j||^2`` from one Gram product, ``[n, n]``.
 
-    ``D_ij = G_ii + G_jj - 2 G_ij`` clamped at 0 with an exact zero diagonal (ALGORITHMS.md s.1).
+    ``D_ij = G_ii + G_jj - 2 G_ij`` clamped at 0 with an exact zero diagonal
+    (docs/ALGORITHMS.md, Pairwise distances).
     Pass a precomputed ``g = gram(x)`` to reuse it.
     """
     return _sq_from_gram(gram(x) if g is None else g)

@@ -20,7 +20,7 @@ class CAF:
     ``tau_i = <x_i - mu_c, v>^2``, ``c_i <- c_i (1 - tau_i / max_j tau_j)``. Returns the
     ``mu_c`` of the iteration with the smallest ``lambda``. ``max_j tau_j`` is taken over the
     inputs still weighted (``c_j > 0``), as in the filter the paper builds on: over all j (as
-    ALGORITHMS.md and ByzFL read it) an input already removed can keep the maximum, and the
+    ByzFL reads it) an input already removed can keep the maximum, and the
     loop then shrinks the others by ~1e-13 per round, never ending for one far outlier. Every
     round zeroes at least one weight, so there are at most n rounds.
 

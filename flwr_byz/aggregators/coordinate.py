@@ -1,4 +1,5 @@
-"""Coordinate-wise rules: Mean, Median, TrimmedMean, Meamed (ALGORITHMS.md section 1).
+"""Coordinate-wise rules: Mean, Median, TrimmedMean, Meamed
+(docs/ALGORITHMS.md, Aggregators).
 
 The sorting rules sort a chunk of columns at a time (``sorted_columns_reduce``): the same bits
 as one sort of the whole input, with about 1/8 of it as extra memory instead of a sorted copy.

@@ -1,6 +1,6 @@
 """Omniscient attacks: the Byzantine nodes read the round's honest vectors ``[h, d]`` (h >= 1)
 and all send a vector built from them. ``mu``, ``sigma``: coordinate-wise mean and std of
-``honest`` (``honest_stats``). ALGORITHMS.md section 2."""
+``honest`` (``honest_stats``). docs/ALGORITHMS.md, Attacks."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ ATTACKS: dict[str, type] = {
     "shift-back": ShiftBack,
     "label-flip": LabelFlip,
 }
-"""Attacks by canonical name (DESIGN.md)."""
+"""Attacks by canonical name (the specs of docs/ALGORITHMS.md, Attacks)."""
 
 ALIASES = {
     "signflip": "sign-flip", "bitflip": "bit-flip", "nonfinite": "non-finite",

@@ -1,4 +1,5 @@
-"""Byzantine parameter servers (ByzSGD, El-Mhamdi et al. PODC 2020; ALGORITHMS.md 4.4).
+"""Byzantine parameter servers (ByzSGD, El-Mhamdi et al. PODC 2020;
+docs/ALGORITHMS.md, Server attacks).
 
 A Byzantine server replica runs the honest algorithm internally (so its state stays plausible)
 and corrupts what it *sends*: to each worker in the scatter phase and to each honest server in
@@ -141,8 +142,8 @@ SERVER_ATTACKS: dict[str, type] = {
     "stall": Stall,
     "non-finite": NonFiniteModel,
 }
-"""Server attacks by name (ALGORITHMS.md 4.4: large perturbation, negated model, a different
-random model to each worker, stale model; plus stalling and NaN models)."""
+"""Server attacks by name (docs/ALGORITHMS.md, Server attacks: large perturbation, negated
+model, a different random model to each worker, stale model; plus stalling and NaN models)."""
 
 
 def get_server_attack(spec: str | ServerAttack, seed: int = 0) -> ServerAttack:

@@ -1,5 +1,5 @@
 """Per-node attacks: each Byzantine node transforms its own vector (``honest`` is ignored and
-may be empty ``[0, d]``). ALGORITHMS.md section 2."""
+may be empty ``[0, d]``). docs/ALGORITHMS.md, Per-node attacks."""
 
 from __future__ import annotations
 

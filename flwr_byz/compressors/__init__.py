@@ -1,6 +1,6 @@
 """Compressors: pure torch, ``compress(x [d], seed) -> payload`` (the tensors sent on the wire)
-and ``decompress(payload, d) -> Q(x) [d]``. See ALGORITHMS.md section 3; ``get_compressor``
-parses spec strings."""
+and ``decompress(payload, d) -> Q(x) [d]``. See docs/ALGORITHMS.md, Compressors;
+``get_compressor`` parses spec strings."""
 
 from .base import Compressor
 from .quantize import QSGD, Natural

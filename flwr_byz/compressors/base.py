@@ -1,7 +1,8 @@
 """Shared mechanics of the compressors: the protocol and the checks of inputs and payloads.
 
 Pure torch (no Flower import). A compressor maps a ``[d]`` float32/float64 vector ``x`` and a
-seed to a wire payload (name -> tensor, on ``x``'s device) and back (ALGORITHMS.md section 3).
+seed to a wire payload (name -> tensor, on ``x``'s device) and back
+(docs/ALGORITHMS.md, Compressors).
 ``decompress`` reads a payload that a Byzantine client may have forged: every malformed payload
 (keys, shapes, dtypes, devices, index ranges, ``d``) raises ``ValueError``, never another error.
 Non-finite float values are not checked here: they pass through and the caller checks them.

@@ -1,4 +1,4 @@
-"""Quantizers: Natural compression and QSGD, both unbiased. ALGORITHMS.md section 3."""
+"""Quantizers: Natural compression and QSGD, both unbiased (docs/ALGORITHMS.md, Compressors)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ COMPRESSORS: dict[str, type] = {
     "natural": Natural,
     "qsgd": QSGD,
 }
-"""Compressors by canonical name (DESIGN.md)."""
+"""Compressors by canonical name (the specs of docs/ALGORITHMS.md, Compressors)."""
 
 ALIASES = {"none": "identity"}
 """Other names: ``none`` is the identity (no compression)."""

@@ -1,4 +1,5 @@
-"""Sparsifiers: Identity, RandK (unbiased) and TopK (biased). ALGORITHMS.md section 3.
+"""Sparsifiers: Identity, RandK (unbiased) and TopK (biased).
+docs/ALGORITHMS.md, Compressors.
 
 Both sparsifiers keep ``K`` of the ``d`` coordinates, ``K = clamp(round(fraction * d), 1, d)``
 for a ``fraction`` in (0, 1] or ``K = min(k, d)`` for a count ``k >= 1`` (exactly one given).

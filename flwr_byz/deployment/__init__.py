@@ -2,6 +2,7 @@
 
 from .credentials import NodeKeys, TlsFiles, make_node_keys, make_tls
 from .federation import LocalDeployment, NodeSpec, free_port, run_config_toml
+from .flower_app import write_app
 from .processes import ManagedProcess, ProcessSet, descendants, handle_termination
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "make_node_keys",
     "make_tls",
     "run_config_toml",
+    "write_app",
 ]

@@ -10,9 +10,13 @@ replies, which a SuperNode does not see, and are refused here.
 The ServerApp writes the same result JSON as a simulation; ``deploy`` adds to its ``config``
 ``deployment = true``, ``tls`` and ``auth`` (the transport and node authentication used).
 
+The Flower App run is the one ``write_app`` writes into the work directory (its components
+are imported from the installed flwr_byz: no source checkout is read), or ``--app DIR``.
+
 The work directory holds the private keys of the SuperLink and of every SuperNode, each
-process's ``FLWR_HOME`` and the logs: ``deploy`` deletes it at the end (success, error, Ctrl-C,
-SIGTERM) unless asked to keep it, and deletes only what it created (:class:`WorkDir`).
+process's ``FLWR_HOME``, the Flower App and the logs: ``deploy`` deletes it at the end
+(success, error, Ctrl-C, SIGTERM) unless asked to keep it, and deletes only what it created
+(:class:`WorkDir`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from ..simulations.config import ExperimentConfig
 from ..simulations.result import Result
 from ..simulations.runner import byzantine_partitions, prepare
 from .federation import LocalDeployment, NodeSpec
+from .flower_app import write_app
 
 __all__ = ["DeploymentError", "WorkDir", "deploy", "find_app", "node_specs", "round_lines"]
 
@@ -123,17 +128,15 @@ def remove_workdir(path: Path, attempts: int = 3) -> bool:
     return False
 
 
-def find_app(app: str | Path | None = None) -> Path:
-    """The Flower App directory: ``app``, else the source tree this package was loaded from
-    (the directory whose ``pyproject.toml`` has ``[tool.flwr.app]``)."""
-    candidates = [Path(app)] if app else [Path(__file__).resolve().parents[2], Path.cwd()]
-    for path in candidates:
-        pyproject = path / "pyproject.toml"
-        if pyproject.is_file() and "[tool.flwr.app]" in pyproject.read_text():
-            return path.resolve()
+def find_app(app: str | Path) -> Path:
+    """``app`` resolved, if it is a Flower App directory (a ``pyproject.toml`` with
+    ``[tool.flwr.app]``, as in a flwr-byz source checkout); else ``DeploymentError``."""
+    pyproject = Path(app) / "pyproject.toml"
+    if pyproject.is_file() and "[tool.flwr.app]" in pyproject.read_text():
+        return Path(app).resolve()
     raise DeploymentError(
-        "no Flower App found (a pyproject.toml with [tool.flwr.app]): run from a flwr-byz "
-        "clone or pass --app DIR"
+        f"--app {app}: no Flower App there (a pyproject.toml with [tool.flwr.app]); "
+        "leave --app out to run the installed flwr_byz"
     )
 
 
@@ -182,15 +185,16 @@ def deploy(
 ) -> Result:
     """Start the deployment, run ``config`` on it with ``flwr run``, stop every process, and
     return (and write to ``config.out``) the result. ``insecure``: no TLS, no node
-    authentication (local tests only). The work directory (``workdir``, see :class:`WorkDir`)
-    is deleted when this returns or raises, unless ``keep_workdir``; ``on_workdir(path)`` is
-    called once it exists. ``ValueError`` before anything starts when ``config.out`` or the
-    checkpoint would lie in the directory to delete."""
+    authentication (local tests only). ``app``: the Flower App directory to run (default:
+    ``write_app`` into the work directory). The work directory (``workdir``, see
+    :class:`WorkDir`) is deleted when this returns or raises, unless ``keep_workdir``;
+    ``on_workdir(path)`` is called once it exists. ``ValueError`` before anything starts when
+    ``config.out`` or the checkpoint would lie in the directory to delete."""
     if not config.out:
         raise ValueError("deploy needs config.out (where the ServerApp writes the result)")
-    cfg = dataclasses.replace(prepare(config), injection="nodes")
+    cfg = prepare(dataclasses.replace(config, injection="nodes"))  # the config deployed, once
     _check_attack(cfg)
-    app_dir = find_app(app)
+    app_dir = find_app(app) if app is not None else None
     out = Path(cfg.out).resolve()  # type: ignore[arg-type]
     run_cfg = dataclasses.replace(
         cfg,
@@ -210,6 +214,8 @@ def deploy(
     try:
         if on_workdir is not None:
             on_workdir(work)
+        if app_dir is None:
+            app_dir = write_app(work / "app")
         tls = auth = not insecure
         with LocalDeployment(work, node_specs(cfg), tls=tls, auth=auth) as deployment:
             run = deployment.start_run(app_dir, run_cfg.to_run_config())

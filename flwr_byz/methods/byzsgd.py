@@ -30,10 +30,12 @@ import torch
 
 from ..aggregators import Median
 from .common import Aggregate, shift_back_gradient
+from .defaults import RunDefaults
 from .sampling import draw_seeds
 from .surface import IdentitySurface
 
 __all__ = [
+    "DEFAULTS",
     "HISTORY",
     "ByzSGDState",
     "ServerAttackFn",
@@ -65,6 +67,11 @@ __all__ = [
     "worker_quorum",
     "worker_step",
 ]
+
+#: Run defaults of byzsgd (``flwr_byz.methods.defaults``; chosen by
+#: ``flwr-byz defaults-sweep``, docs/DEFAULTS.md); ``aggregator`` is the servers' rule over
+#: the workers' gradients.
+DEFAULTS: dict[str, RunDefaults] = {"byzsgd": RunDefaults(aggregator="mda", lr=1.0, rounds=40)}
 
 HISTORY = 100
 """Past Lipschitz coefficients a worker keeps."""

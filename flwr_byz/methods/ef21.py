@@ -56,11 +56,13 @@ from typing import Any
 import torch
 
 from .common import Aggregate, momentum_rows, sgd_step, shift_back_gradient
+from .defaults import RunDefaults
 from .sampling import RoundPlan
 from .sampling import plan_round as _plan_round
 from .surface import IdentitySurface, OffsetSurface
 
 __all__ = [
+    "DEFAULTS",
     "DEFAULT_RESET_INTERVAL",
     "DEFAULT_RESET_NORM_BOUND",
     "NO_COUNT",
@@ -82,6 +84,17 @@ __all__ = [
     "reset_norm_ratios",
     "server_step",
 ]
+
+#: Run defaults of the three compressed methods of this module
+#: (``flwr_byz.methods.defaults``; chosen by ``flwr-byz defaults-sweep``, docs/DEFAULTS.md);
+#: byz-ef21-sgdm's ``momentum`` is ``1 - eta``.
+DEFAULTS: dict[str, RunDefaults] = {
+    "byz-ef21-sgdm": RunDefaults(
+        aggregator="nnm+cwtm", lr=2.0, momentum=0.5, compressor="topk:0.1", rounds=40
+    ),
+    "byz-ef21": RunDefaults(aggregator="nnm+cwtm", lr=1.0, compressor="topk:0.1", rounds=40),
+    "br-csgd": RunDefaults(aggregator="nnm+cwtm", lr=1.0, compressor="topk:0.1", rounds=40),
+}
 
 Compress = Callable[[torch.Tensor, Sequence[int]], torch.Tensor]
 """``compress(rows [n, d], seeds) -> [n, d]`` dense ``C(row_i)`` with ``seeds[i]``

@@ -27,9 +27,11 @@ from typing import Any
 import torch
 
 from .common import Aggregate, clip_rows
+from .defaults import RunDefaults
 from .surface import OffsetSurface
 
 __all__ = [
+    "DEFAULTS",
     "FedAvgState",
     "LocalSGDState",
     "attack_surface",
@@ -39,6 +41,18 @@ __all__ = [
     "server_step",
     "shift_back_target",
 ]
+
+#: Run defaults of the local-SGD methods (``flwr_byz.methods.defaults``; chosen by
+#: ``flwr-byz defaults-sweep``, docs/DEFAULTS.md). The flower-* strategies fix their own rule.
+DEFAULTS: dict[str, RunDefaults] = {
+    "fedavg": RunDefaults(),
+    "robust-fedavg": RunDefaults(aggregator="nnm+cwtm"),
+    "flower-krum": RunDefaults(),
+    "flower-multikrum": RunDefaults(lr=0.1),
+    "flower-bulyan": RunDefaults(),
+    "flower-median": RunDefaults(lr=0.1),
+    "flower-trimmedavg": RunDefaults(lr=0.1),
+}
 
 
 # --- the round's draws ---------------------------------------------------------------------------

@@ -36,10 +36,12 @@ from typing import Any, Literal
 import torch
 
 from .common import Aggregate, clip_rows, sgd_step, shift_back_gradient
+from .defaults import RunDefaults
 from .sampling import RoundPlan, draw_seeds, sample_nodes
 from .surface import IdentitySurface
 
 __all__ = [
+    "DEFAULTS",
     "MarinaPlan",
     "MarinaState",
     "attack_surface",
@@ -51,6 +53,14 @@ __all__ = [
     "server_step",
     "shift_back_target",
 ]
+
+#: Run defaults of byz-vr-marina-pp (``flwr_byz.methods.defaults``; chosen by
+#: ``flwr-byz defaults-sweep``, docs/DEFAULTS.md).
+DEFAULTS: dict[str, RunDefaults] = {
+    "byz-vr-marina-pp": RunDefaults(
+        aggregator="bucketing:2+median", lr=0.5, compressor="randk:0.1", rounds=40
+    )
+}
 
 FullRounds = Literal["random", "epoch"]
 

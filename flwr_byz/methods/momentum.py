@@ -24,11 +24,13 @@ from typing import Any
 import torch
 
 from .common import Aggregate, clip_rows, momentum_rows, sgd_step, shift_back_gradient
+from .defaults import RunDefaults
 from .sampling import RoundPlan
 from .sampling import plan_round as _plan_round
 from .surface import IdentitySurface
 
 __all__ = [
+    "DEFAULTS",
     "MomentumClientState",
     "MomentumState",
     "attack_surface",
@@ -36,6 +38,12 @@ __all__ = [
     "plan_round",
     "server_step",
 ]
+
+#: Run defaults of robust-momentum (``flwr_byz.methods.defaults``; chosen by
+#: ``flwr-byz defaults-sweep``, docs/DEFAULTS.md).
+DEFAULTS: dict[str, RunDefaults] = {
+    "robust-momentum": RunDefaults(aggregator="nnm+cwtm", lr=1.0, momentum=0.5, rounds=40)
+}
 
 
 def plan_round(rng: random.Random, nodes: Sequence[int], k: int | None) -> RoundPlan:

@@ -29,11 +29,13 @@ from typing import Any
 import torch
 
 from .common import Aggregate
+from .defaults import RunDefaults
 from .sampling import RoundPlan
 from .sampling import plan_round as _plan_round
 from .surface import IdentitySurface
 
 __all__ = [
+    "DEFAULTS",
     "Mu2ClientState",
     "Mu2State",
     "anytime_weight",
@@ -45,6 +47,12 @@ __all__ = [
     "server_step",
     "shift_back_target",
 ]
+
+#: Run defaults of mu2sgd (``flwr_byz.methods.defaults``; chosen by
+#: ``flwr-byz defaults-sweep``, docs/DEFAULTS.md).
+DEFAULTS: dict[str, RunDefaults] = {
+    "mu2sgd": RunDefaults(aggregator="ctma+median", lr=2.0, rounds=40)
+}
 
 
 def anytime_weight(t: int, floor: float = 0.0) -> float:

@@ -17,19 +17,19 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-from ..interrupt import descendants
 from ..files import write_text
+from ..interrupt import descendants
 from ..simulations.config import ExperimentConfig
 from ..simulations.engines import run_experiments
 from ..simulations.runner import _flower_logging
 from .section import Section, table
-from .workspace import Workspace
+from .workspace import Workspace, pinned
 
 __all__ = ["performance_report"]
 
+BENCH_MODULE = "flwr_byz.bench.aggregators"  # run as a child process, not imported
 BENCH_RULES = "mean,median,trimmedmean,krum,multikrum,bulyan,geomed,nnm+krum,ctma+median"
 FULL_SIZES = "20x100000,50x100000,100x100000,20x1000000,50x1000000,100x1000000"
 QUICK_SIZES = "10x1000,20x2000"
@@ -89,14 +89,12 @@ def _peak_tree_rss() -> Iterator[dict[str, float]]:
 
 
 def _aggregators(ws: Workspace) -> list[str]:
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "aggregators.py"
     out = ws.root / "bench" / "aggregators.json"
-    if not script.exists():
-        return [f"The aggregator benchmark needs a source checkout ({script} is missing)."]
     sizes = QUICK_SIZES if ws.budget.quick else FULL_SIZES
     if not ws.stored(out):
         out.parent.mkdir(parents=True, exist_ok=True)
-        args = [sys.executable, str(script), "--sizes", sizes, "--only", BENCH_RULES,
+        # a process of its own: one torch thread, and peak memory measured on the benchmark alone
+        args = [sys.executable, "-m", BENCH_MODULE, "--sizes", sizes, "--only", BENCH_RULES,
                 "--repeats", "1" if ws.budget.quick else "3", "--threads", "1",
                 "--baselines", "flower_msg,flower_numpy", "--cap-s", "30",
                 "--out", str(out)]  # fmt: skip
@@ -113,7 +111,7 @@ def _aggregators(ws: Workspace) -> list[str]:
                 _mb(r.get("flower_msg_peak_mb")),
             ])  # fmt: skip
     return [
-        "**Aggregators against Flower's built-in strategies** (`benchmarks/aggregators.py "
+        f"**Aggregators against Flower's built-in strategies** (`python -m {BENCH_MODULE} "
         f"--sizes {sizes} --threads 1 --baselines flower_msg,flower_numpy`): float32 [n, d] "
         "inputs, f = n/4 (Bulyan (n-3)/4); 'Flower' is the Message-API strategy's "
         "`aggregate_train` on reply Messages (deserialisation included), 'Flower numpy' the "
@@ -150,11 +148,11 @@ def _mb(v: float | None) -> str:
 
 
 def _base(rounds: int) -> ExperimentConfig:
-    """The performance runs' shared setup: MNIST-1D MLP, 20 clients, no attack."""
-    return ExperimentConfig(
+    """The performance runs' shared setup: MNIST-1D MLP, 20 clients, no attack (pinned)."""
+    return pinned(ExperimentConfig(
         clients=20, byzantine=4, attack="none", rounds=rounds, dataset="mnist1d", model="mlp",
         local_epochs=1, lr=0.1,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def _strategies(ws: Workspace) -> list[str]:

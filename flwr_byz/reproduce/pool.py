@@ -22,9 +22,8 @@ import os
 import signal
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -33,6 +32,7 @@ from typing import Any
 from .. import interrupt
 from ..simulations.config import ExperimentConfig
 from ..simulations.engines import run_experiments
+from ..simulations.flower_gc import without_flower_gc
 from ..simulations.result import Result
 from ..simulations.runner import _flower_logging
 from ..simulations.threads import one_thread_per_process
@@ -49,30 +49,6 @@ __all__ = [
 ]
 
 TAIL = 10  # "accuracy" of a claim = mean of the last TAIL rounds (MNIST-1D curves are noisy)
-
-
-class _NoCollect:
-    """Stands in for the ``gc`` module inside ``flwr.app.message.arrayrecord``."""
-
-    @staticmethod
-    def collect(generation: int = 2) -> int:
-        return 0
-
-
-@contextmanager
-def without_flower_gc() -> Iterator[None]:
-    """Skip the ``gc.collect()`` that Flower's ``ArrayRecord`` conversions run with
-    ``keep_input=False`` (Flower's Bulyan: once per selected reply, ~0.1 s each in a process
-    that imported torch). Only the time changes, never a number; the performance section
-    measures Flower as shipped."""
-    from flwr.app.message import arrayrecord
-
-    saved = arrayrecord.gc
-    arrayrecord.gc = _NoCollect  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        arrayrecord.gc = saved
 
 
 #: Torch threads of a job whose config leaves ``threads`` unset (auto).

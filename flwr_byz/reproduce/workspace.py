@@ -1,8 +1,9 @@
 """Where ``flwr-byz reproduce`` keeps its runs, sections and figures.
 
-Runs are stored by a hash of their resolved config (``runs/<method>-<hash>.json`` under the
+Runs are stored by a hash of their config (``runs/<method>-<hash>.json`` under the
 budget's folder), so a config shared by two claims runs once, an interrupted reproduction
-resumes, and a changed setup never reuses a stale file.
+resumes, and a changed setup never reuses a stale file. The setups are fixed: an option a setup
+leaves to the method (``METHOD_OPTIONS``) is pinned (``pinned``), never a re-swept default.
 """
 
 from __future__ import annotations
@@ -15,12 +16,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..simulations.config import ExperimentConfig
+from ..methods.defaults import LEGACY
+from ..simulations.config import METHOD_OPTIONS, ExperimentConfig
 from ..simulations.result import Result
 from .pool import run_all
 from .section import Budget, Section
 
-__all__ = ["Workspace"]
+__all__ = ["Workspace", "pinned"]
+
+
+def pinned(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with every method-dependent option it leaves unset at the value all methods
+    shared when the results were first made (``LEGACY``), not the method's current default:
+    a setup does not move when the defaults are swept again, and its run files keep their
+    names."""
+    unset = {n: getattr(LEGACY, n) for n in METHOD_OPTIONS if getattr(cfg, n) is None}
+    return dataclasses.replace(cfg, **unset) if unset else cfg
 
 
 @dataclass
@@ -40,7 +51,8 @@ class Workspace:
         return self.work / ("quick" if self.budget.quick else "full")
 
     def out_path(self, cfg: ExperimentConfig) -> Path:
-        values = dataclasses.replace(cfg, out=None).to_dict()
+        """Where the run of ``cfg`` (pinned) is stored: a hash of its config."""
+        values = dataclasses.replace(pinned(cfg), out=None).to_dict()
         if values.get("device") == "cpu":  # the default: keys of earlier runs stay valid
             del values["device"]
         key = json.dumps(values, sort_keys=True, default=str)
@@ -48,8 +60,10 @@ class Workspace:
         return self.root / "runs" / f"{cfg.method}-{digest}.json"
 
     def run(self, configs: Mapping[str, ExperimentConfig]) -> dict[str, Result]:
-        """Run (or reuse) every config; name -> its Result."""
-        placed = {k: dataclasses.replace(c, out=str(self.out_path(c))) for k, c in configs.items()}
+        """Run (or reuse) every config (pinned); name -> its Result."""
+        placed = {
+            k: dataclasses.replace(pinned(c), out=str(self.out_path(c))) for k, c in configs.items()
+        }
         for out in {str(c.out) for c in placed.values()}:
             self.stored(Path(out))
         run_all(

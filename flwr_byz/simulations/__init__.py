@@ -1,5 +1,6 @@
 """Experiments on Flower's simulation engine: offline datasets and partitions, models, the
-runner (``run_experiment``), result files, plots, the ``flwr-byz`` CLI and the Flower App."""
+runner (``run_experiment``), the engines, result files, plots and the Flower App (the
+``flwr-byz`` command line sits above, in ``flwr_byz.cli``)."""
 
 from .config import ExperimentConfig
 from .datasets import DATASETS, Dataset, client_data, load_dataset, partition_indices

@@ -1,4 +1,6 @@
-"""The Flower App of this repository: ``flwr run .`` (see ``[tool.flwr.app]`` in pyproject).
+"""The Flower App: ``flwr run .`` in a checkout (see ``[tool.flwr.app]`` in pyproject), or the
+app directory ``flwr-byz deploy`` writes for the installed package
+(``flwr_byz.deployment.flower_app``).
 
 - ``client_app``: trains the model named in the train message's ConfigRecord on this node's
   partition (``partition-id`` / ``num-partitions`` of the node config), answers the method

@@ -4,6 +4,12 @@ The same dataclass feeds ``run_experiment``, every flag of ``flwr-byz run``, ``-
 file.toml`` and the Flower App's run-config keys (``pyproject.toml``), so the three stay in
 step. Names are snake_case here, ``--kebab-case`` as flags and ``kebab-case`` as run-config
 keys (``byzantine`` is ``num-byzantine`` there, as Flower users spell it).
+
+The method-dependent options (``METHOD_OPTIONS``: aggregator, lr, batch_size, local_epochs,
+momentum, compressor, rounds) default to None, "the method's default": ``resolved()`` takes
+them from the method's ``RunDefaults`` (``flwr_byz.simulations.defaults``; docs/DEFAULTS.md),
+so a value given (flag, file, run config) always wins, and a resolved config records the
+values used.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..methods.defaults import RunDefaults
 from ..specs import parse_value
 
 if sys.version_info >= (3, 11):
@@ -23,13 +30,34 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["INJECTIONS", "RUN_CONFIG_ALIASES", "ExperimentConfig", "parse_params"]
+__all__ = [
+    "INJECTIONS",
+    "METHOD_OPTIONS",
+    "RUN_CONFIG_ALIASES",
+    "ExperimentConfig",
+    "parse_params",
+]
 
 #: Where the Byzantine replies are made (``ExperimentConfig.injection``).
 INJECTIONS = ("server", "nodes")
 
 #: run-config key -> field name, where they differ beyond dashes/underscores.
 RUN_CONFIG_ALIASES = {"num-byzantine": "byzantine"}
+
+#: The options whose default is the method's (None until ``resolved()``).
+METHOD_OPTIONS: tuple[str, ...] = RunDefaults.names()
+
+#: A method-dependent option's stand-in for None in a Flower run config, which cannot hold
+#: None: "" for the specs, 0 for the counts and lr, -1 for momentum (0 is a momentum).
+_RUN_CONFIG_UNSET: dict[str, Any] = {
+    "aggregator": "",
+    "compressor": "",
+    "lr": 0.0,
+    "batch_size": 0,
+    "local_epochs": 0,
+    "rounds": 0,
+    "momentum": -1.0,
+}
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -38,7 +66,11 @@ def _opt(default: Any, help: str) -> Any:
 
 @dataclass
 class ExperimentConfig:
-    """One experiment. ``resolved()`` fills the ``auto``/``None`` choices."""
+    """One experiment. ``resolved()`` fills the ``auto``/``None`` choices.
+
+    The method-dependent options (``METHOD_OPTIONS``) are annotated with their resolved type:
+    they hold None ("the method's default") until ``resolved()``, which every run path calls
+    first (``runner.prepare``), so the code that reads them sees values."""
 
     method: str = _opt(
         "robust-fedavg",
@@ -47,7 +79,7 @@ class ExperimentConfig:
         "flower-bulyan, flower-median, flower-trimmedavg.",
     )
     aggregator: str = _opt(
-        "median", "Robust aggregator spec of robust methods, e.g. 'cwmed', 'nnm+krum'."
+        None, "Robust aggregator spec of robust methods, e.g. 'cwmed', 'nnm+krum'."
     )
     attack: str = _opt(
         "none", "Attack of the Byzantine clients, e.g. 'alie', 'sign-flip:10', 'label-flip'."
@@ -55,7 +87,7 @@ class ExperimentConfig:
     byzantine: int = _opt(0, "Number of Byzantine clients (chosen among the partitions by seed).")
     clients: int = _opt(20, "Number of (virtual) clients; each holds one data partition.")
     clients_per_round: int | None = _opt(None, "Clients sampled per round (None: all).")
-    rounds: int = _opt(30, "Number of federated rounds.")
+    rounds: int = _opt(None, "Number of federated rounds.")
     dataset: str = _opt(
         "mnist1d",
         "Dataset spec: mnist1d, digits, breast-cancer, synthetic-logreg "
@@ -68,12 +100,12 @@ class ExperimentConfig:
     )
     model: str = _opt("auto", "Model: logreg, mlp, cnn1d ('auto': the dataset's default).")
     lr: float = _opt(
-        0.05, "Learning rate: the clients' (local SGD methods) or the server's (gradient methods)."
+        None, "Learning rate: the clients' (local SGD methods) or the server's (gradient methods)."
     )
-    batch_size: int = _opt(32, "Client minibatch size.")
-    local_epochs: int = _opt(2, "Local epochs per round on each client.")
+    batch_size: int = _opt(None, "Client minibatch size.")
+    local_epochs: int = _opt(None, "Local epochs per round on each client (FedAvg-like methods).")
     momentum: float = _opt(
-        0.9,
+        None,
         "Client momentum: local SGD momentum restarted every round (FedAvg-like methods), "
         "the worker momentum beta kept across rounds (robust-momentum; byz-ef21-sgdm: "
         "eta = 1 - momentum).",
@@ -82,7 +114,7 @@ class ExperimentConfig:
         0.0, "L2 regularisation lambda: the training loss gets (lambda/2)||w||^2."
     )
     compressor: str = _opt(
-        "none",
+        None,
         "Compressor spec of compressed methods: none, randk:<fraction>, topk:<fraction>, "
         "natural, qsgd:<levels>.",
     )
@@ -161,9 +193,15 @@ class ExperimentConfig:
         """From a Flower run config (``[tool.flwr.app.config]`` plus overrides).
 
         Flower config values cannot be None, so ``0``/``-1``/``""`` stand for it where
-        ``help()`` says so; ``clients`` is the number of connected nodes.
+        ``help()`` says so (a method-dependent option: ``""`` for aggregator and compressor,
+        ``0`` for lr, batch-size, local-epochs and rounds, ``-1`` for momentum, each "the
+        method's default"); ``clients`` is the number of connected nodes.
         """
         values = dict(run_config)
+        for name, unset in _RUN_CONFIG_UNSET.items():
+            key = name.replace("_", "-")
+            if key in values and values[key] == unset:
+                values[key] = None  # the method's default
         if "clients-per-round" in values and int(values["clients-per-round"]) <= 0:
             values["clients-per-round"] = None  # 0: all clients
         if "f" in values and int(values["f"]) < 0:
@@ -191,6 +229,8 @@ class ExperimentConfig:
         values["round_timeout"] = values["round_timeout"] or 0.0
         values["threads"] = values["threads"] or 0
         values["params"] = ",".join(f"{k}={v!r}" for k, v in values["params"].items())
+        for name, unset in _RUN_CONFIG_UNSET.items():
+            values[name] = unset if values[name] is None else values[name]
         for key in ("out", "checkpoint"):
             values[key] = values[key] or ""
         return {aliases.get(k, k.replace("_", "-")): v for k, v in values.items()}
@@ -201,19 +241,35 @@ class ExperimentConfig:
         """Clients sampled per round."""
         return self.clients if self.clients_per_round is None else self.clients_per_round
 
+    def method_defaults(self) -> RunDefaults:
+        """The run defaults of ``method`` (``ValueError`` for an unknown method)."""
+        from .defaults import method_defaults
+
+        return method_defaults(self.method)
+
     def resolved(self) -> ExperimentConfig:
-        """A copy with ``model``, ``f``, ``clients_per_round`` and ``threads`` made explicit,
-        validated."""
+        """A copy with the method-dependent options (``METHOD_OPTIONS``) left unset taken from
+        the method's defaults, and ``model``, ``f``, ``clients_per_round`` and ``threads``
+        made explicit; validated."""
         from .models import default_model
         from .threads import resolve_threads
 
-        self.validate()
+        defaults = self.method_defaults()
+        filled = dataclasses.replace(
+            self,
+            **{
+                name: getattr(defaults, name)
+                for name in METHOD_OPTIONS
+                if getattr(self, name) is None
+            },
+        )
+        filled.validate()
         model = default_model(self.dataset) if self.model == "auto" else self.model
         f = self.f
         if f is None:
             f = math.ceil(self.byzantine * self.per_round / self.clients)
         return dataclasses.replace(
-            self,
+            filled,
             model=model,
             f=f,
             clients_per_round=self.per_round,
@@ -221,9 +277,12 @@ class ExperimentConfig:
         )
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first inconsistent option."""
+        """Raise ``ValueError`` naming the first inconsistent option (a method-dependent
+        option left None is the method's default: ``resolved()`` checks it)."""
         for name in ("clients", "rounds", "batch_size"):
             value = getattr(self, name)
+            if value is None and name in METHOD_OPTIONS:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not 0 <= self.byzantine <= self.clients:
@@ -232,13 +291,13 @@ class ExperimentConfig:
             raise ValueError(
                 f"clients_per_round={self.clients_per_round} must be in [1, clients={self.clients}]"
             )
-        if self.local_epochs < 1:
+        if self.local_epochs is not None and self.local_epochs < 1:
             raise ValueError(f"local_epochs must be >= 1, got {self.local_epochs}")
-        if not 0 <= self.momentum < 1:
+        if self.momentum is not None and not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.f is not None and self.f < 0:
             raise ValueError(f"f must be >= 0, got {self.f}")
@@ -260,10 +319,19 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
     @staticmethod
-    def help(name: str) -> str:
-        """The help text of option ``name`` with its default."""
+    def help(name: str, method: str | None = None) -> str:
+        """The help text of option ``name`` with its default: for a method-dependent option,
+        ``method``'s default (``ValueError`` for an unknown method), or without a method
+        "the method's"."""
         fd = {f.name: f for f in dataclasses.fields(ExperimentConfig)}[name]
         default = {} if fd.default is dataclasses.MISSING else fd.default
+        if name in METHOD_OPTIONS:
+            if method is None:
+                default = "the method's (docs/DEFAULTS.md)"
+            else:
+                from .defaults import method_defaults
+
+                default = f"{getattr(method_defaults(method), name)}, {method}'s"
         return f"{fd.metadata['help']} [default: {default}]"
 
 

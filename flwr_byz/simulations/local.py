@@ -7,13 +7,14 @@ SuperNode would. The strategy, the Byzantine grid, the metering and the result f
 of ``train_on_grid``, so the numbers equal the Ray engine's for the same seed; only Ray's
 actors and the 10 ms message polling are gone (3-4x faster for gradient methods on 2 cores,
 and no Ray start). Use it for quick runs and parameter sweeps; use the simulation engine to
-exercise Flower's runtime.
+exercise Flower's runtime. Tests give it node IDs and a ``handler`` of their own (a node that
+forges, repeats or drops its replies).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -28,33 +29,54 @@ from ..protocol.keys import (
     SEED_KEY,
 )
 from . import app as client_side
+from . import runner  # its train_on_grid looked up at each run (tests wrap it)
 from .config import ExperimentConfig
 from .metering import discover_partitions
 from .result import Result
 
-__all__ = ["LocalGrid", "ensure_task_identity", "run_local"]
+__all__ = ["Handler", "LocalGrid", "Reply", "client_app", "ensure_task_identity", "run_local"]
 
 #: Error code of a reply whose handler raised (Flower's ClientApp exception code).
 CLIENT_EXCEPTION = 2
 
 
-class LocalGrid(Grid):
-    """``num_nodes`` in-process nodes (IDs 1..n, partition i-1) answering with the real
-    ClientApp handlers."""
+#: A node's answer to a message: one reply, several (a misbehaving node) or None (no reply:
+#: the node dropped out).
+Reply = Message | Sequence[Message] | None
 
-    def __init__(self, num_nodes: int) -> None:
+#: How a node answers a message, given its ``Context``.
+Handler = Callable[[Message, Context], Reply]
+
+
+def client_app(msg: Message, context: Context) -> Message:
+    """The real ClientApp's answer: ``train`` messages go to ``app.train``, the others to
+    ``app.query`` (looked up at each call)."""
+    handler = client_side.train if msg.metadata.message_type == "train" else client_side.query
+    return handler(msg, context)
+
+
+class LocalGrid(Grid):
+    """In-process nodes answering through ``handler`` (default :func:`client_app`).
+
+    ``nodes``: their number (IDs 1..n) or their IDs, in the order ``get_node_ids`` lists
+    them; the i-th node has partition i (``partition-id`` in its ``node_config``). Each node
+    keeps its ``Context`` (``contexts``) across messages, as a SuperNode does."""
+
+    def __init__(self, nodes: int | Iterable[int], handler: Handler | None = None) -> None:
         ensure_task_identity()
+        ids = list(range(1, nodes + 1)) if isinstance(nodes, int) else [int(n) for n in nodes]
+        self.handler: Handler = client_app if handler is None else handler
         self.contexts = {
             node: Context(
                 run_id=1,
                 node_id=node,
-                node_config={PARTITION_ID_KEY: node - 1, NUM_PARTITIONS_KEY: num_nodes},
+                node_config={PARTITION_ID_KEY: partition, NUM_PARTITIONS_KEY: len(ids)},
                 state=RecordDict(),
                 run_config={},
             )
-            for node in range(1, num_nodes + 1)
+            for partition, node in enumerate(ids)
         }
-        self._stored: dict[str, Message] = {}
+        self._stored: dict[str, list[Message]] = {}
         self._ids = itertools.count()
         self._run: Any = None
 
@@ -88,7 +110,7 @@ class LocalGrid(Grid):
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._stored.pop(k) for k in message_ids if k in self._stored]
+        return [reply for k in message_ids for reply in self._stored.pop(k, [])]
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -96,30 +118,31 @@ class LocalGrid(Grid):
         return self.pull_messages(self.push_messages(messages))
 
     # --- the nodes ------------------------------------------------------------------------
-    def _answer(self, msg: Message) -> Message:
+    def _answer(self, msg: Message) -> list[Message]:
         context = self.contexts.get(int(msg.metadata.dst_node_id))
         if context is None:
-            return Message(error=Error(CLIENT_EXCEPTION, "no such node"), reply_to=msg)
-        handler = client_side.train if msg.metadata.message_type == "train" else client_side.query
+            return [Message(error=Error(CLIENT_EXCEPTION, "no such node"), reply_to=msg)]
         try:
-            return handler(msg, context)
+            out = self.handler(msg, context)
         except Exception as exc:  # a SuperNode returns the exception as an error reply
             error = Error(CLIENT_EXCEPTION, f"{type(exc).__name__}: {exc}")
-            return Message(error=error, reply_to=msg)
+            return [Message(error=error, reply_to=msg)]
+        return [] if out is None else [out] if isinstance(out, Message) else list(out)
 
 
-def run_local(configs: Sequence[ExperimentConfig], on_round: Any = None) -> list[Result]:
-    """Run ``configs`` one after the other on a ``LocalGrid`` each (see the module doc); each
-    result is written to its config's ``out`` (when set) as soon as it is done."""
-    from .runner import prepare, train_on_grid
-
-    resolved = [prepare(c) for c in configs]
+def run_local(
+    configs: Sequence[ExperimentConfig], on_round: runner.OnRound | None = None
+) -> list[Result]:
+    """Run ``configs`` (raw or prepared) one after the other on a ``LocalGrid`` each (see the
+    module doc); each result is written to its config's ``out`` (when set) as soon as it is
+    done."""
+    prepared = [runner.prepare(c) for c in configs]  # as they are when prepared already
     results = []
-    for cfg in resolved:
+    for cfg in prepared:
         grid = LocalGrid(cfg.clients)
         preload = {DATASET_KEY: cfg.dataset, PARTITION_KEY: cfg.partition, SEED_KEY: cfg.seed}
         partitions = discover_partitions(grid, preload)
-        result = train_on_grid(grid, cfg, on_round, partitions)
+        result = runner.train_on_grid(grid, cfg, on_round, partitions)
         if cfg.out:
             result.save(cfg.out)
         results.append(result)

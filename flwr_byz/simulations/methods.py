@@ -7,7 +7,9 @@ the method strategies (robust-momentum, byz-vr-marina-pp, byz-ef21-sgdm, byz-ef2
 mu2sgd, byzsgd) take server steps of size ``lr`` from the clients' ops (``GradientClient``). For
 byz-ef21-sgdm, ``momentum`` is beta = 1 - eta (``--param eta=...`` sets eta directly).
 ``config.params`` are passed to the strategy's constructor by name, after the defaults below,
-so any of its arguments can be overridden (``--param weighted=true``).
+so any of its arguments can be overridden (``--param weighted=true``). Each method's run
+defaults (aggregator, lr, batch size, ...: ``METHOD_DEFAULTS``) live next to its algorithm in
+``flwr_byz.methods`` and are filled in by ``ExperimentConfig.resolved()``.
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ from ..strategies import (
     RobustFedAvg,
     RobustMomentum,
 )
-from .config import ExperimentConfig
+from .config import METHOD_OPTIONS, ExperimentConfig
+from .defaults import METHOD_DEFAULTS
 
 __all__ = [
     "COMPRESSED_METHODS",
     "METHODS",
+    "METHOD_DEFAULTS",
     "build_strategy",
     "uses_aggregator",
 ]
@@ -146,8 +150,11 @@ def check_method(method: str) -> None:
 
 
 def build_strategy(cfg: ExperimentConfig) -> Strategy:
-    """The strategy of ``cfg.method`` (``cfg`` resolved: ``f`` and ``clients_per_round`` set)."""
+    """The strategy of ``cfg.method`` (``cfg`` resolved: ``f`` and ``clients_per_round`` set;
+    method-dependent options left unset are resolved here)."""
     check_method(cfg.method)
+    if any(getattr(cfg, name) is None for name in METHOD_OPTIONS):
+        cfg = cfg.resolved()
     cls, extra = METHODS[cfg.method]
     base = {} if issubclass(cls, MethodStrategy) else _fedavg_kwargs(cfg)
     kwargs = {**base, **extra(cfg), **cfg.params}

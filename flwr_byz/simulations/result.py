@@ -1,4 +1,5 @@
-"""Result of one experiment and its JSON file (the schema of DESIGN.md, "Experiments")."""
+"""Result of one experiment and its JSON file (the schema README.md describes under
+"Experiments")."""
 
 from __future__ import annotations
 

@@ -1,10 +1,13 @@
-"""train_on_grid: the round loop of one experiment on a Grid (every engine runs it).
+"""train_on_grid: the round loop of one experiment on a Grid, and ``prepare``, which checks a
+config once per run before any engine starts.
 
-``train_on_grid`` is the body of the ServerApp: it is what ``run_experiment`` runs inside
-``flwr.simulation.run_simulation`` and what the Flower App (``flwr run .``) runs. Everything a
-client needs to train (dataset, partition, model, lr, ...) travels in the train message's
-ConfigRecord, so the ClientApp holds no experiment state and several experiments can share
-one simulation (``run_experiments`` starts Ray once per group of compatible configs).
+``train_on_grid`` is the body of the ServerApp: the simulation engine runs it inside
+``flwr.simulation.run_simulation`` (``flwr_byz.simulations.simulation``), the local engine on
+its in-process ``LocalGrid`` and the Flower App (``flwr run .``) on a deployment's nodes; the
+engines themselves (which one, Ray, the grids) live in those modules and ``engines``.
+Everything a client needs to train (dataset, partition, model, lr, ...) travels in the train
+message's ConfigRecord, so the ClientApp holds no experiment state and several experiments can
+share one simulation.
 
 Reproducibility: the model init is seeded; Flower samples nodes with the global ``random``,
 which is reseeded from (seed, round) before each round; nodes and replies are put in partition
@@ -23,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from logging import INFO, WARNING
-from typing import Any
+from typing import Any, NewType
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
@@ -61,7 +64,9 @@ from .training import TrainingObjective, derive_seed, evaluate
 
 __all__ = [
     "OnRound",
+    "Prepared",
     "byzantine_partitions",
+    "is_prepared",
     "prepare",
     "train_config",
     "train_on_grid",
@@ -71,8 +76,36 @@ __all__ = [
 OnRound = Callable[[ExperimentConfig, RoundRecord], None]
 
 
-def prepare(config: ExperimentConfig) -> ExperimentConfig:
-    """Validate every option (before any process starts) and resolve the ``auto`` ones."""
+#: A config ``prepare`` returned: every option checked, the ``auto`` ones resolved.
+Prepared = NewType("Prepared", ExperimentConfig)
+
+#: The attribute ``prepare`` marks its result with: the config's values it checked.
+_MARK = "_flwr_byz_prepared"
+
+
+def prepare(config: ExperimentConfig) -> Prepared:
+    """Validate every option (before any process starts) and resolve the ``auto`` ones.
+
+    Once per run: a config ``prepare`` returned, unchanged since, comes back as it is, so the
+    CLI, the engine and the round loop a run goes through each take a raw or a prepared
+    config and the work is done by the first. A copy with other values
+    (``dataclasses.replace``) or a config changed in place is prepared again."""
+    if is_prepared(config):
+        return Prepared(config)
+    cfg = _check(config)
+    vars(cfg)[_MARK] = cfg.to_dict()
+    return Prepared(cfg)
+
+
+def is_prepared(config: ExperimentConfig) -> bool:
+    """Whether ``config`` is what ``prepare`` returned, with the values it checked."""
+    return vars(config).get(_MARK) == config.to_dict()
+
+
+def _check(config: ExperimentConfig) -> ExperimentConfig:
+    """``prepare``'s work: the resolved config once every option is checked (the dataset
+    loads, the model, compressor, attack and strategy build, the rule takes ``per_round``
+    clients)."""
     cfg = config.resolved()
     get_attack(cfg.attack, seed=cfg.seed)
     dataset = load_dataset(cfg.dataset)
@@ -135,14 +168,14 @@ def train_on_grid(
     run has ``config.threads`` torch threads (resolved; restored afterwards), and its result
     config says how many.
     """
-    cfg = prepare(config)
+    cfg = prepare(config)  # as it is when prepared already (the engines do)
     assert cfg.threads is not None  # resolved
     with torch_threads(cfg.threads):
         return _train(grid, cfg, on_round, partitions)
 
 
 def _train(
-    grid: Grid, cfg: ExperimentConfig, on_round: OnRound | None, partitions: dict[int, int] | None
+    grid: Grid, cfg: Prepared, on_round: OnRound | None, partitions: dict[int, int] | None
 ) -> Result:
     """The body of ``train_on_grid`` (``cfg`` prepared)."""
     if partitions is None:

@@ -1,4 +1,5 @@
-"""Brute-force reference implementations of the robust aggregators (ALGORITHMS.md section 1).
+"""Brute-force reference implementations of the robust aggregators
+(docs/ALGORITHMS.md, Aggregators).
 
 Written straight from the definitions, deliberately naive: explicit Python loops over clients
 and coordinates, ``itertools.combinations`` for the subset rules, direct d-space Weiszfeld for

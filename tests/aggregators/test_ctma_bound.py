@@ -1,4 +1,4 @@
-"""CTMA (Dahan & Levy 2024; ALGORITHMS.md 4.3) against the bound its definition gives.
+"""CTMA (Dahan & Levy 2024; docs/ALGORITHMS.md, CTMA) against the bound its definition gives.
 
 CTMA keeps the S, |S| = m - f, inputs closest to the anchor a = base(x) and returns their
 mean. For any honest set G of m - f inputs, S and G differ in k <= f inputs on each side, and

@@ -1,6 +1,6 @@
 """Every aggregator equals its brute-force reference (``reference.py``) on random float64 data.
 
-The references are written from ALGORITHMS.md section 1 with explicit loops; the
+The references are written from docs/ALGORITHMS.md, Aggregators with explicit loops; the
 implementation uses Gram products and vectorised sorts, so agreement to ~1e-9 relative is a
 real cross-check of both. Cases span d in {1, 7, 33} and n from each rule's minimum to ~15
 (subset rules: n <= 12 so the exhaustive references stay fast).

@@ -16,14 +16,14 @@ from flwr_byz.attacks import ShiftBack, SurfaceAttack, get_attack
 from flwr_byz.clients import ByzantineGrid
 from flwr_byz.methods.surface import AttackSurface
 from flwr_byz.protocol.records import flatten, layout_of
+from flwr_byz.simulations.local import LocalGrid
 from flwr_byz.strategies import ByzVRMarinaPP, RobustFedAvg, RobustMomentum
-from tests.clients.fake_grid import FakeGrid, honest_client, model, sent_arrays, vector_of
 from tests.clients.gradient_helpers import (
-    gradient_node,
     make_client,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     point,
 )
+from tests.clients.nodes import honest_client, model, sent_arrays, vector_of
 
 KEYS = ("w", "b", "k")
 
@@ -162,8 +162,8 @@ BYZ = (11, 13, 15)  # a majority
 
 
 def fedavg_rounds(strategy: RobustFedAvg, initial: ArrayRecord, rounds: int) -> ArrayRecord:
-    """Honest rounds 1..rounds with a FakeGrid; returns the model after the last one."""
-    grid = FakeGrid(NODES, honest_client())
+    """Honest rounds 1..rounds on a LocalGrid; returns the model after the last one."""
+    grid = LocalGrid(NODES, honest_client())
     arrays = initial
     for r in range(1, rounds + 1):
         replies = grid.send_and_receive(strategy.configure_train(r, arrays, ConfigRecord({}), grid))
@@ -178,7 +178,7 @@ def test_robust_fedavg_vector_is_minus_the_distance_to_x0() -> None:
     with pytest.raises(ValueError, match="no model"):
         strategy.attack_surface().shift_back_target(None)
     x0 = model(with_int=True)
-    grid = FakeGrid(NODES, honest_client())
+    grid = LocalGrid(NODES, honest_client())
     messages = strategy.configure_train(1, x0, ConfigRecord({}), grid)
     v1 = strategy.attack_surface().shift_back_target(None)
     assert v1.shape == (24,) and not v1.any()  # round 1: x^1 = x^0 (int array left out)
@@ -204,7 +204,7 @@ def test_robust_fedavg_majority_returns_the_model_to_x0() -> None:
     x0 = model()
     strategy = RobustFedAvg("median", min_available_nodes=5)
     arrays = fedavg_rounds(strategy, x0, 2)  # two honest rounds move the model
-    grid = ByzantineGrid(FakeGrid(NODES, honest_client()), ShiftBack(), node_ids=BYZ)
+    grid = ByzantineGrid(LocalGrid(NODES, honest_client()), ShiftBack(), node_ids=BYZ)
     assert grid.bind(strategy) is grid
     replies = grid.send_and_receive(strategy.configure_train(3, arrays, ConfigRecord({}), grid))
     new, metrics = strategy.aggregate_train(3, replies)
@@ -218,7 +218,7 @@ def test_robust_fedavg_minority_looks_honest() -> None:
     strategy = RobustFedAvg("median", min_available_nodes=5)
     arrays = fedavg_rounds(strategy, x0, 1)
     grid = ByzantineGrid(
-        FakeGrid(NODES, honest_client()), ShiftBack(), node_ids=(12, 14), strategy=strategy
+        LocalGrid(NODES, honest_client()), ShiftBack(), node_ids=(12, 14), strategy=strategy
     )
     messages = list(strategy.configure_train(2, arrays, ConfigRecord({}), grid))
     replies = {int(r.metadata.src_node_id): r for r in grid.send_and_receive(messages)}
@@ -237,7 +237,7 @@ def test_robust_fedavg_all_byzantine_round_returns_to_x0() -> None:
     strategy = RobustFedAvg("mean", min_available_nodes=5)
     arrays = fedavg_rounds(strategy, x0, 1)
     attack = ShiftBack().bind(strategy.attack_surface())  # bound directly, the grid unbound
-    grid = ByzantineGrid(FakeGrid(NODES, honest_client()), attack, node_ids=NODES)
+    grid = ByzantineGrid(LocalGrid(NODES, honest_client()), attack, node_ids=NODES)
     replies = grid.send_and_receive(strategy.configure_train(2, arrays, ConfigRecord({}), grid))
     new, _ = strategy.aggregate_train(2, replies)
     assert grid.attacked_replies == 5 and new is not None
@@ -274,14 +274,14 @@ def model_after_shift_back(strategy, mult: float | None) -> tuple[torch.Tensor, 
     """Round 1 honest, round 2 with a ShiftBack majority; (x^0, the model after the attack
     has been applied) over the floating arrays."""
     x0 = ArrayRecord(point(7))
-    node = gradient_node(make_client())
-    arrays = method_round(strategy, 1, x0, FakeGrid(NODES, node))
-    grid = ByzantineGrid(FakeGrid(NODES, node), ShiftBack(mult=mult), node_ids=BYZ).bind(strategy)
+    nodes = LocalGrid(NODES, make_client().handle)
+    arrays = method_round(strategy, 1, x0, nodes)
+    grid = ByzantineGrid(nodes, ShiftBack(mult=mult), node_ids=BYZ).bind(strategy)
     arrays = method_round(strategy, 2, arrays, grid)
     assert grid.attacked_replies == 3
     if isinstance(strategy, ByzVRMarinaPP):  # g^2 is applied when round 3 is configured
         assert strategy._round is not None and not strategy._round.full
-        strategy.configure_train(3, arrays, ConfigRecord({}), FakeGrid(NODES, node))
+        strategy.configure_train(3, arrays, ConfigRecord({}), nodes)
         assert strategy.x is not None
         return floats(x0), strategy.x.double()
     return floats(x0), floats(arrays)
@@ -305,7 +305,7 @@ def test_method_strategy_vector_formula() -> None:
     with pytest.raises(ValueError, match="no model"):
         strategy.attack_surface().shift_back_target(None)
     x0 = ArrayRecord(point(8))
-    grid = FakeGrid(NODES, gradient_node(make_client()))
+    grid = LocalGrid(NODES, make_client().handle)
     arrays = method_round(strategy, 1, x0, grid)
     strategy.configure_train(2, arrays, ConfigRecord({}), grid)
     assert strategy.x is not None and strategy.x0 is not None
@@ -319,7 +319,7 @@ def test_method_strategy_vector_formula() -> None:
 
 def test_marina_vector_subtracts_g_in_a_difference_round() -> None:
     strategy = marina_strategy(0.25)
-    grid = FakeGrid(NODES, gradient_node(make_client()))
+    grid = LocalGrid(NODES, make_client().handle)
     x0 = ArrayRecord(point(9))
     strategy.configure_train(1, x0, ConfigRecord({}), grid)
     assert not strategy.attack_surface().shift_back_target(1.0).any()  # full round 1: x^1 = x^0
@@ -341,15 +341,15 @@ def test_grid_refuses_shift_back_against_a_strategy_without_a_surface(strategy) 
     bind and at construction, naming what is missing; other attacks are fine."""
     name = type(strategy).__name__
     want = rf"ShiftBack needs the attack surface .*: {name} has no attack_surface\(\)"
-    grid = ByzantineGrid(FakeGrid(NODES, honest_client()), "shift-back", node_ids=BYZ)
+    grid = ByzantineGrid(LocalGrid(NODES, honest_client()), "shift-back", node_ids=BYZ)
     with pytest.raises(TypeError, match=want):
         grid.bind(strategy)
     assert grid.surface is None and grid.attack.surface is None  # type: ignore[union-attr]
     with pytest.raises(TypeError, match=want):
         ByzantineGrid(
-            FakeGrid(NODES, honest_client()), ShiftBack(), node_ids=BYZ, strategy=strategy
+            LocalGrid(NODES, honest_client()), ShiftBack(), node_ids=BYZ, strategy=strategy
         )
-    other = ByzantineGrid(FakeGrid(NODES, honest_client()), "alie", node_ids=BYZ)
+    other = ByzantineGrid(LocalGrid(NODES, honest_client()), "alie", node_ids=BYZ)
     assert other.bind(strategy) is other and other.surface is None
 
 
@@ -359,17 +359,17 @@ def test_grid_refuses_a_strategy_whose_surface_is_not_one() -> None:
             return OnlyTarget()
 
     with pytest.raises(TypeError, match=r"Broken\.attack_surface\(\) .* has no aggregated\(\), "):
-        ByzantineGrid(FakeGrid(NODES, honest_client()), "alie", node_ids=BYZ).bind(Broken("mean"))
+        ByzantineGrid(LocalGrid(NODES, honest_client()), "alie", node_ids=BYZ).bind(Broken("mean"))
 
 
 def test_grid_binds_shift_back_to_the_strategys_surface() -> None:
     strategy = momentum_strategy(0.5)
-    grid = ByzantineGrid(FakeGrid(NODES, honest_client()), "shift-back:0.5", node_ids=BYZ)
+    grid = ByzantineGrid(LocalGrid(NODES, honest_client()), "shift-back:0.5", node_ids=BYZ)
     grid.bind(strategy)
     attack = grid.attack
     assert isinstance(attack, ShiftBack) and attack.surface is grid.surface
     assert grid.surface is not None
-    method_round(strategy, 1, ArrayRecord(point(8)), FakeGrid(NODES, gradient_node(make_client())))
+    method_round(strategy, 1, ArrayRecord(point(8)), LocalGrid(NODES, make_client().handle))
     assert strategy.x is not None and strategy.x0 is not None  # the surface reads live state
     diff = strategy.x - strategy.x0
     assert float(diff.abs().max()) > 1e-3

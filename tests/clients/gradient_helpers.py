@@ -2,9 +2,9 @@
 
 The model has a BatchNorm layer on purpose: its running statistics are floating-point buffers
 (no gradient: zero in the replies) and ``num_batches_tracked`` is an int64 buffer (not in the
-replies). ``node_data(node)`` is a node's local data set; ``gradient_node(client)`` makes a
-``FakeGrid`` node function that answers with ``client.handle`` and one Context per node (so
-worker momentum persists across rounds, as on a SuperNode).
+replies). ``node_data(node)`` is a node's local data set; ``LocalGrid(nodes, client.handle)``
+makes nodes that answer with a GradientClient, one Context per node (so worker momentum
+persists across rounds, as on a SuperNode).
 
 Test modules import the autouse fixture ``one_torch_thread``: on 2 busy cores, torch's
 intra-op threads make each tiny forward/backward pass 10-20x slower.
@@ -12,7 +12,7 @@ intra-op threads make each tiny forward/backward pass 10-20x slower.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -23,8 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from torch import nn
 
 from flwr_byz.clients import GradientClient
-
-from .fake_grid import ensure_task_identity
+from flwr_byz.simulations.local import ensure_task_identity
 
 ensure_task_identity()
 
@@ -149,18 +148,3 @@ def flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def record_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(record[k].numpy().copy()) for k in record}
-
-
-def gradient_node(
-    client: GradientClient, contexts: dict[int, Context] | None = None
-) -> Callable[[Message], Message]:
-    """A FakeGrid node function answering through ``client.handle`` with a persistent
-    Context per node (created on first use in ``contexts``)."""
-    contexts = {} if contexts is None else contexts
-
-    def node(msg: Message) -> Message:
-        dst = int(msg.metadata.dst_node_id)
-        ctx = contexts.setdefault(dst, context(dst))
-        return client.handle(msg, ctx)
-
-    return node

@@ -1,4 +1,4 @@
-"""ByzantineGrid: the server-side omniscient adversary, with an in-process fake Grid.
+"""ByzantineGrid: the server-side omniscient adversary, over the in-process LocalGrid.
 
 FedAvg-like instructions (no "op"): a Byzantine reply must be ``sent + attack(honest
 updates, own updates)``; honest and evaluation replies stay as the clients sent them.
@@ -30,10 +30,11 @@ from flwr_byz.clients import ATTACK_KEY, ByzantineGrid, label_flip_requested
 from flwr_byz.compressors import get_compressor
 from flwr_byz.methods.surface import AttackSurface, OffsetSurface
 from flwr_byz.protocol.records import payload_record, record_payload
+from flwr_byz.simulations.local import LocalGrid
 from flwr_byz.strategies import RobustFedAvg
 
-from .fake_grid import (
-    FakeGrid,
+from .nodes import (
+    LoggedGrid,
     honest_client,
     model,
     sent_arrays,
@@ -73,7 +74,7 @@ def run(attack: object, nodes: list[int] = NODES, byz=BYZ, seed: int = 0, client
     """Send one FedAvg-like train round through a ByzantineGrid; (sent, replies by node)."""
     content = fedavg_content(**{"server-round": 1})
     grid = ByzantineGrid(
-        FakeGrid(nodes, client or honest_client()), attack, node_ids=byz, seed=seed
+        LocalGrid(nodes, client or honest_client()), attack, node_ids=byz, seed=seed
     )
     replies = list(grid.send_and_receive(instructions(content, nodes)))
     return content["arrays"], by_node(replies), grid
@@ -173,7 +174,7 @@ def test_gaussian_is_seeded_and_reproducible() -> None:
 def test_sent_content_is_not_modified() -> None:
     content = fedavg_content()
     before = vector_of(content["arrays"], KEYS)
-    grid = ByzantineGrid(FakeGrid(NODES, honest_client()), SignFlip(10.0), node_ids=BYZ)
+    grid = ByzantineGrid(LocalGrid(NODES, honest_client()), SignFlip(10.0), node_ids=BYZ)
     grid.send_and_receive(instructions(content))
     assert np.array_equal(vector_of(content["arrays"], KEYS), before)
 
@@ -181,7 +182,7 @@ def test_sent_content_is_not_modified() -> None:
 def test_push_and_pull_attack_like_send_and_receive() -> None:
     sent, expected, _ = run(SignFlip())
     content = fedavg_content(sent)
-    grid = ByzantineGrid(FakeGrid(NODES, honest_client()), SignFlip(), node_ids=BYZ)
+    grid = ByzantineGrid(LocalGrid(NODES, honest_client()), SignFlip(), node_ids=BYZ)
     ids = list(grid.push_messages(instructions(content)))
     replies = by_node(list(grid.pull_messages(ids)))
     for node in NODES:
@@ -192,7 +193,7 @@ def test_push_and_pull_attack_like_send_and_receive() -> None:
 
 def test_train_actions_are_attacked() -> None:
     content = fedavg_content()
-    grid = ByzantineGrid(FakeGrid(NODES, honest_client()), SignFlip(), node_ids=BYZ)
+    grid = ByzantineGrid(LocalGrid(NODES, honest_client()), SignFlip(), node_ids=BYZ)
     replies = by_node(
         list(grid.send_and_receive(instructions(content, message_type="train.custom")))
     )
@@ -201,7 +202,7 @@ def test_train_actions_are_attacked() -> None:
     assert_honest_untouched(replies, sent)
 
 
-def _evaluate_client(ins: Message) -> Message:
+def _evaluate_client(ins: Message, context: Context) -> Message:
     """Evaluate replies that also carry arrays (so an attack could touch them)."""
     node = int(ins.metadata.dst_node_id)
     sent = sent_arrays(ins)
@@ -217,7 +218,7 @@ def _evaluate_client(ins: Message) -> Message:
 def test_evaluate_replies_are_untouched() -> None:
     content = fedavg_content()
     sent = content["arrays"]
-    grid = ByzantineGrid(FakeGrid(NODES, _evaluate_client), SignFlip(), node_ids=BYZ)
+    grid = ByzantineGrid(LocalGrid(NODES, _evaluate_client), SignFlip(), node_ids=BYZ)
     replies = by_node(list(grid.send_and_receive(instructions(content, message_type="evaluate"))))
     assert_honest_untouched(replies, sent, byz=())
     assert replies[102].content["metrics"]["eval_loss"] == 102.0
@@ -228,7 +229,7 @@ def test_evaluate_replies_are_attacked_when_asked() -> None:
     content = fedavg_content()
     sent = content["arrays"]
     grid = ByzantineGrid(
-        FakeGrid(NODES, _evaluate_client),
+        LocalGrid(NODES, _evaluate_client),
         SignFlip(),
         node_ids=BYZ,
         message_types=("train", "evaluate"),
@@ -243,14 +244,14 @@ def test_evaluate_replies_are_attacked_when_asked() -> None:
 def test_with_op_the_attack_acts_on_the_returned_vectors() -> None:
     sent = model()
 
-    def client(ins: Message) -> Message:
+    def client(ins: Message, context: Context) -> Message:
         node = int(ins.metadata.dst_node_id)
         grad = ArrayRecord({k: Array(v) for k, v in update_for(sent, node).items()})
         model_back = shifted(sent, update_for(sent, node))
         return Message(RecordDict({"grad": grad, "arrays": model_back}), reply_to=ins)
 
     content = RecordDict({"arrays": sent, "config": ConfigRecord({"op": "grad", "lr": 0.1})})
-    grid = ByzantineGrid(FakeGrid(NODES, client), SignFlip(), node_ids=BYZ)
+    grid = ByzantineGrid(LocalGrid(NODES, client), SignFlip(), node_ids=BYZ)
     replies = by_node(list(grid.send_and_receive(instructions(content))))
     for node in BYZ:
         grad = np.concatenate([v.ravel() for v in update_for(sent, node).values()])
@@ -271,13 +272,13 @@ def test_with_op_the_attack_acts_on_the_returned_vectors() -> None:
 def test_integer_arrays_are_untouched() -> None:
     sent = model(with_int=True)
 
-    def client(ins: Message) -> Message:
+    def client(ins: Message, context: Context) -> Message:
         node = int(ins.metadata.dst_node_id)
         reply = shifted(sent_arrays(ins), {**update_for(sent, node), "count": np.array([node])})
         return train_reply(ins, reply)
 
     content = fedavg_content(sent)
-    grid = ByzantineGrid(FakeGrid(NODES, client), SignFlip(10.0), node_ids=BYZ)
+    grid = ByzantineGrid(LocalGrid(NODES, client), SignFlip(10.0), node_ids=BYZ)
     replies = by_node(list(grid.send_and_receive(instructions(content))))
     for node in BYZ:
         arrays = replies[node].content["arrays"]
@@ -288,10 +289,10 @@ def test_integer_arrays_are_untouched() -> None:
 
 
 def test_byzantine_error_replies_are_left_alone() -> None:
-    def client(ins: Message) -> Message:
+    def client(ins: Message, context: Context) -> Message:
         if ins.metadata.dst_node_id == 102:
             return Message(Error(code=5, reason="crashed"), reply_to=ins)
-        return honest_client()(ins)  # type: ignore[return-value]
+        return honest_client()(ins, context)
 
     sent, replies, grid = run(SignFlip(), client=client)
     assert replies[102].has_error() and replies[102].error.code == 5
@@ -311,7 +312,7 @@ def test_omniscient_attack_without_honest_nodes_uses_own_vectors(attack, forged)
     sampled = [101, 103, 104]
     content = fedavg_content()
     sent = content["arrays"]
-    grid = ByzantineGrid(FakeGrid(NODES, honest_client()), attack, node_ids=sampled)
+    grid = ByzantineGrid(LocalGrid(NODES, honest_client()), attack, node_ids=sampled)
     replies = by_node(list(grid.send_and_receive(instructions(content, sampled))))
     own = updates(sent, sampled).double()
     for node in sampled:
@@ -320,11 +321,11 @@ def test_omniscient_attack_without_honest_nodes_uses_own_vectors(attack, forged)
 
 
 def test_omniscient_attack_ignores_non_finite_honest_replies() -> None:
-    def client(ins: Message) -> Message:
+    def client(ins: Message, context: Context) -> Message:
         if ins.metadata.dst_node_id == 104:
             sent = sent_arrays(ins)
             return train_reply(ins, shifted(sent, {"w": np.full((3, 4), np.nan, np.float32)}))
-        return honest_client()(ins)  # type: ignore[return-value]
+        return honest_client()(ins, context)
 
     sent, replies, _ = run(IPM(eps=1.0), client=client)
     forged = -updates(sent, [n for n in HONEST if n != 104]).double().mean(0)
@@ -339,14 +340,14 @@ def test_num_byzantine_chooses_k_nodes_deterministically() -> None:
     chosen = []
     for seed in range(8):
         grid = ByzantineGrid(
-            FakeGrid(NODES, honest_client()), SignFlip(), num_byzantine=3, seed=seed
+            LocalGrid(NODES, honest_client()), SignFlip(), num_byzantine=3, seed=seed
         )
         ids = grid.byzantine_node_ids
         assert len(ids) == 3 and ids <= set(NODES)
         shuffled = list(NODES)
         random.Random(seed).shuffle(shuffled)
         again = ByzantineGrid(
-            FakeGrid(shuffled, honest_client()), SignFlip(), num_byzantine=3, seed=seed
+            LocalGrid(shuffled, honest_client()), SignFlip(), num_byzantine=3, seed=seed
         )
         assert again.byzantine_node_ids == ids  # independent of the order of get_node_ids()
         chosen.append(ids)
@@ -356,7 +357,7 @@ def test_num_byzantine_chooses_k_nodes_deterministically() -> None:
 def test_num_byzantine_nodes_are_the_attacked_ones() -> None:
     content = fedavg_content()
     sent = content["arrays"]
-    grid = ByzantineGrid(FakeGrid(NODES, honest_client()), SignFlip(), num_byzantine=2, seed=1)
+    grid = ByzantineGrid(LocalGrid(NODES, honest_client()), SignFlip(), num_byzantine=2, seed=1)
     replies = by_node(list(grid.send_and_receive(instructions(content))))
     byz = grid.byzantine_node_ids
     for node in NODES:
@@ -366,17 +367,17 @@ def test_num_byzantine_nodes_are_the_attacked_ones() -> None:
 
 @pytest.mark.parametrize("k", [0, 7])
 def test_num_byzantine_bounds(k: int) -> None:
-    grid = ByzantineGrid(FakeGrid(NODES, honest_client()), SignFlip(), num_byzantine=k)
+    grid = ByzantineGrid(LocalGrid(NODES, honest_client()), SignFlip(), num_byzantine=k)
     assert len(grid.byzantine_node_ids) == k
 
 
 def test_explicit_node_ids() -> None:
-    grid = ByzantineGrid(FakeGrid(NODES, honest_client()), SignFlip(), node_ids=[103, 107])
+    grid = ByzantineGrid(LocalGrid(NODES, honest_client()), SignFlip(), node_ids=[103, 107])
     assert grid.byzantine_node_ids == {103, 107}
 
 
 def test_constructor_errors() -> None:
-    fake = FakeGrid(NODES, honest_client())
+    fake = LocalGrid(NODES, honest_client())
     with pytest.raises(ValueError):
         ByzantineGrid(fake, SignFlip())
     with pytest.raises(ValueError):
@@ -391,7 +392,7 @@ def test_constructor_errors() -> None:
 
 
 def test_grid_api_is_delegated() -> None:
-    fake = FakeGrid(NODES, honest_client())
+    fake = LocalGrid(NODES, honest_client())
     grid = ByzantineGrid(fake, SignFlip(), num_byzantine=1)
     assert list(grid.get_node_ids()) == NODES
     assert [n.node_id for n in grid.get_nodes()] == NODES
@@ -404,11 +405,9 @@ def test_grid_api_is_delegated() -> None:
 # --- LabelFlip ------------------------------------------------------------------------------
 
 
-def _label_client(ins: Message) -> Message:
+def _label_client(ins: Message, context: Context) -> Message:
     """Trains honestly; reports whether it was asked to flip its labels."""
-    flip = label_flip_requested(
-        ins, Context(1, int(ins.metadata.dst_node_id), {}, RecordDict(), {})
-    )
+    flip = label_flip_requested(ins, context)
     sent = sent_arrays(ins)
     return train_reply(
         ins,
@@ -422,7 +421,7 @@ def _label_client(ins: Message) -> Message:
 def test_label_flip_marks_only_byzantine_instructions(attack: object) -> None:
     content = fedavg_content(**{"server-round": 3, "lr": "0.1"})
     sent = content["arrays"]
-    fake = FakeGrid(NODES, _label_client)
+    fake = LoggedGrid(NODES, _label_client)
     grid = ByzantineGrid(fake, attack, node_ids=BYZ)  # type: ignore[arg-type]
     replies = by_node(list(grid.send_and_receive(instructions(content))))
     assert ATTACK_KEY not in content["config"]  # the shared RecordDict is not mutated
@@ -449,7 +448,7 @@ def test_label_flip_marks_only_byzantine_instructions(attack: object) -> None:
 
 def test_label_flip_leaves_evaluate_instructions_alone() -> None:
     content = fedavg_content()
-    fake = FakeGrid(NODES, _evaluate_client)
+    fake = LoggedGrid(NODES, _evaluate_client)
     grid = ByzantineGrid(fake, "label-flip", node_ids=BYZ)
     grid.send_and_receive(instructions(content, message_type="evaluate"))
     assert all(ATTACK_KEY not in m.content["config"] for m in fake.sent)
@@ -460,7 +459,7 @@ def test_label_flip_leaves_evaluate_instructions_alone() -> None:
 
 def _start(strategy, attack: str = "sign-flip:10"):
     initial = model()
-    fake = FakeGrid(NODES, honest_client())
+    fake = LocalGrid(NODES, honest_client())
     grid = ByzantineGrid(fake, attack, num_byzantine=2, seed=3)
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=2)
     byz = grid.byzantine_node_ids
@@ -503,10 +502,10 @@ def test_robust_fedavg_rejects_non_finite_byzantine_replies() -> None:
         assert metrics["rejected-non-finite"] == 2 and metrics["accepted"] == 5
 
 
-def _string_bytes_client(ins: Message) -> Message:
+def _string_bytes_client(ins: Message, context: Context) -> Message:
     """Node 104 sends an array declared float32 whose bytes decode to strings."""
     if ins.metadata.dst_node_id != 104:
-        return honest_client()(ins)  # type: ignore[return-value]
+        return honest_client()(ins, context)
     sent = sent_arrays(ins)
     arrays = dict(shifted(sent, update_for(sent, 104)).items())
     junk = Array(np.array(["x"] * 12))
@@ -518,9 +517,9 @@ def test_an_undecodable_honest_reply_is_passed_on() -> None:
     """Bytes that do not decode to the declared shape: the grid leaves the reply for
     validation to reject and still attacks the Byzantine replies."""
 
-    def client(ins: Message) -> Message:
+    def client(ins: Message, context: Context) -> Message:
         if ins.metadata.dst_node_id != 104:
-            return honest_client()(ins)  # type: ignore[return-value]
+            return honest_client()(ins, context)
         sent = sent_arrays(ins)
         arrays = dict(shifted(sent, update_for(sent, 104)).items())
         w = arrays["w"]
@@ -541,13 +540,13 @@ def test_a_non_numeric_honest_reply_does_not_crash_the_grid() -> None:
 
 
 def test_attacked_replies_keep_zero_dim_arrays() -> None:
-    def client(ins: Message) -> Message:
+    def client(ins: Message, context: Context) -> Message:
         node = int(ins.metadata.dst_node_id)
         sent = sent_arrays(ins)
         return train_reply(ins, shifted(sent, {"t": np.array(0.5 * node, np.float32)}))
 
     sent = ArrayRecord({"t": Array(np.array(1.0, np.float32))})
-    grid = ByzantineGrid(FakeGrid(NODES, client), SignFlip(), node_ids=BYZ)
+    grid = ByzantineGrid(LocalGrid(NODES, client), SignFlip(), node_ids=BYZ)
     replies = by_node(list(grid.send_and_receive(instructions(fedavg_content(sent)))))
     forged = replies[102].content["arrays"]["t"]
     assert float(forged.numpy().reshape(-1)[0]) == pytest.approx(1.0 - 51.0)
@@ -565,7 +564,7 @@ def test_robust_fedavgs_surface_forges_what_the_model_update_surface_forges(atta
     out = []
     for bind in (True, False):
         strategy = RobustFedAvg("median", min_available_nodes=7)
-        grid = ByzantineGrid(FakeGrid(NODES, honest_client()), attack, node_ids=BYZ)
+        grid = ByzantineGrid(LocalGrid(NODES, honest_client()), attack, node_ids=BYZ)
         if bind:
             grid.bind(strategy)
             assert isinstance(grid.surface, OffsetSurface) and grid.surface.sign == -1.0
@@ -602,7 +601,7 @@ def test_a_reply_the_surface_cannot_read_is_left_alone(caplog) -> None:
     content = fedavg_content(**{"server-round": 1})
     sent = content["arrays"]
     grid = ByzantineGrid(
-        FakeGrid(NODES, honest_client()), SignFlip(), node_ids=BYZ, strategy=_SurfaceStrategy()
+        LocalGrid(NODES, honest_client()), SignFlip(), node_ids=BYZ, strategy=_SurfaceStrategy()
     )
     with caplog.at_level("WARNING"):
         replies = by_node(list(grid.send_and_receive(instructions(content))))
@@ -626,7 +625,7 @@ def test_groups_of_replies_are_attacked_in_a_fixed_order() -> None:
     d = 24
     compressor = get_compressor("none")
 
-    def client(ins: Message) -> Message:
+    def client(ins: Message, context: Context) -> Message:
         node = int(ins.metadata.dst_node_id)
         v = torch.full((d,), float(node))
         if node in (101, 102, 104):  # 102 (Byzantine) answers first, compressed
@@ -637,7 +636,7 @@ def test_groups_of_replies_are_attacked_in_a_fixed_order() -> None:
 
     config = ConfigRecord({"op": "grad", "compressor": "none", "compressor-seed": 0})
     content = RecordDict({"arrays": sent, "config": config})
-    grid = ByzantineGrid(FakeGrid(NODES, client), Gaussian(sigma=1.0, seed=5), node_ids=BYZ)
+    grid = ByzantineGrid(LocalGrid(NODES, client), Gaussian(sigma=1.0, seed=5), node_ids=BYZ)
     replies = by_node(list(grid.send_and_receive(instructions(content))))
     assert grid.attacked_replies == 2
     reference = Gaussian(sigma=1.0, seed=5)  # the same draws, dense group first

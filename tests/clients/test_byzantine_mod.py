@@ -30,7 +30,7 @@ from flwr_byz.clients import (
     node_attack,
 )
 
-from .fake_grid import model, shifted, train_reply, update_for, vector_of
+from .nodes import model, shifted, train_reply, update_for, vector_of
 
 KEYS = ("w", "b", "k")
 NODE = 7

@@ -13,12 +13,11 @@ from flwr_byz.attacks import ALIE, SignFlip, honest_stats
 from flwr_byz.clients import ByzantineGrid
 from flwr_byz.compressors import get_compressor
 from flwr_byz.protocol.records import layout_of, record_payload
+from flwr_byz.simulations.local import LocalGrid
 from flwr_byz.strategies import ByzVRMarinaPP, validate_replies
 
-from .fake_grid import FakeGrid
 from .gradient_helpers import (
     context,
-    gradient_node,
     make_client,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     point,
@@ -68,7 +67,7 @@ def attacked_records(
     spec: str, attack: object, dtype: torch.dtype = torch.float32
 ) -> tuple[dict[int, ArrayRecord], ByzantineGrid]:
     grid = ByzantineGrid(
-        FakeGrid(NODES, gradient_node(make_client(dtype))),
+        LocalGrid(NODES, make_client(dtype).handle),
         attack,
         node_ids=BYZ,  # type: ignore[arg-type]
     )
@@ -147,7 +146,7 @@ def test_omniscient_attack_sees_the_decoded_honest_vectors(spec: str) -> None:
 @pytest.mark.parametrize("spec", ["none", "randk:0.5"])
 def test_validation_accepts_the_attacked_payloads(spec: str) -> None:
     honest = honest_records(spec)
-    grid = ByzantineGrid(FakeGrid(NODES, gradient_node(make_client())), SignFlip(), node_ids=BYZ)
+    grid = ByzantineGrid(LocalGrid(NODES, make_client().handle), SignFlip(), node_ids=BYZ)
     replies = list(grid.send_and_receive(messages(spec)))
     checked = validate_replies(
         replies,
@@ -166,8 +165,7 @@ def test_byz_vr_marina_pp_accepts_and_aggregates_the_attacked_round(dtype: torch
     strategy = ByzVRMarinaPP(
         "median", compressor=spec, p=1e-9, alpha=None, clients_per_round=5, lr=0.1, batch_size=8
     )
-    node = gradient_node(make_client(dtype))
-    grid = ByzantineGrid(FakeGrid(NODES, node), SignFlip(), node_ids=BYZ)
+    grid = ByzantineGrid(LocalGrid(NODES, make_client(dtype).handle), SignFlip(), node_ids=BYZ)
     arrays: ArrayRecord | None = ArrayRecord(point(4, dtype))
     for server_round in (1, 2):
         assert arrays is not None

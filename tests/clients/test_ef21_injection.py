@@ -5,7 +5,7 @@ surface (``ByzantineGrid.bind``) forges the aggregated ``g_i + c_i`` and sends
 ``byzantine_mod`` does the same with the node's stored previous ``g`` (its ``node_surface``) and
 keeps the node's ``g`` equal to the server's.
 
-Nodes are GradientClients on ``gradient_helpers.make_net`` (d = 107) answering in process."""
+Nodes are GradientClients on ``gradient_helpers.make_net`` (d = 107) on a LocalGrid."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from flwr_byz.clients.mods import node_surface
 from flwr_byz.clients.state import load_vector
 from flwr_byz.compressors import get_compressor
 from flwr_byz.protocol.records import flatten, record_payload
+from flwr_byz.simulations.local import LocalGrid
 from flwr_byz.strategies import ByzEF21SGDM
 
-from .fake_grid import FakeGrid
 from .gradient_helpers import (
     context,
     make_client,
@@ -54,9 +54,10 @@ class Round:
 
 
 class Nodes:
-    """FakeGrid node function: each node answers through ``handler(msg, ctx)`` (default the
-    GradientClient) with its own persistent Context; the records of every reply are kept
-    before anything downstream rewrites them (write_back replaces records, never mutates)."""
+    """The nodes ``NODES`` on a LocalGrid (``grid``): each answers through the GradientClient
+    (or ``wrap(msg, ctx, honest)``) with its own persistent Context, its ``node_config``
+    extended by ``node_config(node)``; the records of every reply are kept before anything
+    downstream rewrites them (write_back replaces records, never mutates)."""
 
     def __init__(
         self,
@@ -64,7 +65,10 @@ class Nodes:
         wrap: Callable | None = None,
     ) -> None:
         self.client = make_client()
-        self.contexts: dict[int, Context] = {n: context(n, **node_config(n)) for n in NODES}
+        self.grid = LocalGrid(NODES, self.answer)
+        self.contexts = self.grid.contexts
+        for node, ctx in self.contexts.items():
+            ctx.node_config.update(node_config(node))
         self.raw: dict[int, dict[str, ArrayRecord]] = {}
         self.wrap = wrap
 
@@ -73,8 +77,7 @@ class Nodes:
         self.raw[int(msg.metadata.dst_node_id)] = dict(reply.content.array_records)
         return reply
 
-    def __call__(self, msg: Message) -> Message:
-        ctx = self.contexts[int(msg.metadata.dst_node_id)]
+    def answer(self, msg: Message, ctx: Context) -> Message:
         if self.wrap is None:
             return self.honest(msg, ctx)
         return self.wrap(msg, ctx, self.honest)
@@ -86,7 +89,7 @@ def strategy(spec: str) -> ByzEF21SGDM:
 
 def run(
     strat: ByzEF21SGDM,
-    grid: FakeGrid | ByzantineGrid,
+    grid: LocalGrid | ByzantineGrid,
     nodes: Nodes,
     rounds: int,
     before_round: Callable[[int], None] = lambda r: None,
@@ -123,7 +126,7 @@ def bound_grid(
     spec: str, attack: object, nodes: Nodes, bind: bool = True
 ) -> tuple[ByzEF21SGDM, ByzantineGrid]:
     strat = strategy(spec)
-    grid = ByzantineGrid(FakeGrid(NODES, nodes), attack, node_ids=BYZ)  # type: ignore[arg-type]
+    grid = ByzantineGrid(nodes.grid, attack, node_ids=BYZ)  # type: ignore[arg-type]
     if bind:
         assert grid.bind(strat) is grid
     return strat, grid
@@ -144,7 +147,7 @@ def test_the_bound_surface_adds_a_compressed_reply_to_the_servers_copy() -> None
     surface = grid.surface
     assert surface is not None
     v = torch.linspace(-1, 1, D)
-    strat.configure_train(1, ArrayRecord(point(1)), ConfigRecord({}), FakeGrid(NODES, nodes))
+    strat.configure_train(1, ArrayRecord(point(1)), ConfigRecord({}), nodes.grid)
     # no copy before the first (dense) reply: the vector itself
     assert surface.aggregated(NODES[0], v, compressed=True) is v
     run(strat, grid, nodes, 1)  # round 1 again (the strategy starts over): the dense resets
@@ -330,7 +333,7 @@ def test_mod_sign_flip_from_round_2_keeps_the_node_in_sync() -> None:
     spec = "topk:0.1"
     nodes = Nodes(wrap=byzantine_mod)
     strat = strategy(spec)
-    grid = FakeGrid(NODES, nodes)
+    grid = nodes.grid
 
     def switch_on(server_round: int) -> None:
         if server_round == 2:
@@ -357,7 +360,7 @@ def test_mod_sign_flip_keeps_the_node_in_sync_from_the_dense_reset() -> None:
         wrap=byzantine_mod,
     )
     strat = strategy("topk:0.1")
-    rounds = run(strat, FakeGrid(NODES, nodes), nodes, 3)
+    rounds = run(strat, nodes.grid, nodes, 3)
     for b in BYZ:  # the reset was attacked: the server holds -v, the node's g is v
         torch.testing.assert_close(rounds[0].after[b], -dense(rounds[0].raw[b]))
     for r in rounds:
@@ -368,13 +371,12 @@ def test_mod_sign_flip_keeps_the_node_in_sync_from_the_dense_reset() -> None:
 def test_byzantine_app_keeps_the_node_in_sync_with_the_server() -> None:
     client = make_client()
     app = byzantine_app(client.app, attack="sign-flip", partitions=[1, 4])
-    contexts = {n: context(n, **{"partition-id": i}) for i, n in enumerate(NODES)}  # BYZ: 1, 4
+    grid = LocalGrid(NODES, app)  # partition i: NODES[i], so BYZ are partitions 1 and 4
     strat = strategy("none")
-    grid = FakeGrid(NODES, lambda msg: app(msg, contexts[int(msg.metadata.dst_node_id)]))
     arrays: ArrayRecord | None = ArrayRecord(point(1))
     for server_round in (1, 2):
         assert arrays is not None
         msgs = strat.configure_train(server_round, arrays, ConfigRecord({}), grid)
         arrays, _ = strat.aggregate_train(server_round, list(grid.send_and_receive(msgs)))
         for b in BYZ:
-            torch.testing.assert_close(state_g(contexts[b], strat), strat.copies[b])
+            torch.testing.assert_close(state_g(grid.contexts[b], strat), strat.copies[b])

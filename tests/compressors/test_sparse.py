@@ -1,4 +1,5 @@
-"""RandK and TopK: sizes, supports, determinism, the contraction of TopK (ALGORITHMS.md 3)."""
+"""RandK and TopK: sizes, supports, determinism, the contraction of TopK
+(docs/ALGORITHMS.md, TopK)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Unbiasedness and variance of the unbiased compressors over many seeds, against the exact
-per-coordinate variance of their definitions (ALGORITHMS.md section 3)."""
+per-coordinate variance of their definitions (docs/ALGORITHMS.md, Compressors)."""
 
 from __future__ import annotations
 

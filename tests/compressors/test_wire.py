@@ -1,5 +1,5 @@
 """Bytes on the wire: a Flower Message carrying a payload is the payload's raw bytes plus a
-small constant overhead, so the compressors really shrink the traffic (DESIGN.md)."""
+small constant overhead, so the compressors really shrink the traffic."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from flwr.app import Message, RecordDict
 
 from flwr_byz.compressors import QSGD, Compressor, Identity, Natural, RandK, TopK
 from flwr_byz.protocol.records import payload_record, record_payload
+from flwr_byz.simulations.local import ensure_task_identity
 from flwr_byz.simulations.metering import message_bytes
-from tests.clients.fake_grid import ensure_task_identity  # sets the Flower task identity
 
 from .reference import raw_nbytes
 

@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 import flwr_byz.deployment.deploy as deploy_module
+from flwr_byz.cli import app as cli_app
 from flwr_byz.deployment import handle_termination
 from flwr_byz.deployment.deploy import DeploymentError, WorkDir, deploy
-from flwr_byz.cli import app as cli_app
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.result import Result
 
@@ -76,6 +76,8 @@ class FakeDeployment:
         self.events.append(("stop", self.workdir, all((self.workdir / f).exists() for f in FILES)))
 
     def start_run(self, app: Path, run_config: dict[str, Any]) -> FakeRun:
+        assert app == self.workdir / "app"  # the Flower App deploy wrote (no --app given)
+        assert "[tool.flwr.app]" in (app / "pyproject.toml").read_text()
         log = self.workdir / "logs" / "run-1.log"
         log.write_text("[flwr-byz] round 1/1  accuracy 0.5\n")
         if self.outcome == "ctrl-c":

@@ -31,8 +31,8 @@ from flwr_byz.protocol.records import (
     record_payload,
     to_state_dict,
 )
+from flwr_byz.simulations.local import ensure_task_identity
 from flwr_byz.strategies.validation import REASONS, validate_replies
-from tests.clients.fake_grid import ensure_task_identity
 
 ensure_task_identity()
 

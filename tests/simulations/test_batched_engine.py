@@ -17,13 +17,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from flwr_byz.cli import app as cli_app
+from flwr_byz.reproduce.pool import without_flower_gc
 from flwr_byz.simulations import runner
 from flwr_byz.simulations.batched import check_batched, resolve_device
 from flwr_byz.simulations.batched import engine as batched_engine
-from flwr_byz.cli import app as cli_app
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.engines import ENGINES, run_experiment
-from flwr_byz.reproduce.pool import without_flower_gc
 from flwr_byz.simulations.result import Result
 from flwr_byz.simulations.training import evaluate, float_precision
 
@@ -36,6 +36,10 @@ BASE = ExperimentConfig(
     batch_size=16,
     local_epochs=1,
     seed=3,
+    aggregator="median",  # the settings these tests were written with, explicit
+    lr=0.05,
+    momentum=0.9,
+    compressor="none",
 )
 
 #: Per method: the options that make it a small, moving run.

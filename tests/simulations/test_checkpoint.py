@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, Error, Message
+from flwr.app import ArrayRecord, Context, Message
 
 from flwr_byz.clients import byzantine_mod
 from flwr_byz.protocol.keys import ATTACK_KEY
@@ -41,7 +41,7 @@ from flwr_byz.simulations.checkpoint import (
 )
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.engines import run_experiment
-from flwr_byz.simulations.local import CLIENT_EXCEPTION, LocalGrid
+from flwr_byz.simulations.local import LocalGrid, client_app
 from flwr_byz.simulations.metering import discover_partitions
 from flwr_byz.simulations.result import Result, RoundRecord
 from flwr_byz.simulations.runner import (
@@ -52,7 +52,11 @@ from flwr_byz.simulations.runner import (
 
 from ..clients.gradient_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 
-BASE = ExperimentConfig(dataset="digits", clients=5, rounds=4)
+#: The settings these tests were written with, explicit (each method's own defaults differ).
+BASE = ExperimentConfig(
+    dataset="digits", clients=5, rounds=4, aggregator="median", lr=0.05, batch_size=32,
+    local_epochs=2, momentum=0.9, compressor="none",
+)  # fmt: skip
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -560,17 +564,14 @@ class ByzantineNodesGrid(LocalGrid):
     SuperNode started with a ``byzantine-attack`` node config)."""
 
     def __init__(self, num_nodes: int, byzantine: int, attack: str) -> None:
-        super().__init__(num_nodes)
+        super().__init__(num_nodes, self._node)
         self.contexts[byzantine + 1].node_config[ATTACK_KEY] = attack
 
-    def _answer(self, msg: Message) -> Message:
-        context = self.contexts.get(int(msg.metadata.dst_node_id))
-        if msg.metadata.message_type != "train" or context is None:
-            return super()._answer(msg)
-        try:
-            return byzantine_mod(msg, context, client_side.train)
-        except Exception as exc:
-            return Message(error=Error(CLIENT_EXCEPTION, str(exc)), reply_to=msg)
+    @staticmethod
+    def _node(msg: Message, context: Context) -> Message:
+        if msg.metadata.message_type != "train":
+            return client_app(msg, context)
+        return byzantine_mod(msg, context, client_side.train)
 
 
 def test_node_injection_with_client_state_resumes_identically(tmp_path: Path) -> None:

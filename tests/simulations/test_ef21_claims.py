@@ -1,4 +1,4 @@
-"""Claim C2.1 of Byz-EF21-SGDM (ALGORITHMS.md 4.2), small: TopK(0.1), batch 2, non-IID digits,
+"""Claim C2.1 (docs/ALGORITHMS.md, Byz-EF21-SGDM), small: TopK(0.1), batch 2, non-IID digits,
 10 clients of which 2 Byzantine, NNM + CWTM, 80 rounds on the local engine (the production
 strategy and ClientApp handlers). Under SignFlip and LabelFlip its accuracy stays within 3
 points of its attack-free run, and under SignFlip it beats BR-CSGD (no momentum, no error

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from .processes import alive, processes_with, stop
+from flwr_byz.deployment.processes import with_marker
+from flwr_byz.interrupt import alive
+
+from .processes import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,9 +51,9 @@ def test_flwr_run_with_run_config_overrides(tmp_path: Path) -> None:
         assert "[flwr-byz] final accuracy" in log, log[-4000:]
         result = json.loads(out.read_text())
     finally:
-        leftovers = stop(processes_with(str(home)))
+        leftovers = stop(with_marker(str(home)))
     assert not leftovers, f"Flower processes survived: {leftovers}"
-    assert not alive(processes_with(str(home)))
+    assert not [p for p in with_marker(str(home)) if alive(p)]
     cfg = result["config"]
     assert (cfg["aggregator"], cfg["attack"], cfg["byzantine"], cfg["seed"]) == (
         "nnm+krum",

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 
 from flwr_byz.interrupt import Stopped
-from flwr_byz.simulations.checkpoint import Checkpoint
-from flwr_byz.simulations.engines import StoppableGrid
 from flwr_byz.reproduce.pool import job_pool, stop_pool
+from flwr_byz.simulations.checkpoint import Checkpoint
 from flwr_byz.simulations.result import Result
+from flwr_byz.simulations.simulation import StoppableGrid
 
 from .interrupt_probe import FLWR_BYZ, Outcome, after, interrupt, run_args
 

@@ -1,7 +1,8 @@
 """The ``local`` engine (``flwr_byz.simulations.local``): in-process nodes answered by the real
-ClientApp handlers give the same rounds as the runner on any other grid (here the test
-``Federation``: random node IDs, shuffled arrival), write the result file, turn handler
-exceptions into error replies, and are reachable from ``run_experiments`` and the CLI."""
+ClientApp handlers give the same rounds as the runner on any other grid (here a
+``ShuffledGrid``: random node IDs, listed and answering in a shuffled order), write the result
+file, turn handler exceptions into error replies, and are reachable from ``run_experiments`` and
+the CLI."""
 
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from typer.testing import CliRunner
 
+from flwr_byz.cli import app as cli_app
 from flwr_byz.protocol.records import layout_of
 from flwr_byz.simulations import app as client_side
 from flwr_byz.simulations import engines as engine_module
 from flwr_byz.simulations import runner
-from flwr_byz.cli import app as cli_app
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.engines import ENGINES, run_experiment, run_experiments
 from flwr_byz.simulations.local import CLIENT_EXCEPTION, LocalGrid, run_local
@@ -32,7 +33,7 @@ from flwr_byz.simulations.result import RoundRecord
 from flwr_byz.simulations.runner import train_on_grid
 from flwr_byz.strategies.validation import validate_replies
 
-from .federation import Federation
+from ..clients.nodes import ShuffledGrid
 
 BASE = ExperimentConfig(
     dataset="mnist1d", clients=5, rounds=3, lr=0.5, batch_size=4, local_epochs=1, seed=1
@@ -77,7 +78,7 @@ def test_local_engine_matches_train_on_grid(name: str, tmp_path: Path) -> None:
         seen.append((c.method, record.round))
 
     (local,) = run_experiments([cfg], on_round=on_round, engine="local")
-    reference = train_on_grid(Federation(cfg.clients, 7), dataclasses.replace(cfg, out=None))
+    reference = train_on_grid(ShuffledGrid(cfg.clients, 7), dataclasses.replace(cfg, out=None))
     got, want = rounds_of(local), rounds_of(reference)
     assert len(got) == cfg.rounds
     assert got == want  # exactly the same numbers
@@ -160,6 +161,27 @@ def test_handler_exceptions_become_error_replies() -> None:
     checked = validate_replies(replies[:2], {"arrays": layout}, expected_nodes=[1, 2])
     assert checked.node_ids == [] and [r.reason for r in checked.rejected] == ["error-reply"] * 2
     assert checked.metrics() == {"accepted": 0, "rejected": 2, "rejected-error-reply": 2}
+
+
+def test_local_grid_with_node_ids_and_a_handler() -> None:
+    """Given IDs, the Grid lists them in that order (partition = position); a handler may
+    answer once, several times or not at all, each node with its own persistent Context."""
+    seen: list[tuple[int, int]] = []
+
+    def handler(msg: Message, context: Any) -> Message | list[Message] | None:
+        seen.append((int(context.node_id), int(context.node_config["partition-id"])))
+        context.state["calls"] = ConfigRecord({"n": len(seen)})
+        node = int(msg.metadata.dst_node_id)
+        reply = Message(RecordDict({"config": ConfigRecord({"node": node})}), reply_to=msg)
+        return {30: reply, 10: [reply, reply], 20: None}[node]
+
+    grid = LocalGrid([30, 10, 20], handler)
+    assert list(grid.get_node_ids()) == [30, 10, 20]
+    replies = list(grid.send_and_receive([message(grid, n, "query") for n in (10, 20, 30)]))
+    assert [int(r.metadata.src_node_id) for r in replies] == [10, 10, 30]
+    assert seen == [(10, 1), (20, 2), (30, 0)]
+    assert grid.contexts[30].state["calls"]["n"] == 3  # type: ignore[index]
+    assert grid.contexts[10].node_config == {"partition-id": 1, "num-partitions": 3}
 
 
 def test_pull_returns_each_reply_once() -> None:

@@ -1,5 +1,5 @@
 """RunGrid metering and ordering, ``wait_for_nodes`` and ``discover_partitions`` on the
-in-process FakeGrid."""
+library's in-process LocalGrid."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from flwr.app import (
     Array,
     ArrayRecord,
     ConfigRecord,
+    Context,
     Error,
     Message,
     MessageType,
@@ -23,6 +24,7 @@ from flwr.app import (
 from flwr.common.serde import message_to_proto
 
 from flwr_byz.clients.wrapping import GridWrapper
+from flwr_byz.simulations.local import LocalGrid
 from flwr_byz.simulations.metering import (
     RunGrid,
     discover_partitions,
@@ -30,7 +32,7 @@ from flwr_byz.simulations.metering import (
     wait_for_nodes,
 )
 
-from ..clients.fake_grid import FakeGrid, capture_flwr_log, model, train_reply, warnings_of
+from ..clients.nodes import LoggedGrid, capture_flwr_log, model, train_reply, warnings_of
 
 
 def _wire_size(message: Message) -> int:
@@ -47,21 +49,21 @@ def _instruction(node: int, n: int = 10) -> Message:
     return Message(content, node, MessageType.TRAIN, group_id="1")
 
 
-def _sized_client(msg: Message) -> Message:
+def _sized_client(msg: Message, context: Context | None = None) -> Message:
     """Replies a node-dependent number of floats, so every reply has its own size."""
     node = int(msg.metadata.dst_node_id)
     return train_reply(msg, _floats(node % 50 + 1), num_examples=node)
 
 
-class ReversingGrid(FakeGrid):
-    """A FakeGrid that hands replies back in reverse order of the messages."""
+class ReversingGrid(LocalGrid):
+    """A LocalGrid that hands replies back in reverse order of the messages."""
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return list(reversed(list(super().pull_messages(message_ids))))
 
 
-class CountingGrid(FakeGrid):
-    """A FakeGrid recording the number of messages of every ``send_and_receive`` call."""
+class CountingGrid(LoggedGrid):
+    """A LoggedGrid recording the number of messages of every ``send_and_receive`` call."""
 
     def __init__(self, node_ids: Iterable[int], client: Any) -> None:
         super().__init__(node_ids, client)
@@ -75,20 +77,20 @@ class CountingGrid(FakeGrid):
         return super().send_and_receive(messages, timeout=timeout)
 
 
-class GrowingGrid(FakeGrid):
+class GrowingGrid(LocalGrid):
     """Node count 1, 2, ... up to ``final``, one more every ``step`` seconds."""
 
     def __init__(self, final: int, step: float) -> None:
-        super().__init__(range(final), lambda msg: None)
+        super().__init__(range(final), lambda msg, context: None)
         self.final, self.step, self.start = final, step, time.monotonic()
 
     def get_node_ids(self) -> Iterable[int]:
         count = min(self.final, 1 + int((time.monotonic() - self.start) / self.step))
-        return self.node_ids[:count]
+        return list(super().get_node_ids())[:count]
 
 
-class IdStampingGrid(FakeGrid):
-    """A FakeGrid that, like Flower's Grids, gives every pushed Message its ID."""
+class IdStampingGrid(LoggedGrid):
+    """A LoggedGrid that, like Flower's Grids, gives every pushed Message its ID."""
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
@@ -127,15 +129,15 @@ def test_get_node_ids_in_partition_order() -> None:
     partitions = {node: pid for pid, node in enumerate(nodes[:9])}  # nodes 9..11 unknown
     shuffled = nodes[:]
     random.Random(1).shuffle(shuffled)
-    grid = RunGrid(FakeGrid(shuffled, _sized_client), partitions)
+    grid = RunGrid(LocalGrid(shuffled, _sized_client), partitions)
     assert list(grid.get_node_ids()) == nodes[:9] + sorted(nodes[9:])
-    assert list(RunGrid(FakeGrid(shuffled, _sized_client)).get_node_ids()) == sorted(nodes)
+    assert list(RunGrid(LocalGrid(shuffled, _sized_client)).get_node_ids()) == sorted(nodes)
 
 
 def test_partitions_map_is_copied() -> None:
     nodes = _node_ids(3)
     partitions = {nodes[0]: 2, nodes[1]: 1, nodes[2]: 0}
-    grid = RunGrid(FakeGrid(nodes, _sized_client), partitions)
+    grid = RunGrid(LocalGrid(nodes, _sized_client), partitions)
     partitions[nodes[0]] = -1
     assert list(grid.get_node_ids()) == nodes[::-1]
 
@@ -162,7 +164,7 @@ def test_replies_in_partition_order() -> None:
 
 def test_byte_counters_send_and_receive() -> None:
     nodes = _node_ids(6)
-    fake = FakeGrid(nodes, _sized_client)
+    fake = LoggedGrid(nodes, _sized_client)
     grid = RunGrid(fake, {n: i for i, n in enumerate(nodes)})
     messages = [_instruction(n, n=10 * (i + 1)) for i, n in enumerate(nodes)]
     replies = list(grid.send_and_receive(messages))
@@ -178,7 +180,7 @@ def test_byte_counters_send_and_receive() -> None:
 
 def test_byte_counters_push_pull_accumulate() -> None:
     nodes = _node_ids(4)
-    fake = FakeGrid(nodes, _sized_client)
+    fake = LoggedGrid(nodes, _sized_client)
     grid = RunGrid(fake)
     ids = list(grid.push_messages([_instruction(n, n=20) for n in nodes[:2]]))
     down = sum(_wire_size(m) for m in fake.sent)
@@ -198,7 +200,7 @@ def test_byte_counters_push_pull_accumulate() -> None:
 def test_byte_counters_count_error_replies_and_missing_replies() -> None:
     nodes = _node_ids(3)
 
-    def client(msg: Message) -> Message | None:
+    def client(msg: Message, context: Context) -> Message | None:
         node = int(msg.metadata.dst_node_id)
         if node == nodes[0]:
             return None
@@ -206,7 +208,7 @@ def test_byte_counters_count_error_replies_and_missing_replies() -> None:
             return Message(Error(code=1, reason="boom"), reply_to=msg)
         return _sized_client(msg)
 
-    fake = FakeGrid(nodes, client)
+    fake = LoggedGrid(nodes, client)
     grid = RunGrid(fake)
     replies = list(grid.send_and_receive([_instruction(n) for n in nodes]))
     assert len(replies) == 2
@@ -229,7 +231,7 @@ def test_bytes_down_counts_the_messages_as_sent() -> None:
 
 def test_wrappers_delegate() -> None:
     nodes = _node_ids(4)
-    fake = FakeGrid(nodes, _sized_client)
+    fake = LocalGrid(nodes, _sized_client)
     for grid in (GridWrapper(fake), RunGrid(fake), RunGrid(GridWrapper(fake))):
         run = object()
         grid.set_run(run)
@@ -251,7 +253,7 @@ def _partition_client(partitions: dict[int, int], seen: list[dict[str, Any]]) ->
     """A ClientApp answering the partition query from ``partitions`` (config kept in
     ``seen``)."""
 
-    def client(msg: Message) -> Message:
+    def client(msg: Message, context: Context) -> Message:
         assert msg.metadata.message_type == MessageType.QUERY
         seen.append(dict(msg.content["config"]))
         pid = partitions[int(msg.metadata.dst_node_id)]
@@ -291,12 +293,12 @@ def test_discover_partitions_without_preload() -> None:
     assert seen == [{"op": "partition-id"}] * 3 and fake.batches == [3]
 
 
-def _faulty_setup(nodes: list[int]) -> FakeGrid:
+def _faulty_setup(nodes: list[int]) -> LocalGrid:
     """nodes[0] errs, nodes[1] never answers, nodes[2] replies without the metric."""
     partitions = {n: i for i, n in enumerate(nodes)}
     good = _partition_client(partitions, [])
 
-    def client(msg: Message) -> Message | None:
+    def client(msg: Message, context: Context) -> Message | None:
         node = int(msg.metadata.dst_node_id)
         if node == nodes[0]:
             return Message(Error(code=2, reason="no handler"), reply_to=msg)
@@ -304,9 +306,9 @@ def _faulty_setup(nodes: list[int]) -> FakeGrid:
             return None
         if node == nodes[2]:
             return Message(RecordDict({"metrics": MetricRecord({"x": 1})}), reply_to=msg)
-        return good(msg)
+        return good(msg, context)
 
-    return FakeGrid(nodes, client)
+    return LocalGrid(nodes, client)
 
 
 def test_discover_partitions_skips_failed_nodes(
@@ -337,7 +339,7 @@ def test_discover_partitions_no_warning_when_all_answer(
     capture_flwr_log(caplog, monkeypatch)
     nodes = _node_ids(5)
     partitions = {n: i for i, n in enumerate(nodes)}
-    assert discover_partitions(FakeGrid(nodes, _partition_client(partitions, []))) == partitions
+    assert discover_partitions(LocalGrid(nodes, _partition_client(partitions, []))) == partitions
     assert warnings_of(caplog) == []
 
 
@@ -349,7 +351,7 @@ def test_wait_for_nodes_expected() -> None:
     start = time.monotonic()
     assert wait_for_nodes(grid, expected=3, timeout=5.0) == 3
     assert time.monotonic() - start < 0.9  # did not wait for stability
-    assert wait_for_nodes(FakeGrid(_node_ids(5), _sized_client), expected=3, timeout=0.5) == 5
+    assert wait_for_nodes(LocalGrid(_node_ids(5), _sized_client), expected=3, timeout=0.5) == 5
 
 
 def test_wait_for_nodes_until_stable() -> None:
@@ -362,6 +364,6 @@ def test_wait_for_nodes_until_stable() -> None:
 
 def test_wait_for_nodes_timeout() -> None:
     with pytest.raises(TimeoutError, match=r"^2 nodes .* need 5$"):
-        wait_for_nodes(FakeGrid(_node_ids(2), _sized_client), expected=5, timeout=0.1)
+        wait_for_nodes(LocalGrid(_node_ids(2), _sized_client), expected=5, timeout=0.1)
     with pytest.raises(TimeoutError, match=r"^0 nodes"):
-        wait_for_nodes(FakeGrid([], _sized_client), timeout=0.1)
+        wait_for_nodes(LocalGrid([], _sized_client), timeout=0.1)

@@ -1,9 +1,10 @@
 """The runner's ServerApp body (``train_on_grid``) on an in-process federation, and once on
 Flower's real simulation engine.
 
-The in-process federation is a FakeGrid whose nodes answer with the real ClientApp handlers
-of ``flwr_byz.simulations.app``, so everything but Ray is the production path; node IDs are
-random like in a simulation, which is what the reproducibility tests vary.
+The in-process federation is the library's LocalGrid (a ``ShuffledGrid``), whose nodes answer
+with the real ClientApp handlers of ``flwr_byz.simulations.app``, so everything but Ray is the
+production path; node IDs are random like in a simulation, which is what the reproducibility
+tests vary.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from flwr_byz.simulations.runner import (
     train_on_grid,
 )
 
-from .federation import Federation
+from ..clients.nodes import ShuffledGrid
 
 BASE = ExperimentConfig(
     method="robust-fedavg", aggregator="cwmed", dataset="digits", clients=8, rounds=3, lr=0.1
@@ -34,8 +35,8 @@ BASE = ExperimentConfig(
 DIGITS_MLP_PARAMS = sum(p.numel() for p in build_model("mlp", (64,), 10).parameters())
 
 
-def _run(cfg: ExperimentConfig, id_seed: int = 0) -> tuple[dict, Federation]:
-    grid = Federation(cfg.clients, id_seed)
+def _run(cfg: ExperimentConfig, id_seed: int = 0) -> tuple[dict, ShuffledGrid]:
+    grid = ShuffledGrid(cfg.clients, id_seed)
     return train_on_grid(grid, cfg).to_dict(), grid
 
 
@@ -116,7 +117,7 @@ def test_fedavg_breaks_under_sign_flip_where_the_median_survives() -> None:
 
 def test_on_round_sees_every_round_in_order() -> None:
     seen: list[int] = []
-    train_on_grid(Federation(4, 0), dataclasses.replace(BASE, clients=4, rounds=3),
+    train_on_grid(ShuffledGrid(4, 0), dataclasses.replace(BASE, clients=4, rounds=3),
                   on_round=lambda cfg, r: seen.append(r.round))  # fmt: skip
     assert seen == [1, 2, 3]
 
@@ -145,7 +146,7 @@ def test_bad_configs_fail_before_anything_starts(change: dict, message: str) -> 
 def test_missing_partition_answers_are_reported() -> None:
     cfg = dataclasses.replace(BASE, attack="sign-flip", byzantine=2, rounds=1)
     with pytest.raises(RuntimeError, match="no node reported Byzantine partition"):
-        train_on_grid(Federation(cfg.clients, 0), cfg, partitions={})
+        train_on_grid(ShuffledGrid(cfg.clients, 0), cfg, partitions={})
 
 
 @pytest.mark.slow
@@ -174,22 +175,22 @@ def test_real_simulation_is_reproducible_alone_or_batched(tmp_path) -> None:
 
 
 def test_finished_results_are_written_before_a_later_failure(tmp_path, monkeypatch) -> None:
-    from flwr_byz.simulations import engines
+    from flwr_byz.simulations import simulation
 
-    real = engines.train_on_grid
+    real = simulation.train_on_grid
 
     def fails_on_seed_1(grid, cfg, on_round=None, partitions=None):  # type: ignore[no-untyped-def]
         if cfg.seed == 1:
             raise RuntimeError("boom")
         return real(grid, cfg, on_round, partitions)
 
-    monkeypatch.setattr(engines, "train_on_grid", fails_on_seed_1)
+    monkeypatch.setattr(simulation, "train_on_grid", fails_on_seed_1)
     first = dataclasses.replace(BASE, clients=4, rounds=1, out=str(tmp_path / "first.json"))
     second = dataclasses.replace(first, seed=1, out=str(tmp_path / "second.json"))
     results: list = []
-    app = engines._server_app([first, second], results, None)
+    app = simulation._server_app([first, second], results, None)
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     with pytest.raises(RuntimeError, match="boom"):
-        app(grid=Federation(4, 0), context=context)
+        app(grid=ShuffledGrid(4, 0), context=context)
     assert json.loads((tmp_path / "first.json").read_text())["config"]["seed"] == 0
     assert not (tmp_path / "second.json").exists()

@@ -1,5 +1,5 @@
 """Byz-EF21-SGDM, Byz-EF21 and BR-CSGD through the runner's production path, in process
-(``train_on_grid`` on a ``Federation``: the real ClientApp handlers, GradientClient ops).
+(``train_on_grid`` on a ``ShuffledGrid``: the real ClientApp handlers, GradientClient ops).
 
 Besides bytes and validation counts, the runs are checked against identities of the
 algorithms that hold exactly on the same seeds: Byz-EF21 is Byz-EF21-SGDM with eta = 1; with
@@ -22,7 +22,7 @@ from flwr_byz.simulations.methods import COMPRESSED_METHODS, build_strategy
 from flwr_byz.simulations.runner import prepare, train_on_grid
 from flwr_byz.strategies import BRCSGD, ByzEF21, ByzEF21SGDM
 
-from .federation import Federation
+from ..clients.nodes import ShuffledGrid
 
 METHODS = ("byz-ef21-sgdm", "byz-ef21", "br-csgd")
 BASE = ExperimentConfig(
@@ -45,11 +45,11 @@ _RUNS: dict[str, list[dict]] = {}  # several tests compare the same runs: run ea
 
 
 def run(**change: object) -> list[dict]:
-    """The round records of ``BASE`` with ``change`` on a Federation (cached per config)."""
+    """The round records of ``BASE`` with ``change`` on a ShuffledGrid (cached per config)."""
     cfg = dataclasses.replace(BASE, **change)  # type: ignore[arg-type]
     key = repr(cfg)
     if key not in _RUNS:
-        _RUNS[key] = train_on_grid(Federation(cfg.clients, 0), cfg).to_dict()["rounds"]
+        _RUNS[key] = train_on_grid(ShuffledGrid(cfg.clients, 0), cfg).to_dict()["rounds"]
     return [dict(r) for r in _RUNS[key]]
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from flwr_byz.deployment.processes import with_marker
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.engines import run_experiment
 
-from .processes import processes_with, stop
+from .processes import stop
 
 
 def _free_port() -> int:
@@ -51,7 +52,7 @@ def test_runs_on_an_existing_ray_cluster() -> None:
         )  # fmt: skip
         assert status.returncode == 0  # the cluster outlived the experiment: it was external
     finally:
-        leftovers = stop(processes_with(temp))
+        leftovers = stop(with_marker(temp))
     assert not leftovers
 
 

@@ -13,17 +13,13 @@ from typing import Any
 import pytest
 import torch
 
+from flwr_byz.reproduce.pool import job_pool, run_all
 from flwr_byz.simulations import threads as threads_module
 from flwr_byz.simulations.config import ExperimentConfig
-from flwr_byz.simulations.engines import (
-    CLIENT_THREADS,
-    ENGINES,
-    _backend_config,
-    run_experiment,
-)
-from flwr_byz.reproduce.pool import job_pool, run_all
+from flwr_byz.simulations.engines import ENGINES, run_experiment
 from flwr_byz.simulations.result import Result
 from flwr_byz.simulations.runner import _flower_logging
+from flwr_byz.simulations.simulation import CLIENT_THREADS, _backend_config
 from flwr_byz.simulations.threads import (
     THREAD_ENV,
     available_cores,

@@ -67,6 +67,7 @@ from flwr.app import (
 )
 from flwr.serverapp.strategy import Strategy
 
+from flwr_byz.simulations.local import LocalGrid
 from flwr_byz.strategies import (
     BRCSGD,
     REASONS,
@@ -80,7 +81,6 @@ from flwr_byz.strategies import (
     RobustMomentum,
 )
 from flwr_byz.strategies.byz_ef21_sgdm import ByzEF21SGDM as _EF21
-from tests.clients.fake_grid import FakeGrid
 from tests.strategies.method_helpers import Network, initial_arrays, local_data, model_grad, vec
 
 ACCEPTED = "accepted"
@@ -1058,18 +1058,20 @@ class _Sent:
     forged: Forged
 
 
-def _honest_network(profile: Profile) -> tuple[Callable[[Message], Message], FakeGrid]:
+def _honest_network(profile: Profile) -> tuple[Callable[[Message], Message], LocalGrid]:
+    """The honest nodes' answer to an instruction, and a grid that lists the nodes (the fuzz
+    delivers each message itself, to forge replies around the honest one)."""
     nodes = profile.node_ids
     if profile.fedavg:
         fed = FedAvgNodes(nodes)
-        return (lambda ins: fed.handle(ins, None)), FakeGrid(nodes, lambda m: None)  # type: ignore[arg-type]
+        return (lambda ins: fed.handle(ins, None)), LocalGrid(nodes)  # type: ignore[arg-type]
     net = Network(nodes, size=24)
 
     def answer(ins: Message) -> Message:
         node = int(ins.metadata.dst_node_id)
         return net.client.handle(ins, net.contexts[node])
 
-    return answer, FakeGrid(nodes, lambda m: None)
+    return answer, net.grid
 
 
 def run_fuzz(

@@ -1,9 +1,9 @@
 """Shared pieces of the method-strategy tests (ByzVRMarinaPP, RobustMomentum, updates).
 
 A softmax-regression problem (``nn.Linear(features, classes)``, cross-entropy) whose nodes are
-answered by :class:`flwr_byz.clients.GradientClient` on a :class:`FakeGrid`, with one Context
-per node kept across rounds (worker momentum persists, as on a SuperNode). ``Network`` records
-every instruction and reply per round and can tamper with a reply on its way back. The
+answered by :class:`flwr_byz.clients.GradientClient` on the library's ``LocalGrid``, with one
+Context per node kept across rounds (worker momentum persists, as on a SuperNode). ``Network``
+records every instruction and reply per round and can tamper with a reply on its way back. The
 brute-force side (``model_grad``, ``minibatch``, ``clip_reference``) is plain torch written
 from the algorithm text, in float64.
 """
@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from flwr_byz.clients import GradientClient
-from tests.clients.fake_grid import FakeGrid
+from flwr_byz.simulations.local import LocalGrid
 
 FEATURES = 5
 CLASSES = 3
@@ -129,9 +129,9 @@ class Exchange:
     sent: list[Message]
 
 
-class RecordingGrid(FakeGrid):
-    """FakeGrid that groups the exchanges by ``send_and_receive`` call (one per train round;
-    the method strategies send no evaluate messages)."""
+class RecordingGrid(LocalGrid):
+    """A LocalGrid that groups the exchanges by ``send_and_receive`` call (one per train
+    round; the method strategies send no evaluate messages)."""
 
     def __init__(self, node_ids: Sequence[int], network: Network) -> None:
         super().__init__(node_ids, network.answer)
@@ -147,8 +147,9 @@ class RecordingGrid(FakeGrid):
 
 @dataclass
 class Network:
-    """Nodes answered by one GradientClient, a persistent Context each, local data of
-    ``sizes[node]`` samples (default ``size``), an optional ``tamper``."""
+    """Nodes answered by one GradientClient, a persistent Context each (``contexts``: the
+    grid's), local data of ``sizes[node]`` samples (default ``size``), an optional
+    ``tamper``."""
 
     nodes: Sequence[int]
     size: int = 20
@@ -163,20 +164,16 @@ class Network:
             n: local_data(n, self.sizes.get(n, self.size), self.features, self.classes)
             for n in self.nodes
         }
-        self.contexts = {
-            n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(), run_config={})
-            for n in self.nodes
-        }
         self.client = GradientClient(
             model_fn=lambda config: nn.Linear(self.features, self.classes),
             loss_fn=lambda model, x, y: F.cross_entropy(model(x), y),
             data_fn=lambda context, config: self.data[int(context.node_id)],
         )
         self.grid = RecordingGrid(self.nodes, self)
+        self.contexts = self.grid.contexts  # a test may replace a node's Context (state lost)
 
-    def answer(self, ins: Message) -> list[Message]:
-        node = int(ins.metadata.dst_node_id)
-        honest = self.client.handle(ins, self.contexts[node])
+    def answer(self, ins: Message, context: Context) -> list[Message]:
+        honest = self.client.handle(ins, context)
         out: Message | list[Message] | None = honest
         if self.tamper is not None:
             out = self.tamper(len(self.rounds), ins, honest)

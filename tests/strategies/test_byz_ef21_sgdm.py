@@ -1,6 +1,6 @@
 """ByzEF21SGDM, ByzEF21 and BRCSGD against brute-force loops (Liu et al. 2024, arXiv 2409.08640).
 
-Every run goes through ``strategy.start`` on a FakeGrid whose nodes are GradientClients (a
+Every run goes through ``strategy.start`` on a LocalGrid whose nodes are GradientClients (a
 softmax regression, one persistent Context per node). The brute force is plain torch in
 float64 written from the algorithm text: per node the momentum ``v_i = (1 - eta) v_i + eta s_i``
 (``v_i = s_i`` first), the client's ``g_i`` (``g_i += C(v_i - g_i)``, a dense reset ``g_i = v_i``

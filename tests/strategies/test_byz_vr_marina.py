@@ -1,6 +1,6 @@
 """ByzVRMarinaPP against a brute-force Algorithm 1 (Malinovsky et al. 2024).
 
-Every run goes through ``strategy.start`` on a FakeGrid whose nodes are GradientClients (a
+Every run goes through ``strategy.start`` on a LocalGrid whose nodes are GradientClients (a
 softmax regression, one persistent Context per node). The brute force replays the algorithm in
 float64 from the replies the nodes actually sent: x^{k+1} = x^k - lr g^k, then g^{k+1} = mean of
 the full gradients (full round) or g^k + mean of the server-clipped differences (difference

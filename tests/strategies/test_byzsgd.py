@@ -1,6 +1,6 @@
 """ByzSGD (Byzantine workers and Byzantine parameter servers) against brute-force references.
 
-The strategy is driven against GradientClient nodes on a FakeGrid (the softmax problem of
+The strategy is driven against GradientClient nodes on a LocalGrid (the softmax problem of
 ``method_helpers``; float64 where results are compared exactly). ``drive`` calls
 ``configure_train`` / ``aggregate_train`` by hand so every step's messages, ``pulled`` and the
 replicas before and after the step can be checked; ``run_strategy`` goes through
@@ -23,8 +23,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message
 
 from flwr_byz.attacks import get_server_attack
 from flwr_byz.methods.byzsgd import diameter
+from flwr_byz.simulations.local import LocalGrid
 from flwr_byz.strategies import ByzSGD
-from tests.clients.fake_grid import FakeGrid
 from tests.clients.gradient_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from tests.strategies.method_helpers import (
     CLASSES,
@@ -121,7 +121,7 @@ def np_median(rows: list[torch.Tensor]) -> torch.Tensor:
 
 def started(strategy: ByzSGD, initial: ArrayRecord | None = None) -> ByzSGD:
     """``strategy`` after its first configure_train on 4 silent nodes (t = 1)."""
-    grid = FakeGrid([1, 2, 3, 4], lambda msg: None)
+    grid = LocalGrid(4, lambda msg, context: None)
     arrays = initial_arrays() if initial is None else initial
     list(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
     return strategy
@@ -170,14 +170,14 @@ def test_valid_server_quorums(n: int, f: int) -> None:
 )
 def test_worker_quorum_is_checked_at_the_first_step(nodes, f, per_round, message) -> None:
     strategy = ByzSGD(f=f, clients_per_round=per_round)  # the constructor cannot know n_w
-    grid = FakeGrid(range(1, nodes + 1), lambda msg: None)
+    grid = LocalGrid(nodes, lambda msg, context: None)
     with pytest.raises(ValueError, match=message):
         strategy.configure_train(1, initial_arrays(), ConfigRecord({}), grid)
 
 
 def test_enough_workers_pass_the_quorum_check() -> None:
     strategy = ByzSGD(f=2)
-    grid = FakeGrid(range(1, 8), lambda msg: None)
+    grid = LocalGrid(7, lambda msg, context: None)
     assert len(list(strategy.configure_train(1, initial_arrays(), ConfigRecord({}), grid))) == 7
 
 

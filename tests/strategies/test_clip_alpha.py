@@ -15,10 +15,11 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord, Context, Message
 
+from flwr_byz.simulations.local import LocalGrid
 from flwr_byz.strategies import RobustFedAvg
-from tests.clients.fake_grid import FakeGrid, model, sent_arrays, shifted, train_reply, vector_of
+from tests.clients.nodes import model, sent_arrays, shifted, train_reply, vector_of
 from tests.strategies.test_robust_fedavg import bf_median, bf_trimmed_mean
 
 NODES = [21, 22, 23, 24, 25, 26]
@@ -30,7 +31,7 @@ Update = Callable[[int, int], dict[str, np.ndarray]]
 
 
 def split(vector: np.ndarray, dtype: str) -> dict[str, np.ndarray]:
-    """A flat [24] vector as the arrays of ``fake_grid.model``."""
+    """A flat [24] vector as the arrays of ``nodes.model``."""
     w, b, k = vector[:12], vector[12:16], vector[16:]
     return {
         "w": w.reshape(3, 4).astype(dtype),
@@ -54,14 +55,14 @@ def spread_update(dtype: str = "float64") -> Update:
 
 
 class Recorder:
-    """FakeGrid node function: replies ``sent + update(node, round)``; keeps the model sent
+    """A LocalGrid node handler: replies ``sent + update(node, round)``; keeps the model sent
     in each round."""
 
     def __init__(self, update: Update) -> None:
         self.update = update
         self.sent: dict[int, ArrayRecord] = {}
 
-    def __call__(self, ins: Message) -> Message:
+    def __call__(self, ins: Message, context: Context) -> Message:
         node = int(ins.metadata.dst_node_id)
         server_round = int(ins.content["config"]["server-round"])  # type: ignore[index, arg-type]
         sent = sent_arrays(ins)
@@ -72,10 +73,10 @@ class Recorder:
 def run(
     strategy: RobustFedAvg, update: Update, rounds: int = 3, dtype: str = "float64"
 ) -> list[np.ndarray]:
-    """x^0, x^1, ..., x^rounds (float64 vectors) of ``strategy.start`` on a FakeGrid."""
+    """x^0, x^1, ..., x^rounds (float64 vectors) of ``strategy.start`` on a LocalGrid."""
     recorder = Recorder(update)
     result = strategy.start(
-        grid=FakeGrid(NODES, recorder), initial_arrays=model(dtype), num_rounds=rounds
+        grid=LocalGrid(NODES, recorder), initial_arrays=model(dtype), num_rounds=rounds
     )
     metrics = result.train_metrics_clientapp
     assert all(metrics[r]["skipped"] == 0 for r in range(1, rounds + 1))
@@ -247,7 +248,7 @@ def test_integer_counters_do_not_loosen_the_clip_level() -> None:
     initial = model(with_int=True)
     initial["count"] = Array(np.array([0], dtype=np.int64))
     result = strategy("mean", alpha).start(
-        grid=FakeGrid(NODES, recorder), initial_arrays=initial, num_rounds=3
+        grid=LocalGrid(NODES, recorder), initial_arrays=initial, num_rounds=3
     )
     xs = [vector_of(recorder.sent[r], KEYS) for r in (1, 2, 3)] + [vector_of(result.arrays, KEYS)]
     assert int(result.arrays["count"].numpy()[0]) == 300

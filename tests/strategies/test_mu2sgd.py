@@ -1,6 +1,6 @@
 """Mu2SGD (Dahan & Levy 2024, mu2-SGD) against a brute-force replay in float64.
 
-Runs go through ``strategy.start`` on a FakeGrid of GradientClients (softmax regression in
+Runs go through ``strategy.start`` on a LocalGrid of GradientClients (softmax regression in
 float64, one persistent Context per node). The brute force is plain torch written from the
 algorithm text: per client the STORM estimate ``d = g(x_t; z) + (1 - beta_t)(d - g(x_prev; z))``
 (``d = g(x_t; z)`` on its first round; x_prev the point it last saw, z the minibatch of the

@@ -8,13 +8,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from flwr_byz.aggregators import NNM, CenteredClipping, GeometricMedian, Krum, Mean, Median
+from flwr_byz.simulations.local import Handler, LocalGrid
 from flwr_byz.strategies import RobustFedAvg
-from tests.clients.fake_grid import (
-    FakeGrid,
+from tests.clients.nodes import (
     capture_flwr_log,
     honest_client,
     model,
@@ -43,7 +43,7 @@ def node_update(sent: ArrayRecord, node: int) -> dict[str, np.ndarray]:
     return update
 
 
-def client(ins: Message) -> Message:
+def client(ins: Message, context: Context | None = None) -> Message:
     node = int(ins.metadata.dst_node_id)
     sent = sent_arrays(ins)
     return train_reply(ins, shifted(sent, node_update(sent, node)), num_examples=node - 20)
@@ -53,10 +53,10 @@ def one_round(
     strategy: FedAvg,
     sent: ArrayRecord | None = None,
     nodes: Sequence[int] = NODES,
-    reply: Callable[[Message], Message] = client,
+    reply: Handler = client,
 ) -> tuple[ArrayRecord, list[Message], ArrayRecord | None, MetricRecord | None]:
     sent = model() if sent is None else sent
-    grid = FakeGrid(nodes, reply)
+    grid = LocalGrid(nodes, reply)
     messages = strategy.configure_train(1, sent, ConfigRecord({}), grid)
     replies = list(grid.send_and_receive(messages))
     arrays, metrics = strategy.aggregate_train(1, replies)
@@ -164,7 +164,7 @@ def test_spec_string_and_object_are_equivalent(spec: str, f: int | None, obj: ob
     by_spec = RobustFedAvg(spec, f=f, min_available_nodes=7)
     by_obj = RobustFedAvg(obj, min_available_nodes=7)  # type: ignore[arg-type]
     assert by_spec.aggregator == by_obj.aggregator
-    sent, grid = model(), FakeGrid(NODES, client)
+    sent, grid = model(), LocalGrid(NODES, client)
     messages = list(by_spec.configure_train(1, sent, ConfigRecord({}), grid))
     by_obj.configure_train(1, sent, ConfigRecord({}), grid)
     replies = list(grid.send_and_receive(messages))
@@ -278,7 +278,7 @@ def test_flower_kwargs_pass_through() -> None:
     )
     assert (strategy.fraction_train, strategy.min_train_nodes) == (0.5, 2)
 
-    def reply(ins: Message) -> Message:
+    def reply(ins: Message, context: Context) -> Message:
         node = int(ins.metadata.dst_node_id)
         sent = ins.content["model"]
         assert isinstance(sent, ArrayRecord)
@@ -291,7 +291,7 @@ def test_flower_kwargs_pass_through() -> None:
         return Message(content, reply_to=ins)
 
     sent = model()
-    grid = FakeGrid(NODES[:6], reply)
+    grid = LocalGrid(NODES[:6], reply)
     messages = list(strategy.configure_train(4, sent, ConfigRecord({"lr": 0.1}), grid))
     assert len(messages) == 3  # int(6 * 0.5)
     for msg in messages:
@@ -312,7 +312,7 @@ def test_flower_kwargs_pass_through() -> None:
 
 def test_fraction_train_zero_sends_nothing() -> None:
     strategy = RobustFedAvg("median", fraction_train=0.0)
-    grid = FakeGrid(NODES, client)
+    grid = LocalGrid(NODES, client)
     assert list(strategy.configure_train(1, model(), ConfigRecord({}), grid)) == []
     arrays, metrics = strategy.aggregate_train(1, [])
     assert arrays is None and metrics is not None and metrics["skipped"] == 1
@@ -331,7 +331,7 @@ def test_aggregate_without_configure_returns_none(flwr_log: pytest.LogCaptureFix
 def test_non_finite_aggregate_keeps_the_previous_model(flwr_log: pytest.LogCaptureFixture) -> None:
     """Finite float32 updates whose mean overflows."""
 
-    def huge(ins: Message) -> Message:
+    def huge(ins: Message, context: Context) -> Message:
         sent = sent_arrays(ins)
         return train_reply(ins, shifted(sent, {"b": np.full(4, 3e38, np.float32)}))
 
@@ -354,7 +354,7 @@ def _mixed_model() -> ArrayRecord:
 
 
 def test_returned_arrays_keep_the_sent_dtypes() -> None:
-    def reply(ins: Message) -> Message:
+    def reply(ins: Message, context: Context) -> Message:
         node = int(ins.metadata.dst_node_id)
         sent = sent_arrays(ins)
         delta = update_for(sent, node)
@@ -378,10 +378,10 @@ def test_returned_arrays_keep_the_sent_dtypes() -> None:
     )
 
 
-def test_start_runs_rounds_with_the_fake_grid() -> None:
+def test_start_runs_rounds_with_the_local_grid() -> None:
     """Flower's own start(): 3 rounds, the evaluation replies go through FedAvg unchanged."""
     strategy = RobustFedAvg("median", min_available_nodes=5)
-    grid = FakeGrid(NODES[:5], honest_client())
+    grid = LocalGrid(NODES[:5], honest_client())
     initial = model()
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=3)
     base = vector_of(initial, KEYS)
@@ -407,7 +407,7 @@ def test_zero_dim_arrays_survive_several_rounds() -> None:
         }
     )
 
-    def reply(ins: Message) -> Message:
+    def reply(ins: Message, context: Context) -> Message:
         """A torch client: loads the model (accepting [1] for []), returns its own shapes."""
         sent = sent_arrays(ins)
         node = int(ins.metadata.dst_node_id)
@@ -420,7 +420,7 @@ def test_zero_dim_arrays_survive_several_rounds() -> None:
         return train_reply(ins, ArrayRecord(state))
 
     strategy = RobustFedAvg("median", min_available_nodes=5, fraction_evaluate=0.0)
-    result = strategy.start(grid=FakeGrid(NODES[:5], reply), initial_arrays=initial, num_rounds=2)
+    result = strategy.start(grid=LocalGrid(NODES[:5], reply), initial_arrays=initial, num_rounds=2)
     assert result.train_metrics_clientapp[2]["skipped"] == 0
     assert result.arrays["num_batches_tracked"].shape == ()
     assert int(result.arrays["num_batches_tracked"].numpy()) == 6

@@ -1,7 +1,7 @@
 """RobustMomentum against a brute-force worker-momentum loop (Karimireddy et al. 2021, Alg. 2,
 with the Eq. (10) clipping of Malinovsky et al. 2024).
 
-Runs go through ``strategy.start`` on a FakeGrid of GradientClients (softmax regression, one
+Runs go through ``strategy.start`` on a LocalGrid of GradientClients (softmax regression, one
 persistent Context per node, so each client's momentum lives in its ``context.state``). The
 brute force keeps every client's momentum itself, in float64, from gradients it computes at
 the points it computes (plain torch autograd on the model formula), updating a client only in

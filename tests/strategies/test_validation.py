@@ -1,6 +1,6 @@
 """Reply validation inside a RobustFedAvg round: every rejection reason lets the round go on.
 
-Each round runs through a fake Grid: ``configure_train`` samples the nodes and builds the
+Each round runs through a LocalGrid: ``configure_train`` samples the nodes and builds the
 instructions, in-process clients answer (some of them badly), ``aggregate_train`` validates
 and aggregates. The expected model is computed by brute force from the good replies only.
 """
@@ -14,12 +14,21 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 
 from flwr_byz.protocol.records import layout_of
+from flwr_byz.simulations.local import LocalGrid
 from flwr_byz.strategies import REASONS, RobustFedAvg, validate_replies
-from tests.clients.fake_grid import (
-    FakeGrid,
+from tests.clients.nodes import (
     capture_flwr_log,
     model,
     sent_arrays,
@@ -63,13 +72,13 @@ def run_round(
     """One round: (model sent, aggregated arrays, metrics)."""
     sent = model()
 
-    def client(ins: Message) -> Message | list[Message]:
+    def client(ins: Message, context: Context) -> Message | list[Message]:
         node = int(ins.metadata.dst_node_id)
         if node in bad:
             return bad[node](ins)
         return honest(ins, weights(node) if weights else 10)
 
-    grid = FakeGrid(nodes, client)
+    grid = LocalGrid(nodes, client)
     messages = strategy.configure_train(server_round, sent, ConfigRecord({}), grid)
     replies = list(grid.send_and_receive(messages))
     arrays, metrics = strategy.aggregate_train(server_round, replies)
@@ -334,7 +343,7 @@ def test_replies_from_nodes_not_sampled_are_rejected(flwr_log: pytest.LogCapture
     strategy = RobustFedAvg("mean", fraction_train=0.5, min_train_nodes=3, min_available_nodes=6)
     nodes = NODES[:6]
     sent = model()
-    grid = FakeGrid(nodes, honest)
+    grid = LocalGrid(nodes, lambda ins, context: honest(ins))
     messages = list(strategy.configure_train(1, sent, ConfigRecord({}), grid))
     sampled = sorted(int(m.metadata.dst_node_id) for m in messages)
     assert len(sampled) == 3

@@ -35,7 +35,8 @@ import torch
 from ..config import ExperimentConfig
 from ..local import ensure_task_identity
 from ..result import Result, RoundRecord
-from ..runner import OnRound, prepare
+from ..runner import OnRound, Prepared, prepare
+from ..threads import torch_threads
 from ..training import TrainingObjective, derive_seed, evaluate
 from .byzsgd import ByzSGDDriver
 from .fedavg import FedAvgDriver, RobustFedAvgDriver
@@ -97,21 +98,24 @@ def make_driver(setup: Setup) -> Driver:
 def run_batched(
     configs: Sequence[ExperimentConfig], on_round: OnRound | None = None
 ) -> list[Result]:
-    """Run ``configs`` one after the other on the batched engine (module doc); each result is
-    written to its config's ``out`` (when set) as soon as it is done."""
-    resolved = [prepare(c) for c in configs]
-    for cfg in resolved:
+    """Run ``configs`` (raw or prepared) one after the other on the batched engine (module
+    doc), each with its ``threads`` torch threads; each result is written to its config's
+    ``out`` (when set) as soon as it is done."""
+    prepared = [prepare(c) for c in configs]  # as they are when prepared already
+    for cfg in prepared:  # every config before the first one runs
         check_batched(cfg)
     results = []
-    for cfg in resolved:
-        result = _run(cfg, on_round)
+    for cfg in prepared:
+        assert cfg.threads is not None  # resolved
+        with torch_threads(cfg.threads):
+            result = _run(cfg, on_round)
         if cfg.out:
             result.save(cfg.out)
         results.append(result)
     return results
 
 
-def _run(cfg: ExperimentConfig, on_round: OnRound | None) -> Result:
+def _run(cfg: Prepared, on_round: OnRound | None) -> Result:
     ensure_task_identity()
     setup = Setup.build(cfg)
     attacked = setup.attack is not None

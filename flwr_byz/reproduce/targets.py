@@ -1,0 +1,34 @@
+"""The targets of ``flwr-byz reproduce``: every claim, then the other sections, in RESULTS.md's
+order; ``all`` is every one of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from .matrix import attack_matrix
+from .papers import CLAIMS
+from .performance import performance_report
+from .resets import ef21_resets
+from .section import Section
+from .workspace import Workspace
+
+__all__ = ["TARGETS", "resolve_targets"]
+
+#: target -> section builder, in RESULTS.md's order.
+TARGETS: dict[str, Callable[[Workspace], Section]] = {
+    **{k: c.run for k, c in CLAIMS.items()},
+    "ef21-resets": ef21_resets,
+    "matrix": attack_matrix,
+    "performance": performance_report,
+}
+
+
+def resolve_targets(names: Sequence[str]) -> list[str]:
+    """``["all"]`` -> every target; unknown names raise ``ValueError`` listing the known ones."""
+    keys = [n.strip().lower() for n in names] or ["all"]
+    if "all" in keys:
+        return list(TARGETS)
+    unknown = [k for k in keys if k not in TARGETS]
+    if unknown:
+        raise ValueError(f"unknown target(s) {unknown}; known: all, {', '.join(TARGETS)}")
+    return list(dict.fromkeys(keys))
