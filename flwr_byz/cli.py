@@ -1,11 +1,13 @@
-"""The ``flwr-byz`` command line (typer): run, grid, plot, demo, deploy, bench, aggregators,
-attacks."""
+"""The ``flwr-byz`` command line (typer): run, grid, plot, demo, deploy, reproduce,
+defaults-sweep, bench, aggregators, attacks, stop. Every command's ``--help`` lists the values
+its options accept, read from the registries (``_accepted``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -19,9 +21,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from flwr_byz.aggregators import AGGREGATORS, WRAPPERS
 from flwr_byz.attacks import ATTACKS
 from flwr_byz.files import check_writable, write_text
+from flwr_byz.specs import unknown
 
 from .simulations.config import ExperimentConfig, parse_params
 
@@ -66,6 +68,92 @@ def _help(name: str, method: str | None = None) -> str:
     return escape(ExperimentConfig.help(name, method))  # "[default: x]" is not rich markup
 
 
+#: The engines of ``reproduce`` and ``defaults-sweep`` (their runs go through a process pool).
+POOL_ENGINES = ("local", "batched")
+#: ``--device`` of the experiments (``ExperimentConfig.device``) and of ``bench``.
+DEVICES = ("cpu", "cuda", "cuda:N")
+BENCH_DEVICES = ("cpu", "cuda", "cuda:N", "cpu,cuda")
+
+
+def _accepted(command: str | None, param: str | None) -> Any:
+    """The values ``command``'s option (or argument) ``param`` accepts, read from the
+    registries when ``--help`` is drawn (a list, or groups of names by label), or None."""
+    from .aggregators.registry import aggregator_names
+    from .attacks.registry import attack_names
+    from .compressors.registry import compressor_names
+    from .simulations.config import INJECTIONS
+    from .simulations.datasets import DATASETS, PARTITIONS
+    from .simulations.engines import ENGINES
+    from .simulations.methods import METHODS
+    from .simulations.models import MODELS
+
+    if (command, param) == ("deploy", "attack"):
+        return attack_names(per_node=True)
+    if command in ("reproduce", "defaults-sweep") and param == "engine":
+        return POOL_ENGINES
+    if (command, param) == ("defaults-sweep", "method"):
+        from .reproduce.defaults_sweep import GRIDS
+
+        return list(GRIDS)
+    if (command, param) == ("reproduce", "targets"):
+        from .reproduce.targets import TARGETS
+
+        return ["all", *TARGETS]
+    if command == "plot" and param in ("metric", "x"):
+        from .simulations.plots import METRICS, X_AXES
+
+        return list(METRICS if param == "metric" else X_AXES)
+    if command == "bench":
+        return {"suite": BENCHMARKS, "device": BENCH_DEVICES}.get(str(param))
+    values: dict[str, Any] = {
+        "method": list(METHODS),
+        "aggregator": aggregator_names(),
+        "attack": attack_names(),
+        "compressor": compressor_names(),
+        "dataset": DATASETS,
+        "partition": PARTITIONS,
+        "model": ["auto", *MODELS],
+        "engine": ENGINES,
+        "device": DEVICES,
+        "injection": INJECTIONS,
+    }
+    return values.get(str(param))
+
+
+def _with_accepted(text: str, names: Any) -> str:
+    """``text`` (a help text) with ``Accepted: <names>.`` before its ``[default: ...]``."""
+    from .specs import listing
+
+    accepted = f"Accepted: {escape(listing(names))}."
+    head, mark, default = text.rpartition("\\[default:")
+    if not mark:
+        return f"{text} {accepted}".strip()
+    return f"{head.rstrip()} {accepted} {mark}{default}"
+
+
+class _Command(typer.core.TyperCommand):
+    """A command whose ``--help`` lists the values each option accepts (``_accepted``: from
+    the registries, so the help cannot drift from them)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        import inspect
+
+        declared = inspect.signature(self.callback).parameters if self.callback else {}
+        saved = [(p, getattr(p, "help", None)) for p in self.params]
+        for param, text in saved:
+            if text is None and param.name in declared:  # typer's Argument loses its help
+                text = getattr(declared[param.name].default, "help", None)  # (click >= 8.2)
+                param.help = text
+            names = _accepted(self.name, param.name)
+            if names is not None:
+                param.help = _with_accepted(text or "", names)
+        try:
+            return super().format_help(ctx, formatter)
+        finally:
+            for param, text in saved:
+                param.help = text
+
+
 def _method_in(args: Sequence[str]) -> str | None:
     """The method named by ``--method M`` / ``--method=M`` in ``args``, else by the
     ``--config`` file given there; None when neither names one."""
@@ -85,7 +173,7 @@ def _method_in(args: Sequence[str]) -> str | None:
     return None
 
 
-class _MethodHelp(typer.core.TyperCommand):
+class _MethodHelp(_Command):
     """A command whose ``--help`` shows the defaults of the method its arguments name
     (``flwr-byz run --method byz-ef21-sgdm --help``): typer renders help texts fixed at
     import, so the method-dependent options' texts are swapped while the help is drawn."""
@@ -127,6 +215,9 @@ def _config(
 ) -> ExperimentConfig:
     try:
         base = ExperimentConfig.from_toml(config_file) if config_file else ExperimentConfig()
+    except (TypeError, ValueError, OSError) as exc:  # names the file, the line, the problem
+        raise typer.BadParameter(str(exc), param_hint="'--config'") from exc
+    try:
         values = dataclasses.asdict(base) | given
         values["params"] = dict(base.params) | parse_params(list(params))
         return ExperimentConfig.from_mapping(values)
@@ -253,17 +344,28 @@ def _summary(results: Sequence[Any], title: str) -> None:
 def _execute(
     configs: list[ExperimentConfig], verbose: bool, engine: str = "simulation"
 ) -> list[Any]:
-    from .simulations.engines import run_experiments
+    from .simulations.engines import check_engine, run_experiments
     from .simulations.flower_gc import without_flower_gc
-    from .simulations.runner import prepare
 
-    try:
-        prepared = [prepare(c) for c in configs]  # once per run: the engine takes them as they are
+    try:  # every argument checked (prepared once per run) before any progress is drawn
+        prepared = check_engine(engine, configs)
         with _progress(prepared) as on_round, without_flower_gc():  # time only (flower-bulyan)
             return run_experiments(prepared, on_round=on_round, verbose=verbose, engine=engine)
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise _fail(str(exc)) from exc
+
+
+def _engines() -> tuple[str, ...]:
+    from .simulations.engines import ENGINES
+
+    return ENGINES
+
+
+def _check_name(kind: str, value: str, allowed: Sequence[str]) -> None:
+    """Fail in one line (``unknown <kind> 'x'; known: ...``) unless ``value`` is allowed:
+    the first check of a command, before it prints or starts anything."""
+    if value not in allowed:
+        raise _fail(str(unknown(kind, value, allowed)))
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -342,6 +444,7 @@ def run(
     )  # fmt: skip
     global INTERRUPT_HINT
     INTERRUPT_HINT = None
+    _check_name("engine", engine, _engines())
     cfg = _config(config, given, param)
     if cfg.out is None:
         name = f"{cfg.method}-{cfg.attack.replace(':', '_')}-b{cfg.byzantine}-s{cfg.seed}.json"
@@ -372,7 +475,7 @@ def run(
     console.print(f"result written to {cfg.out}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def grid(
     method: list[str] = typer.Option(
         ["fedavg", "robust-fedavg"], "--method", help="Methods (repeatable)."
@@ -428,6 +531,7 @@ def grid(
         clients=clients, rounds=rounds, dataset=dataset, partition=partition, model=model,
         lr=lr, seed=seed, ray_address=ray_address, threads=threads, device=device,
     )  # fmt: skip
+    _check_name("engine", engine, _engines())
     base = _config(config, shared, param)
     defences = [
         (m, a)
@@ -489,14 +593,14 @@ def _rounds_of(results: Sequence[Any]) -> str:
     return "/".join(str(r) for r in sorted({int(x.config["rounds"]) for x in results}))
 
 
-@app.command()
+@app.command(cls=_Command)
 def plot(
     files: list[Path] = typer.Argument(
         ..., exists=True, dir_okay=False, help="Result JSON files (from run/grid)."
     ),
     out: Path = typer.Option(Path("results/curves.png"), help="PNG to write."),
-    metric: str = typer.Option("accuracy", help="accuracy or loss."),
-    x: str = typer.Option("round", help="x axis: round, bytes_up (cumulative) or seconds."),
+    metric: str = typer.Option("accuracy", help="The metric on the y axis."),
+    x: str = typer.Option("round", help="The x axis (all but round are cumulative)."),
     title: str | None = typer.Option(None, help="Plot title. \\[default: from the metric]"),
 ) -> None:
     """Draw curves of one metric from result files into a PNG."""
@@ -525,7 +629,7 @@ DEMO_RUNS = (
 )
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     out_dir: Path = typer.Option(Path("results/demo"), help="Where the JSON files and PNG go."),
     rounds: int = typer.Option(30, help="Rounds of each run."),
@@ -576,7 +680,7 @@ def demo(
     console.print(f"wrote {len(results)} result files and {png}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def deploy(
     config: Path | None = typer.Option(
         None, "--config", exists=True, dir_okay=False, help="TOML file of options."
@@ -633,10 +737,17 @@ def deploy(
     processes; TLS from a generated CA and SuperNode authentication unless --insecure), then
     stop them all. See docs/DEPLOYMENT.md for the same on real hosts."""
     from flwr_byz.deployment import handle_termination
-    from flwr_byz.deployment.deploy import DeploymentError
+    from flwr_byz.deployment.deploy import DeploymentError, check_attack, find_app
     from flwr_byz.deployment.deploy import deploy as run_deployment
     from flwr_byz.interrupt import note
 
+    from .simulations.runner import prepare
+
+    if insecure:  # what --insecure gives up is said before anything else is checked
+        console.print(
+            "[yellow]warning:[/yellow] --insecure: no TLS and no SuperNode authentication. "
+            "Anyone who can reach the port can join and read the traffic; local tests only."
+        )
     given = _collect(
         clients=nodes if nodes is not None else (None if config else 5), byzantine=byzantine,
         attack=attack, method=method, aggregator=aggregator, rounds=rounds, dataset=dataset,
@@ -645,16 +756,18 @@ def deploy(
         round_timeout=round_timeout, checkpoint=checkpoint, resume=resume or None, out=str(out),
     )  # fmt: skip
     cfg = _config(config, given, param)
+    try:  # every argument checked before any progress is drawn (deploy takes it as it is)
+        cfg = prepare(dataclasses.replace(cfg, injection="nodes"))
+        check_attack(cfg)
+        if app_dir is not None:
+            find_app(app_dir)
+    except (ValueError, DeploymentError) as exc:
+        raise _fail(str(exc)) from exc
     _writable(str(cfg.out), "--out")
     if cfg.checkpoint:
         _writable(cfg.checkpoint, "--checkpoint")
         global INTERRUPT_HINT
         INTERRUPT_HINT = f"progress is kept in {cfg.checkpoint}: add --resume to continue"
-    if insecure:
-        console.print(
-            "[yellow]warning:[/yellow] --insecure: no TLS and no SuperNode authentication. "
-            "Anyone who can reach the port can join and read the traffic; local tests only."
-        )
     progress = Progress(
         TextColumn("deploy"),
         BarColumn(),
@@ -695,11 +808,12 @@ def deploy(
     )
 
 
-@app.command()
+@app.command(cls=_Command)
 def reproduce(
     targets: list[str] = typer.Argument(
         None,
-        help="Claims (c1.1 ... c4.2), 'matrix', 'performance', or 'all' \\[default: all].",
+        help="Sections to regenerate: the papers' claims, the attack x defence matrix, the "
+        "performance report; 'all' is every one. \\[default: all]",
     ),
     quick: bool = typer.Option(
         False, help="One seed and a few rounds: checks the pipeline, gives no results."
@@ -721,12 +835,11 @@ def reproduce(
     from .reproduce import Budget, resolve_targets
     from .reproduce import reproduce as run_reproduce
 
+    _check_name("engine", engine, POOL_ENGINES)
     try:
         names = resolve_targets(targets or [])
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    if engine not in ("local", "batched"):
-        raise typer.BadParameter(f"--engine must be local or batched, got {engine!r}")
+        raise _fail(str(exc)) from exc
     out_docs = docs if docs is not None else (work / "quick" / "docs" if quick else Path("docs"))
     _writable_dir(work, "--work", name="sections.json")
     _writable_dir(out_docs, "--docs", name="RESULTS.md")
@@ -742,7 +855,7 @@ def reproduce(
     console.print(f"wrote {path}")
 
 
-@app.command("defaults-sweep")
+@app.command("defaults-sweep", cls=_Command)
 def defaults_sweep(
     method: list[str] = typer.Option(
         [], "--method", help="Methods to sweep (repeatable). \\[default: every method]"
@@ -761,10 +874,11 @@ def defaults_sweep(
     knob) on digits, 40 rounds, 20 clients, without attack and under sign-flip, ALIE, IPM and
     label-flip with 4 Byzantine; the best worst-case accuracy wins. Writes DEFAULTS.md in DOCS
     and names the methods whose DEFAULTS (flwr_byz/methods/) differ from the choice."""
-    from .reproduce.defaults_sweep import differences, sweep, write_docs
+    from .reproduce.defaults_sweep import GRIDS, differences, sweep, write_docs
 
-    if engine not in ("local", "batched"):
-        raise typer.BadParameter(f"--engine must be local or batched, got {engine!r}")
+    _check_name("engine", engine, POOL_ENGINES)
+    for name in method:  # all of them before the first method's sweep starts
+        _check_name("method", name, list(GRIDS))
     _writable_dir(work / "runs", "--work", name="run.json")
     _writable_dir(docs, "--docs", name="DEFAULTS.md")
     global INTERRUPT_HINT
@@ -779,14 +893,16 @@ def defaults_sweep(
         console.print(f"[yellow]note:[/yellow] {escape(line)}", soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 def aggregators() -> None:
     """List the aggregator names usable in spec strings (e.g. 'bucketing:2+median')."""
-    typer.echo("base rules: " + ", ".join(sorted(AGGREGATORS)))
-    typer.echo("wrappers:   " + ", ".join(sorted(WRAPPERS)) + "  (e.g. nnm+krum, ctma+geomed)")
+    from .aggregators.registry import aggregator_names
+
+    for label, names in aggregator_names().items():
+        typer.echo(f"{label}: {', '.join(names)}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def attacks() -> None:
     """List the attack names usable in specs (e.g. 'alie:z=1.5', 'sign-flip:scale=10')."""
     for name, cls in ATTACKS.items():
@@ -795,11 +911,88 @@ def attacks() -> None:
         typer.echo(f"{name:<12} {kind}")
 
 
+def flower_leftovers(flwr_home: Path | None = None) -> list[tuple[int, str]]:
+    """``(pid, command line)`` of the local SuperLink that ``flwr run`` started in the
+    background (``flower-superlink`` with ``--log-file FLWR_HOME/local-superlink/superlink.log``,
+    run by this user) and of every process below it (the apps it started); none of this
+    process's own ancestors. Linux (``/proc``); empty elsewhere."""
+    import itertools
+    import os
+
+    from flwr_byz.interrupt import descendants
+
+    home = flwr_home or Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr")
+    log_file = str(home / "local-superlink" / "superlink.log")
+    spared = {os.getpid(), os.getppid()}
+
+    def command(pid: int) -> list[str] | None:
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+                return None
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+    def is_superlink(argv: list[str]) -> bool:
+        names = {Path(a).name for a in argv[:2]}  # the executable, or a script's interpreter
+        pairs = set(itertools.pairwise(argv))
+        return "flower-superlink" in names and ("--log-file", log_file) in pairs
+
+    try:
+        pids = sorted(int(e) for e in os.listdir("/proc") if e.isdigit())
+    except OSError:
+        return []
+    found: dict[int, str] = {}
+    for pid in pids:
+        argv = command(pid)
+        if pid in spared or not argv or not is_superlink(argv):
+            continue
+        for member in [pid, *descendants(pid)]:
+            member_argv = command(member)
+            if member not in spared and member_argv:
+                found.setdefault(member, " ".join(member_argv))
+    return list(found.items())
+
+
+@app.command(cls=_Command)
+def stop(
+    yes: bool = typer.Option(
+        False, "--yes", help="Stop them (SIGTERM, SIGKILL after 10 s); without it, list only."
+    ),
+) -> None:
+    """List, and with --yes stop by PID, what 'flwr run' left running: the local SuperLink it
+    starts in the background (under $FLWR_HOME, default ~/.flwr) and the processes below it.
+    Only those processes, and only this user's ('flwr-byz run' and 'deploy' stop their own)."""
+    import signal
+    import time
+
+    from flwr_byz.interrupt import alive, send_signal
+
+    found = flower_leftovers()
+    if not found:
+        console.print("nothing to stop: no local SuperLink of 'flwr run' is running")
+        return
+    console.print(f"{len(found)} process(es) left by 'flwr run':")
+    for pid, command in found:
+        console.print(f"  {pid:>7}  {escape(command)}", soft_wrap=True, highlight=False)
+    if not yes:
+        console.print("add --yes to stop them")
+        return
+    pids = [pid for pid, _ in found]
+    send_signal(pids, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.1)
+    send_signal([p for p in pids if alive(p)], signal.SIGKILL)
+    console.print(f"stopped {', '.join(map(str, pids))}")
+
+
 #: ``flwr-byz bench`` suites: the modules ``flwr_byz.bench.<suite>`` (installed with the package).
 BENCHMARKS = ("aggregators", "engines")
 
 
-@app.command()
+@app.command(cls=_Command)
 def bench(
     suite: str = typer.Argument(
         "aggregators",
@@ -816,16 +1009,21 @@ def bench(
     ),
     device: str = typer.Option(
         "cpu",
-        help="Device of our rules (aggregators) or of the batched engine (engines: cpu, "
-        "cuda or cpu,cuda).",
+        help="Device of our rules (aggregators) or of the batched engine (engines; "
+        "'cpu,cuda' runs it on both).",
     ),
 ) -> None:
     """Run a benchmark (``flwr_byz.bench``): aggregators or engines.
 
     It runs as ``python -m flwr_byz.bench.SUITE`` in a process of its own (its thread settings
     and peak-memory probes see only the benchmark)."""
-    if suite not in BENCHMARKS:
-        raise typer.BadParameter(f"unknown benchmark {suite!r}; one of {', '.join(BENCHMARKS)}")
+    _check_name("benchmark", suite, BENCHMARKS)
+    devices = device.split(",")
+    for part in devices:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", part):
+            raise _fail(str(unknown("device", part, DEVICES)))
+    if suite == "aggregators" and len(devices) > 1:
+        raise _fail(f"--device {device}: the aggregators benchmark takes one device")
     target = out if out is not None else Path("benchmarks/results") / f"{suite}.json"
     _writable(target, "--out")
     module = f"flwr_byz.bench.{suite}"

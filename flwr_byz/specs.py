@@ -12,10 +12,33 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["build", "parse_value", "split_part"]
+__all__ = ["build", "listing", "parse_value", "split_part", "unknown"]
+
+
+def listing(known: Iterable[str] | Mapping[str, Iterable[str]]) -> str:
+    """The accepted names as the errors and ``--help`` texts show them: ``a, b, c``, or by
+    group, ``rules: a, b; wrappers: c, d`` (``known`` maps a group's label to its names: pass
+    a registry dict's ``list(...)`` for its keys)."""
+    if isinstance(known, Mapping):
+        return "; ".join(f"{label}: {', '.join(names)}" for label, names in known.items())
+    return ", ".join(known)
+
+
+def unknown(
+    kind: str,
+    name: str,
+    known: Iterable[str] | Mapping[str, Iterable[str]],
+    spec: str | None = None,
+    hint: str = "",
+) -> ValueError:
+    """The error for a name no registry has, in one format for every kind of spec:
+    ``unknown <kind> '<name>' [in '<spec>'][ (<hint>)]; known: <every accepted name>``."""
+    where = f" in {spec.strip()!r}" if spec is not None and spec.strip() != name else ""
+    note = f" ({hint})" if hint else ""
+    return ValueError(f"unknown {kind} {name!r}{where}{note}; known: {listing(known)}")
 
 
 def parse_value(text: str) -> Any:

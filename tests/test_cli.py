@@ -35,7 +35,8 @@ from flwr_byz.simulations.result import Result, RoundRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 COMMANDS = (
-    "run", "grid", "plot", "demo", "deploy", "bench", "reproduce", "aggregators", "attacks",
+    "run", "grid", "plot", "demo", "deploy", "bench", "reproduce", "defaults-sweep",
+    "aggregators", "attacks", "stop",
 )  # fmt: skip
 ROUND_KEYS = {
     "round", "loss", "accuracy", "rejected", "bytes_up", "bytes_down", "seconds",
@@ -88,13 +89,13 @@ def png(path: Path) -> bool:
 
 @pytest.fixture
 def no_simulation(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail the test if Flower's simulation engine (Ray) is started."""
-    import flwr.simulation
+    """Fail the test if Flower's simulation runtime (a SuperLink, Ray) is started."""
+    from flwr_byz.simulations import simulation
 
     def started(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a simulation was started")
 
-    monkeypatch.setattr(flwr.simulation, "run_simulation", started)
+    monkeypatch.setattr(simulation, "SimulationRuntime", started)
 
 
 # --- listings and help (fast) --------------------------------------------------------------

@@ -18,17 +18,25 @@ import torch
 __all__ = [
     "Aggregator",
     "PreAggregator",
+    "accepts",
+    "breakdown",
+    "chain",
     "check_f",
     "check_finite",
     "check_input",
     "column_chunks",
     "gram",
+    "largest_f",
     "lowest",
+    "max_inputs",
     "mean_closest_to_median",
     "mean_of_rows",
     "median_of_sorted",
+    "min_inputs",
     "normalized_weights",
     "pairwise_sq_distances",
+    "requirement",
+    "set_f",
     "smallest_in_rows",
     "smallest_sorted",
     "sort_columns",
@@ -444,3 +452,81 @@ def with_f(agg: A, f: int, exact: bool = False) -> A:
     if hasattr(new, "f"):
         new.f = check_f(f) if exact else min(new.f, f)
     return new
+
+
+# --- what a rule needs: how many inputs for its f ----------------------------------------------
+#
+# Every rule of this package declares the inputs it accepts for a Byzantine count f:
+# ``min_inputs(f)`` (the fewest, e.g. Krum's 2f + 3), ``max_inputs(f)`` where a rule also has
+# an upper limit (SMEA's C(n, f) subsets), and ``requires`` (the condition, as text). They are
+# exactly the bounds the rule's ``ValueError`` enforces on an input of n rows (tested), so a
+# strategy can check the number of nodes it samples before round 1 instead of discovering it
+# round after round. Wrappers (``base``) combine their own bound with their base's.
+
+
+def _own_f(agg: object, f: int | None) -> int:
+    return int(getattr(agg, "f", 0) or 0) if f is None else check_f(f)
+
+
+def set_f(agg: A, f: int | None) -> A:
+    """``agg`` itself when ``f`` is None, else ``with_f(agg, f, exact=True)`` (every ``f`` of
+    the chain set to ``f``: what a strategy's ``f`` does to an aggregator object)."""
+    return agg if f is None else with_f(agg, f, exact=True)
+
+
+def min_inputs(agg: object, f: int | None = None) -> int:
+    """The fewest inputs ``agg`` accepts when set for ``f`` Byzantine inputs (None: its own
+    ``f``). A callable that declares nothing is taken to accept any n >= 1."""
+    method = getattr(agg, "min_inputs", None)
+    return int(method(f)) if callable(method) else 1
+
+
+def max_inputs(agg: object, f: int | None = None) -> int | None:
+    """The most inputs ``agg`` accepts for ``f`` (None: no upper limit)."""
+    method = getattr(agg, "max_inputs", None)
+    return method(f) if callable(method) else None
+
+
+def accepts(agg: object, n: int, f: int | None = None) -> bool:
+    """Whether ``agg`` set for ``f`` (None: its own) runs on ``n`` inputs: exactly when its
+    ``ValueError`` for the number of inputs does not fire."""
+    top = max_inputs(agg, f)
+    return min_inputs(agg, f) <= n and (top is None or n <= top)
+
+
+def chain(agg: object) -> list[object]:
+    """``agg``, its ``base``, the base's base, ...: the wrappers, then the base rule last."""
+    out = [agg]
+    while (base := getattr(out[-1], "base", None)) is not None and len(out) < 64:
+        out.append(base)
+    return out
+
+
+def breakdown(agg: object, n: int) -> int:
+    """The most Byzantine inputs among ``n`` that ``agg`` can tolerate at all, whatever it
+    requires: fewer than half (no rule tells a Byzantine half from the honest one), 0 for a
+    base rule that is not robust (``Mean``), and at most a rule's ``F_LIMIT`` (MDA's 24)."""
+    base = chain(agg)[-1]
+    cap = 0 if getattr(base, "NOT_ROBUST", False) else max((n - 1) // 2, 0)
+    for part in chain(agg):
+        cap = min(cap, getattr(part, "F_LIMIT", cap))
+    return cap
+
+
+def largest_f(agg: object, n: int) -> int | None:
+    """The largest f (at most :func:`breakdown`) for which ``agg`` runs on ``n`` inputs;
+    None when it cannot run on ``n`` inputs even with f = 0."""
+    for f in range(breakdown(agg, n), -1, -1):
+        if accepts(agg, n, f):
+            return f
+    return None
+
+
+def requirement(agg: object) -> str:
+    """The conditions on n of ``agg`` and its bases, e.g. ``"NNM: n > f; Krum: n >= 2f + 3"``."""
+    parts = []
+    for part in chain(agg):
+        text = getattr(part, "requires", None)
+        if text:
+            parts.append(f"{type(part).__name__}: {text}")
+    return "; ".join(parts) or "n >= 1"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from .base import check_f, check_input, gram
+from .base import _own_f, check_f, check_input, gram
 
 __all__ = ["CAF"]
 
@@ -32,6 +33,12 @@ class CAF:
     """
 
     f: int = 0
+
+    requires: ClassVar[str] = "n > 2f"
+
+    def min_inputs(self, f: int | None = None) -> int:
+        """The fewest inputs for ``f`` Byzantine ones (None: ``self.f``): n > 2f."""
+        return 2 * _own_f(self, f) + 1
 
     def __post_init__(self) -> None:
         self.f = check_f(self.f)

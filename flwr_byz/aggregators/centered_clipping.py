@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -25,6 +26,12 @@ class CenteredClipping:
     iters: int = 1
     f: int = 0
     _v: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    requires: ClassVar[str] = "n >= 1"
+
+    def min_inputs(self, f: int | None = None) -> int:
+        """The fewest inputs for ``f`` Byzantine ones (None: ``self.f``): n >= 1."""
+        return 1
 
     def __post_init__(self) -> None:
         self.f = check_f(self.f)

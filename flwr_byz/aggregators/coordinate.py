@@ -8,10 +8,12 @@ as one sort of the whole input, with about 1/8 of it as extra memory instead of 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from .base import (
+    _own_f,
     check_f,
     check_finite,
     check_input,
@@ -31,6 +33,13 @@ class Mean:
     """Plain average ``(1/n) sum_i x_i``. Not robust (tolerates f = 0); the baseline."""
 
     f: int = 0
+    NOT_ROBUST: ClassVar[bool] = True
+
+    requires: ClassVar[str] = "n >= 1"
+
+    def min_inputs(self, f: int | None = None) -> int:
+        """The fewest inputs for ``f`` Byzantine ones (None: ``self.f``): n >= 1."""
+        return 1
 
     def __post_init__(self) -> None:
         self.f = check_f(self.f)
@@ -58,6 +67,12 @@ class Median:
     """
 
     f: int = 0
+
+    requires: ClassVar[str] = "n >= 1"
+
+    def min_inputs(self, f: int | None = None) -> int:
+        """The fewest inputs for ``f`` Byzantine ones (None: ``self.f``): n >= 1."""
+        return 1
 
     def __post_init__(self) -> None:
         self.f = check_f(self.f)
@@ -103,6 +118,12 @@ class TrimmedMean:
 
     f: int = 0
 
+    requires: ClassVar[str] = "n > 2f"
+
+    def min_inputs(self, f: int | None = None) -> int:
+        """The fewest inputs for ``f`` Byzantine ones (None: ``self.f``): n > 2f."""
+        return 2 * _own_f(self, f) + 1
+
     def __post_init__(self) -> None:
         self.f = check_f(self.f)
 
@@ -122,6 +143,12 @@ class Meamed:
     """
 
     f: int = 0
+
+    requires: ClassVar[str] = "n > f"
+
+    def min_inputs(self, f: int | None = None) -> int:
+        """The fewest inputs for ``f`` Byzantine ones (None: ``self.f``): n > f."""
+        return _own_f(self, f) + 1
 
     def __post_init__(self) -> None:
         self.f = check_f(self.f)

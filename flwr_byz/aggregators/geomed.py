@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -33,6 +34,12 @@ class GeometricMedian:
     eps: float = 1e-6
     max_iter: int = 100
     f: int = 0
+
+    requires: ClassVar[str] = "n >= 1"
+
+    def min_inputs(self, f: int | None = None) -> int:
+        """The fewest inputs for ``f`` Byzantine ones (None: ``self.f``): n >= 1."""
+        return 1
 
     def __post_init__(self) -> None:
         self.f = check_f(self.f)

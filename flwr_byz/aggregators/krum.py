@@ -4,10 +4,12 @@ et al. 2018). All distances come from one Gram product (``pairwise_sq_distances`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from .base import (
+    _own_f,
     check_f,
     check_input,
     lowest,
@@ -53,6 +55,12 @@ class Krum:
 
     f: int = 0
 
+    requires: ClassVar[str] = "n >= 2f + 3"
+
+    def min_inputs(self, f: int | None = None) -> int:
+        """The fewest inputs for ``f`` Byzantine ones (None: ``self.f``): n >= 2f + 3."""
+        return 2 * _own_f(self, f) + 3
+
     def __post_init__(self) -> None:
         self.f = check_f(self.f)
 
@@ -74,6 +82,12 @@ class MultiKrum:
 
     f: int = 0
     m: int | None = None
+
+    requires: ClassVar[str] = "n >= 2f + 3"
+
+    def min_inputs(self, f: int | None = None) -> int:
+        """The fewest inputs for ``f`` Byzantine ones (None: ``self.f``): n >= 2f + 3."""
+        return 2 * _own_f(self, f) + 3
 
     def __post_init__(self) -> None:
         self.f = check_f(self.f)
@@ -105,6 +119,12 @@ class Bulyan:
     """
 
     f: int = 0
+
+    requires: ClassVar[str] = "n >= 4f + 3"
+
+    def min_inputs(self, f: int | None = None) -> int:
+        """The fewest inputs for ``f`` Byzantine ones (None: ``self.f``): n >= 4f + 3."""
+        return 4 * _own_f(self, f) + 3
 
     def __post_init__(self) -> None:
         self.f = check_f(self.f)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
 from .base import (
     Aggregator,
+    _own_f,
     check_f,
     check_input,
     lowest,
+    max_inputs,
     mean_of_rows,
+    min_inputs,
     pairwise_sq_distances,
     smallest_in_rows,
     sq_distances_to,
@@ -39,6 +43,16 @@ class NNM:
 
     f: int = 0
     base: Aggregator = field(default_factory=Mean)
+    requires: ClassVar[str] = "n > f"
+
+    def min_inputs(self, f: int | None = None) -> int:
+        """The fewest inputs for ``f`` Byzantine ones (None: each part its own f): n > f
+        and what ``base`` needs."""
+        return max(_own_f(self, f) + 1, min_inputs(self.base, f))
+
+    def max_inputs(self, f: int | None = None) -> int | None:
+        """``base``'s upper limit, if it has one."""
+        return max_inputs(self.base, f)
 
     def __post_init__(self) -> None:
         self.f = check_f(self.f)
@@ -60,6 +74,12 @@ class MoNNA:
 
     f: int = 0
     idx: int = 0
+    requires: ClassVar[str] = "n > f (and idx < n)"
+
+    def min_inputs(self, f: int | None = None) -> int:
+        """The fewest inputs for ``f`` Byzantine ones (None: ``self.f``): n > f, and the
+        trusted input ``idx`` among them."""
+        return max(_own_f(self, f) + 1, self.idx + 1 if self.idx >= 0 else -self.idx)
 
     def __post_init__(self) -> None:
         self.f = check_f(self.f)

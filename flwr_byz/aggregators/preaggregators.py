@@ -8,10 +8,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
-from .base import Aggregator, check_f, check_finite, check_input, with_f
+from .base import (
+    Aggregator,
+    _own_f,
+    accepts,
+    check_f,
+    check_finite,
+    check_input,
+    max_inputs,
+    min_inputs,
+    set_f,
+    with_f,
+)
 from .coordinate import Mean, Median
 
 __all__ = ["ARC", "Bucketing", "Clipping", "clip_scales"]
@@ -38,6 +50,14 @@ class _RowScaling:
 
     def scales(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def min_inputs(self, f: int | None = None) -> int:
+        """What ``base`` needs (a rescaling keeps the n inputs)."""
+        return max(1, min_inputs(self.base, f))
+
+    def max_inputs(self, f: int | None = None) -> int | None:
+        """``base``'s upper limit, if it has one."""
+        return max_inputs(self.base, f)
 
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         """The rescaled inputs ``diag(scales) x``."""
@@ -67,6 +87,7 @@ class Bucketing:
     seed: int = 0
     f: int | None = None
     _gen: torch.Generator = field(init=False, repr=False)
+    requires: ClassVar[str] = "what the base needs on the ceil(n/s) bucket means"
 
     def __post_init__(self) -> None:
         if self.s < 1:
@@ -77,6 +98,23 @@ class Bucketing:
     def reset(self) -> None:
         """Restart the permutation sequence from ``seed``."""
         self._gen = torch.Generator().manual_seed(self.seed)
+
+    def _accepts(self, n: int, f: int | None) -> bool:
+        """Whether the base runs on the ``ceil(n / s)`` bucket means of ``n`` inputs, set for
+        ``min(f, buckets)`` as ``__call__`` sets it."""
+        nb = math.ceil(n / self.s)
+        return accepts(with_f(set_f(self.base, f), min(_own_f(self, f), nb)), nb)
+
+    def min_inputs(self, f: int | None = None) -> int:
+        """The fewest inputs for ``f`` Byzantine ones (None: its own f): enough for the
+        base on the ``ceil(n / s)`` bucket means."""
+        top = self.s * (min_inputs(set_f(self.base, f), f) + 1)
+        return next((n for n in range(1, top + 1) if self._accepts(n, f)), top + 1)
+
+    def max_inputs(self, f: int | None = None) -> int | None:
+        """``s`` times the base's upper limit on the bucket means, if it has one."""
+        top = max_inputs(set_f(self.base, f), f)
+        return None if top is None else self.s * top
 
     def pre(self, x: torch.Tensor) -> torch.Tensor:
         """The bucket means (``[ceil(n/s), d]``)."""
@@ -136,5 +174,5 @@ class ARC(_RowScaling):
         """Per-row factors clipping every input to the (k+1)-th largest norm."""
         norms = checked_norms(x, f"ARC(f={self.f})")
         n = x.shape[0]
-        k = math.floor(2 * (self.f / n) * (n - self.f))
+        k = max(math.floor(2 * (self.f / n) * (n - self.f)), 0)  # f > n: no clipping
         return clip_scales(norms, norms.topk(k + 1).values[-1])

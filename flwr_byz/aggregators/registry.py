@@ -11,7 +11,7 @@ Every rule that has an ``f`` gets the ``f`` passed here.
 
 from __future__ import annotations
 
-from ..specs import build, split_part
+from ..specs import build, listing, split_part, unknown
 from .base import Aggregator
 from .caf import CAF
 from .centered_clipping import CenteredClipping
@@ -23,7 +23,7 @@ from .nearest import NNM, MoNNA
 from .preaggregators import ARC, Bucketing, Clipping
 from .subsets import MDA, SMEA
 
-__all__ = ["AGGREGATORS", "WRAPPERS", "get_aggregator"]
+__all__ = ["AGGREGATORS", "ALIASES", "WRAPPERS", "aggregator_names", "get_aggregator"]
 
 AGGREGATORS: dict[str, type] = {
     "mean": Mean,
@@ -61,6 +61,16 @@ ALIASES = {
     "centeredclipping": "cc", "centered-clipping": "cc",
     "bucket": "bucketing", "clip": "clipping",
 }  # fmt: skip
+"""Other spellings of the rules' and wrappers' names."""
+
+
+def aggregator_names() -> dict[str, list[str]]:
+    """Every name a spec part may take, by group (what the errors and ``--help`` list)."""
+    return {
+        "rules": sorted(AGGREGATORS),
+        "wrappers (before a rule, e.g. 'nnm+krum')": sorted(WRAPPERS),
+        "other spellings": sorted(ALIASES),
+    }
 
 
 def get_aggregator(spec: str, f: int = 0) -> Aggregator:
@@ -74,17 +84,22 @@ def get_aggregator(spec: str, f: int = 0) -> Aggregator:
         key = name.lower()
         key = ALIASES.get(key, key)
         if i == 0:
-            if key not in AGGREGATORS:
-                hint = " (it is a wrapper: put a base rule after it)" if key in WRAPPERS else ""
+            if key in WRAPPERS:
                 raise ValueError(
-                    f"unknown aggregator {name!r} in {spec!r}{hint}; known: {sorted(AGGREGATORS)}"
+                    f"aggregator spec {spec!r}: {name!r} is a wrapper and cannot wrap nothing: "
+                    f"put a rule after it (e.g. 'nnm+krum'); rules: {listing(sorted(AGGREGATORS))}"
                 )
+            if key not in AGGREGATORS:
+                raise unknown("aggregator", name, aggregator_names(), spec)
             agg = build(AGGREGATORS[key], args, part, "aggregator", defaults={"f": f})
         else:
-            if key not in WRAPPERS:
+            if key in AGGREGATORS:
                 raise ValueError(
-                    f"{name!r} in {spec!r} cannot wrap another rule; wrappers: {sorted(WRAPPERS)}"
+                    f"aggregator spec {spec!r}: {name!r} is a rule and cannot wrap another rule "
+                    f"(only the last part is a rule); wrappers: {listing(sorted(WRAPPERS))}"
                 )
+            if key not in WRAPPERS:
+                raise unknown("aggregator", name, aggregator_names(), spec)
             agg = build(
                 WRAPPERS[key], args, part, "aggregator", defaults={"f": f}, fixed={"base": agg}
             )

@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import combinations, islice
+from typing import ClassVar
 
 import torch
 
-from .base import check_f, check_input, gram, mean_of_rows, pairwise_sq_distances
+from .base import _own_f, check_f, check_input, gram, mean_of_rows, pairwise_sq_distances
 
 __all__ = ["MDA", "SMEA", "min_diameter_subset"]
 
@@ -122,6 +123,12 @@ class MDA:
 
     f: int = 0
     max_nodes: int = 2_000_000
+    requires: ClassVar[str] = "n >= 2f + 1"
+    F_LIMIT: ClassVar[int] = MDA_MAX_F
+
+    def min_inputs(self, f: int | None = None) -> int:
+        """The fewest inputs for ``f`` Byzantine ones (None: ``self.f``): n >= 2f + 1."""
+        return 2 * _own_f(self, f) + 1
 
     def __post_init__(self) -> None:
         self.f = check_f(self.f)
@@ -155,6 +162,25 @@ class SMEA:
     f: int = 0
     max_subsets: int = SMEA_MAX_SUBSETS
     chunk: int = 4096
+    requires: ClassVar[str] = "n > f and C(n, f) <= max_subsets"
+
+    def min_inputs(self, f: int | None = None) -> int:
+        """The fewest inputs for ``f`` Byzantine ones (None: ``self.f``): n > f."""
+        return _own_f(self, f) + 1
+
+    def max_inputs(self, f: int | None = None) -> int | None:
+        """The most inputs for ``f``: the largest n with C(n, f) <= ``max_subsets`` (None
+        for f = 0: a single subset)."""
+        f = _own_f(self, f)
+        if f == 0:
+            return None
+        lo, hi = f, f + 1  # C(f, f) = 1 fits; C(n, f) grows with n >= f
+        while math.comb(hi, f) <= self.max_subsets:
+            lo, hi = hi, 2 * hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if math.comb(mid, f) <= self.max_subsets else (lo, mid)
+        return lo
 
     def __post_init__(self) -> None:
         self.f = check_f(self.f)

@@ -11,10 +11,22 @@ does nothing on any other node. Where the configuration comes from, first match 
 3. defaults given to :func:`make_byzantine_mod` / :func:`byzantine_app` (same keys, e.g. for
    ``run_simulation``, whose virtual nodes share one node config).
 
-Keys: ``byzantine-attack`` (an attack spec, e.g. ``"gaussian:sigma=2"``),
-``byzantine-scale`` (the magnitude: SignFlip's ``scale``, Scale's ``s``, Gaussian's
+Keys: ``byzantine-attack`` (an attack spec, e.g. ``"gaussian:sigma=2"``; ``"none"`` or empty:
+honest), ``byzantine-scale`` (the magnitude: SignFlip's ``scale``, Scale's ``s``, Gaussian's
 ``sigma``), ``byzantine-seed`` (default 0). Random attacks draw from a seed derived from
-(``byzantine-seed``, node ID, server round): reproducible wherever the node runs.
+(``byzantine-seed``, node ID, server round): reproducible wherever the node runs. Flower
+refuses a ``--run-config`` key that the app's ``pyproject.toml`` does not declare in
+``[tool.flwr.app.config]`` ("Invalid run configuration"): the README's section "Byzantine
+nodes in your own Flower app" shows the block to declare. A configuration that would do
+nothing or cannot be meant raises a ValueError naming the key (:func:`node_settings`).
+
+Each Byzantine node logs one INFO line at its first message of a run (``context.state``
+remembers it): ``byzantine_mod: node <id> (partition-id <p>) is Byzantine: attack <spec>
+(from the <source>)``. When the run config declares ``byzantine-attack`` (or the mod has
+defaults), every node adds ``byzantine-replies`` (1 Byzantine, 0 honest) to its train reply's
+MetricRecord, so that all replies keep the same metric keys; our strategies report the
+round's count, Flower's need ``train_metrics_aggr_fn=flwr_byz.protocol.sum_byzantine_replies``
+(their weighted average would turn it into the Byzantine share of the examples).
 
 Omniscient attacks (IPM, ALIE, MinMax, MinSum, Mimic, ShiftBack) need the round's honest
 replies, which a node does not see: the mod raises a ValueError naming ByzantineGrid, which
@@ -36,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Iterable, Mapping
-from logging import ERROR
+from logging import ERROR, INFO
 from typing import Any
 
 import torch
@@ -54,8 +66,10 @@ from ..protocol.keys import (
     ATTACK_SCALE_KEY,
     ATTACK_SEED_KEY,
     BYZANTINE_PREFIX,
+    BYZANTINE_REPLIES_KEY,
     CONFIG_KEY,
     EF21_VERSION_KEY,
+    NUM_PARTITIONS_KEY,
     PARTITION_ID_KEY,
     PAYLOAD_KEY,
     SERVER_ROUND_KEY,
@@ -86,39 +100,192 @@ __all__ = [
 _MAGNITUDE = ("scale", "s", "sigma")  # the field byzantine-scale sets: the first one present
 
 
+_NODE_KEYS = (ATTACK_KEY, ATTACK_SCALE_KEY, ATTACK_SEED_KEY)  # a node config's own settings
+_RUN_KEYS = (*_NODE_KEYS, ATTACK_PARTITIONS_KEY, ATTACK_NUM_NODES_KEY)  # + the selection
+_ANNOUNCED = "byzantine-mod"  # context.state: this node has logged its Byzantine line
+
+
 def node_settings(context: Context, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``byzantine-*`` settings that apply to this node (empty: the node is honest)."""
-    if context.node_config.get(ATTACK_KEY):
-        return {k: v for k, v in context.node_config.items() if k.startswith(BYZANTINE_PREFIX)}
-    partition = context.node_config.get(PARTITION_ID_KEY)
-    for source in (context.run_config, defaults or {}):
-        if source.get(ATTACK_KEY) and _selected(source, partition):
-            return {k: v for k, v in source.items() if k.startswith(BYZANTINE_PREFIX)}
-    return {}
+    """The ``byzantine-*`` settings that apply to this node (empty: the node is honest).
+
+    Raises a ValueError naming the key and the fix when a configuration would do nothing or
+    cannot be meant: an unknown ``byzantine-*`` key, an attack with no node selected (or nodes
+    selected with no attack), both selections at once, partitions outside
+    ``0..num-partitions-1``, a selection on a node without ``partition-id``."""
+    return _resolve(context, defaults)[0]
 
 
-def _selected(source: Mapping[str, Any], partition: Any) -> bool:
-    if not isinstance(partition, int):
-        return False
-    if ATTACK_PARTITIONS_KEY in source:
-        chosen = source[ATTACK_PARTITIONS_KEY]
-        items = chosen.split(",") if isinstance(chosen, str) else chosen
-        items = items if isinstance(items, Iterable) else [items]
-        return partition in {int(p) for p in items if str(p).strip()}
-    if ATTACK_NUM_NODES_KEY in source:
-        return partition < int(source[ATTACK_NUM_NODES_KEY])
-    return False
+def _resolve(context: Context, defaults: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """(settings, where they come from) for this node; see :func:`node_settings`."""
+    node_config = context.node_config
+    _check_keys(node_config, _NODE_KEYS, "node config")
+    own = {k: v for k, v in node_config.items() if k.startswith(BYZANTINE_PREFIX)}
+    partition = node_config.get(PARTITION_ID_KEY)
+    num_partitions = node_config.get(NUM_PARTITIONS_KEY)
+    chosen: tuple[dict[str, Any], str] | None = None
+    if own and not _spec(own):
+        if ATTACK_KEY not in own:
+            raise ValueError(
+                f"node config: {', '.join(sorted(own))} without {ATTACK_KEY}: add "
+                f"{ATTACK_KEY}='sign-flip' (or another attack) to --node-config"
+            )
+        chosen = ({}, "node config")  # byzantine-attack='none': this node is honest
+    elif own:
+        chosen = (own, "node config")
+    for source, where in ((context.run_config, "run config"), (defaults or {}, "mod defaults")):
+        selected = _selection(source, where, num_partitions)
+        if chosen is None and selected:
+            if not isinstance(partition, int) or isinstance(partition, bool):
+                raise ValueError(
+                    f"{where} selects Byzantine partitions, but this node has no integer "
+                    f"{PARTITION_ID_KEY} in its node config (give it one: --node-config "
+                    f'"{PARTITION_ID_KEY}=0 {NUM_PARTITIONS_KEY}=N"), or configure the node '
+                    f"itself with {ATTACK_KEY} in its node config"
+                )
+            if partition in selected:
+                settings = {k: v for k, v in source.items() if k in _NODE_KEYS}
+                chosen = (settings, _describe(source, where))
+            else:
+                chosen = ({}, where)
+    return chosen or ({}, "")
+
+
+def _check_keys(source: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(k for k in source if k.startswith(BYZANTINE_PREFIX) and k not in known)
+    if unknown:
+        hint = ""
+        if where == "node config" and set(unknown) <= set(_RUN_KEYS):
+            hint = f"; they select nodes in the run config, a node config sets {ATTACK_KEY}"
+        raise ValueError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (accepted: {', '.join(known)}){hint}"
+        )
+
+
+def _spec(source: Mapping[str, Any]) -> str:
+    """The attack spec of ``source`` ("" when none: absent, empty or ``none``)."""
+    spec = str(source.get(ATTACK_KEY, "") or "").strip()
+    return "" if spec.lower() == "none" else spec
+
+
+def _selection(source: Mapping[str, Any], where: str, num_partitions: Any) -> set[int]:
+    """The Byzantine partitions ``source`` (run config or mod defaults) selects, checked."""
+    _check_keys(source, _RUN_KEYS, where)
+    chosen = _partition_set(source.get(ATTACK_PARTITIONS_KEY), where)
+    try:
+        count = int(source.get(ATTACK_NUM_NODES_KEY, 0) or 0)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{where}: {ATTACK_NUM_NODES_KEY}={source[ATTACK_NUM_NODES_KEY]!r} is not an integer"
+        ) from None
+    spec = _spec(source)
+    if count < 0:
+        raise ValueError(f"{where}: {ATTACK_NUM_NODES_KEY}={count} is negative")
+    if chosen and count:
+        raise ValueError(
+            f"{where}: give {ATTACK_PARTITIONS_KEY} or {ATTACK_NUM_NODES_KEY}, not both "
+            f"({ATTACK_PARTITIONS_KEY}={source[ATTACK_PARTITIONS_KEY]!r}, "
+            f"{ATTACK_NUM_NODES_KEY}={count})"
+        )
+    if spec and not (chosen or count):
+        raise ValueError(
+            f"{where}: {ATTACK_KEY}={spec!r} but no node is selected: set "
+            f"{ATTACK_NUM_NODES_KEY}=k (partitions 0..k-1 attack) or "
+            f"{ATTACK_PARTITIONS_KEY}='0,3' (and declare the key in the app's "
+            "[tool.flwr.app.config] to pass it with --run-config)"
+        )
+    if (chosen or count) and not spec:
+        raise ValueError(
+            f"{where}: Byzantine nodes are selected ({_describe(source, where)}) but "
+            f"{ATTACK_KEY} is empty: set {ATTACK_KEY}='sign-flip' (or another attack)"
+        )
+    if not spec:
+        return set()
+    chosen = chosen or set(range(count))
+    if isinstance(num_partitions, int) and not isinstance(num_partitions, bool):
+        outside = sorted(p for p in chosen if not 0 <= p < num_partitions)
+        if outside:
+            raise ValueError(
+                f"{where}: Byzantine partition(s) {outside} outside 0..{num_partitions - 1} "
+                f"({NUM_PARTITIONS_KEY}={num_partitions}; {_describe(source, where)})"
+            )
+    return chosen
+
+
+def _partition_set(value: Any, where: str) -> set[int]:
+    if value is None:
+        return set()
+    items = value.split(",") if isinstance(value, str) else value
+    items = items if isinstance(items, Iterable) else [items]
+    try:
+        return {int(p) for p in items if str(p).strip()}
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{where}: {ATTACK_PARTITIONS_KEY}={value!r} is not a list of partition IDs "
+            "(e.g. '0,3,7')"
+        ) from None
+
+
+def _describe(source: Mapping[str, Any], where: str) -> str:
+    chosen = source.get(ATTACK_PARTITIONS_KEY)
+    if chosen not in (None, "", []):
+        if not isinstance(chosen, str):
+            chosen = ",".join(str(p) for p in chosen)
+        return f"{where}: {ATTACK_PARTITIONS_KEY}={chosen!r}"
+    return f"{where}: {ATTACK_NUM_NODES_KEY}={source.get(ATTACK_NUM_NODES_KEY)}"
+
+
+def _announce(context: Context, settings: Mapping[str, Any], where: str) -> None:
+    """Log, once per node and run (``context.state`` remembers), that this node attacks."""
+    if not settings or _ANNOUNCED in context.state:
+        return
+    context.state[_ANNOUNCED] = ConfigRecord({"announced": True})
+    shown = {k: settings[k] for k in (ATTACK_SCALE_KEY, ATTACK_SEED_KEY) if k in settings}
+    if not shown.get(ATTACK_SEED_KEY):
+        shown.pop(ATTACK_SEED_KEY, None)  # the default seed 0 says nothing
+    extra = "".join(f", {key}={value}" for key, value in shown.items())
+    log(
+        INFO,
+        "byzantine_mod: node %d (%s %s) is Byzantine: attack %s%s (from the %s)",
+        context.node_id,
+        PARTITION_ID_KEY,
+        context.node_config.get(PARTITION_ID_KEY, "-"),
+        _spec(settings),
+        extra,
+        where,
+    )
+
+
+def _reports(context: Context, defaults: Mapping[str, Any] | None) -> bool:
+    """Whether this node adds ``byzantine-replies`` to its train replies: when the run is
+    set up for Byzantine nodes (``byzantine-attack`` declared in the run config, or given to
+    the mod): then every node of the app reports, honest ones 0, so that the replies keep
+    the same metric keys (Flower's own strategies skip a round otherwise)."""
+    return ATTACK_KEY in context.run_config or bool(defaults and defaults.get(ATTACK_KEY))
+
+
+def _report(reply: Message, byzantine: bool) -> None:
+    """Put ``byzantine-replies`` (0/1) in the reply's MetricRecord (when it has exactly one)."""
+    if reply.has_error() or not reply.has_content():
+        return
+    records = list(reply.content.metric_records.values())
+    if len(records) == 1:
+        records[0][BYZANTINE_REPLIES_KEY] = int(byzantine)
 
 
 def node_attack(
     context: Context, server_round: int = 0, defaults: Mapping[str, Any] | None = None
 ) -> Attack | LabelFlip | None:
     """The attack this node is configured with (None when it is honest)."""
-    settings = node_settings(context, defaults)
-    spec = str(settings.get(ATTACK_KEY, "") or "").strip()
-    if not spec or spec.lower() == "none":
+    return _attack_of(node_settings(context, defaults), context.node_id, server_round)
+
+
+def _attack_of(
+    settings: Mapping[str, Any], node_id: int, server_round: int
+) -> Attack | LabelFlip | None:
+    spec = _spec(settings)
+    if not spec:
         return None
-    seed = _derived_seed(int(settings.get(ATTACK_SEED_KEY, 0)), context.node_id, server_round)
+    seed = _derived_seed(int(settings.get(ATTACK_SEED_KEY, 0)), node_id, server_round)
     attack = get_attack(spec, seed=seed)
     if settings.get(ATTACK_SCALE_KEY) is not None:
         names = {f.name for f in dataclasses.fields(attack) if f.init}  # type: ignore[arg-type]
@@ -165,6 +332,7 @@ def make_byzantine_mod(
         defaults[ATTACK_NUM_NODES_KEY] = int(num_nodes)
     if scale is not None:
         defaults[ATTACK_SCALE_KEY] = float(scale)
+    _selection(defaults, "mod defaults", None)  # fail now on a selection that does nothing
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         return _byzantine_step(msg, context, call_next, defaults)
@@ -183,13 +351,26 @@ def _byzantine_step(
     call_next: ClientAppCallable,
     defaults: Mapping[str, Any] | None,
 ) -> Message:
+    settings, where = _resolve(context, defaults)
+    _announce(context, settings, where)
     if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN:
         return call_next(msg, context)
-    attack = node_attack(context, _server_round(msg), defaults)
+    attack = _attack_of(settings, context.node_id, _server_round(msg))
     if attack is None:
-        return call_next(msg, context)
-    if isinstance(attack, LabelFlip):
-        return call_next(mark_label_flip(msg, in_place=True), context)
+        reply = call_next(msg, context)
+    elif isinstance(attack, LabelFlip):
+        reply = call_next(mark_label_flip(msg, in_place=True), context)
+    else:
+        reply = _forged_reply(msg, context, call_next, attack)
+    if _reports(context, defaults):
+        _report(reply, attack is not None)
+    return reply
+
+
+def _forged_reply(
+    msg: Message, context: Context, call_next: ClientAppCallable, attack: Attack
+) -> Message:
+    """The app's reply to ``msg`` with its vector replaced by ``attack``'s (module doc)."""
     if attack.omniscient:
         log(ERROR, "byzantine_mod: %s is omniscient; use ByzantineGrid (simulation)", attack)
         raise ValueError(

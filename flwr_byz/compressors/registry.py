@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..specs import build, split_part
+from ..specs import build, split_part, unknown
 from .base import Compressor
 from .quantize import QSGD, Natural
 from .sparse import Identity, RandK, TopK
 
-__all__ = ["ALIASES", "COMPRESSORS", "compressor_spec", "get_compressor"]
+__all__ = ["ALIASES", "COMPRESSORS", "compressor_names", "compressor_spec", "get_compressor"]
 
 COMPRESSORS: dict[str, type] = {
     "identity": Identity,
@@ -30,6 +30,11 @@ ALIASES = {"none": "identity"}
 """Other names: ``none`` is the identity (no compression)."""
 
 
+def compressor_names() -> dict[str, list[str]]:
+    """Every name a compressor spec may take, by group (what the errors and ``--help`` list)."""
+    return {"compressors": sorted(COMPRESSORS), "other spellings": sorted(ALIASES)}
+
+
 def get_compressor(spec: str) -> Compressor:
     """Build the compressor described by ``spec`` (see module doc); ``ValueError`` for an
     unknown name or bad arguments."""
@@ -37,9 +42,7 @@ def get_compressor(spec: str) -> Compressor:
     key = name.lower().replace("-", "").replace("_", "")
     key = ALIASES.get(key, key)
     if key not in COMPRESSORS:
-        raise ValueError(
-            f"unknown compressor {name!r} in {spec!r}; known: {sorted([*COMPRESSORS, *ALIASES])}"
-        )
+        raise unknown("compressor", name, compressor_names(), spec)
     try:
         compressor: Compressor = build(COMPRESSORS[key], args, spec.strip(), "compressor")
     except TypeError as exc:  # a required argument missing, e.g. "qsgd" without s

@@ -12,6 +12,10 @@ The ServerApp writes the same result JSON as a simulation; ``deploy`` adds to it
 
 The Flower App run is the one ``write_app`` writes into the work directory (its components
 are imported from the installed flwr_byz: no source checkout is read), or ``--app DIR``.
+For the former, each SuperNode runs with ``--isolation process`` beside a long-running
+ClientApp launcher (``flwr_byz.deployment.forkserver``) that imports the ClientApp once and
+forks per message; ``--app DIR`` keeps Flower's ``flwr-clientapp`` process per message (its
+modules come from the FAB). The result's rounds record their seconds (``RoundRecord.seconds``).
 
 The work directory holds the private keys of the SuperLink and of every SuperNode, each
 process's ``FLWR_HOME``, the Flower App and the logs: ``deploy`` deletes it at the end
@@ -34,14 +38,24 @@ from pathlib import Path
 from flwr.common.logger import log as flwr_log
 
 from ..attacks import get_attack
+from ..attacks.registry import attack_names
 from ..protocol.keys import ATTACK_SEED_KEY
 from ..simulations.config import ExperimentConfig
 from ..simulations.result import Result
 from ..simulations.runner import byzantine_partitions, prepare
-from .federation import LocalDeployment, NodeSpec
-from .flower_app import write_app
+from ..specs import listing
+from .federation import LocalDeployment, NodeSpec, fork_server_supported
+from .flower_app import CLIENT_APP, write_app
 
-__all__ = ["DeploymentError", "WorkDir", "deploy", "find_app", "node_specs", "round_lines"]
+__all__ = [
+    "DeploymentError",
+    "WorkDir",
+    "check_attack",
+    "deploy",
+    "find_app",
+    "node_specs",
+    "round_lines",
+]
 
 #: Called with (round, rounds, accuracy) for every round the ServerApp logs.
 OnProgress = Callable[[int, int, float], None]
@@ -160,7 +174,9 @@ def round_lines(text: str) -> list[tuple[int, int, float]]:
     return [(int(a), int(b), float(c)) for a, b, c in _ROUND.findall(text)]
 
 
-def _check_attack(cfg: ExperimentConfig) -> None:
+def check_attack(cfg: ExperimentConfig) -> None:
+    """``ValueError`` unless the Byzantine SuperNodes can make ``cfg.attack`` on their own
+    (an omniscient attack reads the honest replies, which a node cannot)."""
     if cfg.byzantine == 0 or cfg.attack.strip().lower() in ("none", ""):
         return
     attack = get_attack(cfg.attack, seed=cfg.seed)
@@ -168,7 +184,7 @@ def _check_attack(cfg: ExperimentConfig) -> None:
         raise ValueError(
             f"attack {cfg.attack!r} is omniscient (it reads the honest replies), which a "
             "SuperNode cannot do; use it in simulation (flwr-byz run), or a per-node attack "
-            "here (sign-flip, scale, gaussian, bit-flip, non-finite, label-flip)"
+            f"here: {listing(attack_names(per_node=True)['attacks'])}"
         )
 
 
@@ -192,8 +208,11 @@ def deploy(
     ``config.out`` or the checkpoint would lie in the directory to delete."""
     if not config.out:
         raise ValueError("deploy needs config.out (where the ServerApp writes the result)")
-    cfg = prepare(dataclasses.replace(config, injection="nodes"))  # the config deployed, once
-    _check_attack(cfg)
+    nodes = (
+        config if config.injection == "nodes" else dataclasses.replace(config, injection="nodes")
+    )
+    cfg = prepare(nodes)  # the config deployed, once (as it is when the CLI prepared it)
+    check_attack(cfg)
     app_dir = find_app(app) if app is not None else None
     out = Path(cfg.out).resolve()  # type: ignore[arg-type]
     run_cfg = dataclasses.replace(
@@ -214,10 +233,16 @@ def deploy(
     try:
         if on_workdir is not None:
             on_workdir(work)
+        # our own app: one long-running ClientApp launcher per node, importing it once
+        ours = app_dir is None and fork_server_supported()
+        fork_server = CLIENT_APP.partition(":")[0] if ours else None
         if app_dir is None:
             app_dir = write_app(work / "app")
         tls = auth = not insecure
-        with LocalDeployment(work, node_specs(cfg), tls=tls, auth=auth) as deployment:
+        specs = node_specs(cfg)
+        with LocalDeployment(
+            work, specs, tls=tls, auth=auth, fork_server=fork_server
+        ) as deployment:
             run = deployment.start_run(app_dir, run_cfg.to_run_config())
             seen = 0
             deadline = time.monotonic() + timeout

@@ -9,7 +9,11 @@ It is what ``flwr-byz deploy`` runs and what docs/DEPLOYMENT.md does by hand on 
 3. a ``flwr`` connection (``$FLWR_HOME/config.toml``, ``[superlink.<name>]`` with the CA as
    ``root-certificates``) and ``flwr supernode register <key>.pub`` for every node;
 4. ``flower-supernode --root-certificates ca.crt --auth-supernode-private-key <key>
-   --node-config "partition-id=i num-partitions=N [byzantine-attack='...']"``;
+   --node-config "partition-id=i num-partitions=N [byzantine-attack='...']"``; with
+   ``fork_server`` (what ``flwr-byz deploy`` uses), ``--isolation process`` and, beside each
+   SuperNode, one long-running ClientApp launcher (``flwr_byz.deployment.forkserver``) that
+   imports the ClientApp once and forks a child per message, instead of Flower starting a
+   ``flwr-clientapp`` process (3-5 s of imports) per message;
 5. ``flwr run <app> <connection> --run-config <file> --stream``.
 
 Every process gets its own ``FLWR_HOME`` under the work directory (apps and logs of a node
@@ -19,9 +23,8 @@ Ctrl-C and interpreter exit) stops them all with their children.
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -33,56 +36,39 @@ from typing import Any
 
 from ..files import write_text
 from ..protocol.keys import ATTACK_KEY, NUM_PARTITIONS_KEY, PARTITION_ID_KEY
+from ..simulations.flower_app import run_config_toml
+from ..simulations.flower_app import toml_value as _toml_value
+from ..simulations.processes import HOST, ManagedProcess, ProcessSet, descendants, free_port
+from ..simulations.processes import environment as _environment
+from ..simulations.processes import executable as _executable
 from .credentials import NodeKeys, TlsFiles, make_node_keys, make_tls
-from .processes import ManagedProcess, ProcessSet, descendants
 
-__all__ = ["CONNECTION", "LocalDeployment", "NodeSpec", "free_port", "run_config_toml"]
+__all__ = [
+    "CONNECTION",
+    "FORK_SERVER_MODULE",
+    "LocalDeployment",
+    "NodeSpec",
+    "fork_server_supported",
+    "free_port",
+    "run_config_toml",
+]
 
 #: Name of the ``flwr`` SuperLink connection the deployment writes.
 CONNECTION = "flwr-byz-deployment"
-HOST = "127.0.0.1"
+#: The long-running ClientApp launcher (``python -m``; see ``forkserver``), not imported here:
+#: it imports Flower's ClientApp runtime.
+FORK_SERVER_MODULE = "flwr_byz.deployment.forkserver"
 
 
-def free_port(host: str = HOST) -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _executable(name: str) -> str:
-    """The Flower executable ``name`` next to this interpreter (the venv), else on PATH."""
-    local = Path(sys.executable).parent / name
-    if local.exists():
-        return str(local)
-    found = shutil.which(name)
-    if found is None:
-        raise FileNotFoundError(f"{name} not found: install flwr in this environment")
-    return found
-
-
-def _environment() -> dict[str, str]:
-    """This environment with the interpreter's ``bin`` first on PATH: the SuperLink and
-    SuperNodes start ``flower-superexec`` (and the apps) by name."""
-    env = dict(os.environ)
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
-    env.setdefault("OMP_NUM_THREADS", "1")  # many small processes share the cores
-    return env
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))  # a TOML basic string
-
-
-def run_config_toml(values: Mapping[str, Any]) -> str:
-    """``values`` as the TOML of a ``flwr run --run-config`` file (None values left out)."""
-    lines = [f"{key} = {_toml_value(v)}" for key, v in values.items() if v is not None]
-    return "\n".join(lines) + "\n"
+def fork_server_supported() -> bool:
+    """Whether the installed Flower has what the fork server builds on (its SuperExec
+    executors and the Runtime HTTP API, Flower 1.42); else a deployment keeps Flower's
+    ``flwr-clientapp`` process per message."""
+    needed = ("flwr.supercore.superexec.executor", "flwr.supercore.runtime")
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in needed)
+    except ImportError:  # a parent package missing
+        return False
 
 
 @dataclass
@@ -111,6 +97,9 @@ class LocalDeployment:
 
     ``nodes``: the SuperNodes to start. ``tls``/``auth``: TLS from a generated CA and
     SuperNode authentication (auth needs TLS). ``workdir`` holds credentials, homes and logs.
+    ``fork_server``: the module of the ClientApp the runs use (e.g.
+    ``"flwr_byz.simulations.app"``), imported once by a long-running launcher per node (module
+    doc, step 4); None: a ``flwr-clientapp`` process per message, which any app allows.
     """
 
     def __init__(
@@ -121,6 +110,7 @@ class LocalDeployment:
         tls: bool = True,
         auth: bool = True,
         startup_timeout: float = 120.0,
+        fork_server: str | None = None,
     ) -> None:
         if auth and not tls:
             raise ValueError("SuperNode authentication needs TLS (tls=True)")
@@ -133,6 +123,11 @@ class LocalDeployment:
         self.procs = ProcessSet(self.workdir / "logs", env=_environment(), marker=str(self.workdir))
         self.superlink: ManagedProcess | None = None
         self.supernodes: dict[int, ManagedProcess] = {}
+        #: The ClientApp module a node's long-running launcher imports once (``forkserver``);
+        #: None: Flower's default, a ``flwr-clientapp`` process per message.
+        self.fork_server = fork_server
+        self.launchers: dict[int, ManagedProcess] = {}  # node index -> its fork server
+        self.runtime_ports: dict[int, int] = {}  # node index -> its Runtime API port
         self.tls_files: TlsFiles | None = None
         self.keys: dict[int, NodeKeys] = {}
         self.node_ids: dict[int, int] = {}  # node index -> registered node ID (auth)
@@ -173,6 +168,7 @@ class LocalDeployment:
         """Stop every process this deployment started (idempotent)."""
         self.procs.stop_all()
         self.supernodes.clear()
+        self.launchers.clear()
         self.superlink = None
 
     def pids(self) -> set[int]:
@@ -283,6 +279,11 @@ class LocalDeployment:
             for index, proc in self.supernodes.items():
                 if not proc.running():
                     raise RuntimeError(f"SuperNode {index} exited:\n{proc.tail()}")
+            for index, proc in self.launchers.items():
+                if not proc.running():
+                    raise RuntimeError(
+                        f"the ClientApp fork server of SuperNode {index} exited:\n{proc.tail()}"
+                    )
             time.sleep(0.5)
         raise TimeoutError(f"{len(online)} of {count} SuperNodes online after waiting")
 
@@ -291,15 +292,18 @@ class LocalDeployment:
         """The ``flower-supernode`` command of node ``index`` (``private_key``: another key,
         e.g. an unregistered one)."""
         spec = self.nodes[index]
+        self.runtime_ports[index] = free_port()
         command = [
             _executable("flower-supernode"),
             "--superlink",
             self.address,
-            "--port",
-            str(free_port()),
+            "--port",  # its Runtime API, where the ClientApps fetch their messages
+            str(self.runtime_ports[index]),
             "--node-config",
             spec.node_config(),
         ]
+        if self.fork_server is not None:
+            command += ["--isolation", "process"]  # the launcher is ours: start_launcher
         if self.tls_files is not None:
             command += ["--root-certificates", str(self.tls_files.ca_cert)]
         else:
@@ -317,11 +321,47 @@ class LocalDeployment:
         command = self.node_command(index, private_key)
         proc = self.procs.start(f"supernode-{index}", command, env=self._home(f"node-{index}"))
         self.supernodes[index] = proc
+        if self.fork_server is not None:
+            self.start_launcher(index)
+        return proc
+
+    def launcher_command(self, index: int) -> list[str]:
+        """The command of node ``index``'s ClientApp fork server (``forkserver``): it serves
+        the node's Runtime API, exits with the SuperNode (``--parent-pid``), and its command
+        line names the work directory (``--tag``), so a crash's orphans are found by it."""
+        return [
+            sys.executable,
+            "-m",
+            FORK_SERVER_MODULE,
+            "--runtime-api-address",
+            f"{HOST}:{self.runtime_ports[index]}",
+            "--insecure",  # the Runtime API is served on loopback without TLS, as for Flower's
+            "--parent-pid",
+            str(self.supernodes[index].pid),
+            "--preload",
+            str(self.fork_server),
+            "--tag",
+            str(self.workdir),
+        ]
+
+    def start_launcher(self, index: int) -> ManagedProcess:
+        """Start node ``index``'s long-running ClientApp launcher (``fork_server`` set): the
+        node's ClientApps run in children forked from it, one per message, without imports."""
+        old = self.launchers.get(index)
+        if old is not None and old.running():
+            raise RuntimeError(f"the ClientApp fork server of SuperNode {index} is running")
+        command = self.launcher_command(index)
+        env = self._home(f"node-{index}")  # the node's FLWR_HOME: the FABs install there
+        proc = self.procs.start(f"clientapps-{index}", command, env=env)
+        self.launchers[index] = proc
         return proc
 
     def kill_node(self, index: int) -> None:
-        """SIGKILL SuperNode ``index`` and its children (a crashed host)."""
+        """SIGKILL SuperNode ``index`` and its children (a crashed host), with its ClientApp
+        fork server and the ClientApps running in it."""
         self.supernodes[index].kill()
+        if index in self.launchers:
+            self.launchers[index].kill()
 
     # --- runs -----------------------------------------------------------------------------------
     def start_run(self, app: str | Path, run_config: Mapping[str, Any]) -> ManagedProcess:

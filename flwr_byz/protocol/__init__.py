@@ -4,6 +4,7 @@ payload records (``payload``). Every name of ``keys`` is importable from here.""
 
 from . import keys
 from .keys import *  # noqa: F403 (the whole contract; its names are listed in keys.__all__)
+from .metrics import count_byzantine, sum_byzantine_replies
 from .payload import PayloadCodec
 from .records import (
     Layout,
@@ -25,10 +26,12 @@ __all__ = [
     "PayloadCodec",
     "array_view",
     "check_array",
+    "count_byzantine",
     "flatten",
     "layout_of",
     "payload_record",
     "record_payload",
+    "sum_byzantine_replies",
     "to_state_dict",
     "unflatten",
 ]

@@ -16,6 +16,7 @@ __all__ = [
     "BATCH_SIZE_KEY",
     "BETA_KEY",
     "BYZANTINE_PREFIX",
+    "BYZANTINE_REPLIES_KEY",
     "BYZSGD_DROPPED_KEY",
     "BYZSGD_FALLBACK_KEY",
     "BYZSGD_FILTER",
@@ -199,6 +200,11 @@ PARTITION_RECORD_KEY = "partition"
 TRAIN_LOSS_KEY = "train-loss"
 #: A client's local data size.
 NUM_EXAMPLES_KEY = "num-examples"
+#: A train reply's self-report from ``byzantine_mod`` (1: this reply was forged by a node
+#: configured Byzantine, 0: honest); the round metric (our strategies, or Flower's FedAvg with
+#: ``flwr_byz.protocol.sum_byzantine_replies``) is the number of Byzantine replies received.
+#: Experiment bookkeeping, not detection: only nodes running the mod report it.
+BYZANTINE_REPLIES_KEY = "byzantine-replies"
 #: ByzSGD worker: pulled models dropped (wrong shape/dtype, NaN/Inf).
 BYZSGD_DROPPED_KEY = "byzsgd-dropped"
 #: ByzSGD worker: pulled models its filters rejected.

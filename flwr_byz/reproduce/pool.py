@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -110,7 +111,17 @@ def stop_pool(pool: ProcessPoolExecutor, grace: float = 5.0) -> None:
         process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():
             process.kill()
-            process.join(1.0)
+        _reap(process, 2.0)
+
+
+def _reap(process: BaseProcess, wait: float) -> None:
+    """Wait up to ``wait`` seconds until ``process`` is reaped. ``join`` may return as soon
+    as the exiting process has closed its files, before the kernel lets it be waited for
+    (seen under load), so ``is_alive`` (which reaps it) is asked until it says no."""
+    deadline = time.monotonic() + wait
+    process.join(wait)
+    while process.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def job_pool(jobs: int) -> ProcessPoolExecutor:

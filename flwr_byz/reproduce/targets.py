@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ..specs import unknown
 from .matrix import attack_matrix
 from .papers import CLAIMS
 from .performance import performance_report
@@ -28,7 +29,7 @@ def resolve_targets(names: Sequence[str]) -> list[str]:
     keys = [n.strip().lower() for n in names] or ["all"]
     if "all" in keys:
         return list(TARGETS)
-    unknown = [k for k in keys if k not in TARGETS]
-    if unknown:
-        raise ValueError(f"unknown target(s) {unknown}; known: all, {', '.join(TARGETS)}")
+    for key in keys:
+        if key not in TARGETS:
+            raise unknown("target", key, ["all", *TARGETS])
     return list(dict.fromkeys(keys))

@@ -16,11 +16,14 @@ app directory ``flwr-byz deploy`` writes for the installed package
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import math
+import os
 from logging import INFO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -54,13 +57,17 @@ from ..protocol.keys import (
     WEIGHT_DECAY_KEY,
 )
 from ..protocol.records import to_state_dict
-from .config import ExperimentConfig
 from .datasets import Dataset, client_data, load_dataset
-from .metering import wait_for_nodes
 from .models import build_model
-from .result import RoundRecord
-from .runner import train_on_grid
 from .training import derive_seed, objective, train_epochs
+
+if TYPE_CHECKING:
+    from .config import ExperimentConfig
+    from .result import RoundRecord
+
+# The ServerApp's modules (config, runner, strategies, metering) are imported in ``main``:
+# a deployment starts a ClientApp process per message, which imports this module and must
+# not pay for them (tests/deployment/test_forkserver.py).
 
 __all__ = ["client_app", "server_app"]
 
@@ -158,6 +165,15 @@ server_app = ServerApp()
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the experiment the run config describes on the connected nodes."""
+    from ..clients.wrapping import innermost
+    from .config import ExperimentConfig
+    from .flower_app import PROGRESS_ENV
+    from .metering import discover_partitions, wait_for_nodes
+    from .runner import train_on_grid
+
+    inner = innermost(grid)
+    if hasattr(inner, "pull_interval"):  # Flower's in-memory grid (the simulation runtime)
+        inner.pull_interval = 0.01  # poll the replies every 10 ms, not 100 ms
     clients = wait_for_nodes(grid)
     config = ExperimentConfig.from_run_config(context.run_config, clients=clients)
 
@@ -175,8 +191,16 @@ def main(grid: Grid, context: Context) -> None:
             r.bytes_down,
             r.seconds,
         )
+        if progress:  # the simulation engine tails it (``flwr_byz.simulations.simulation``)
+            line = json.dumps({"out": cfg.out, "round": dataclasses.asdict(r)})
+            with open(progress, "a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
 
-    result = train_on_grid(grid, config, on_round=on_round)
+    progress = os.environ.get(PROGRESS_ENV)
+    # the nodes load their data while they answer the partition query, not in round 1
+    preload = {DATASET_KEY: config.dataset, PARTITION_KEY: config.partition, SEED_KEY: config.seed}
+    partitions = discover_partitions(grid, preload)
+    result = train_on_grid(grid, config, on_round=on_round, partitions=partitions)
     out = Path(config.out or f"results/app/{config.method}-{config.attack}-{config.seed}.json")
     result.save(out)
     log(

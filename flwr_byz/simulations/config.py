@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..methods.defaults import RunDefaults
-from ..specs import parse_value
+from ..specs import parse_value, unknown
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -74,9 +75,7 @@ class ExperimentConfig:
 
     method: str = _opt(
         "robust-fedavg",
-        "Training method: fedavg, robust-fedavg, robust-momentum, byz-vr-marina-pp, "
-        "byz-ef21-sgdm, byz-ef21, br-csgd, mu2sgd, byzsgd, flower-krum, flower-multikrum, "
-        "flower-bulyan, flower-median, flower-trimmedavg.",
+        "Training method (the strategy on the server and what the clients compute).",
     )
     aggregator: str = _opt(
         None, "Robust aggregator spec of robust methods, e.g. 'cwmed', 'nnm+krum'."
@@ -90,15 +89,14 @@ class ExperimentConfig:
     rounds: int = _opt(None, "Number of federated rounds.")
     dataset: str = _opt(
         "mnist1d",
-        "Dataset spec: mnist1d, digits, breast-cancer, synthetic-logreg "
-        "(options as 'synthetic-logreg:heterogeneity=2').",
+        "Dataset spec: a name, with options as 'synthetic-logreg:heterogeneity=2'.",
     )
     partition: str = _opt(
         "iid",
-        "Partition of the training data: 'iid', 'dirichlet:<alpha>' or 'full' (every client "
-        "holds the whole training set).",
+        "Partition of the training data: 'iid', 'dirichlet:<alpha>' (label skew, smaller is "
+        "more skewed) or 'full' (every client holds the whole training set).",
     )
-    model: str = _opt("auto", "Model: logreg, mlp, cnn1d ('auto': the dataset's default).")
+    model: str = _opt("auto", "Model ('auto': the dataset's default).")
     lr: float = _opt(
         None, "Learning rate: the clients' (local SGD methods) or the server's (gradient methods)."
     )
@@ -115,8 +113,8 @@ class ExperimentConfig:
     )
     compressor: str = _opt(
         None,
-        "Compressor spec of compressed methods: none, randk:<fraction>, topk:<fraction>, "
-        "natural, qsgd:<levels>.",
+        "Compressor spec of compressed methods, e.g. 'randk:0.1' (a fraction), 'topk:0.01', "
+        "'qsgd:4' (levels), 'none'.",
     )
     f: int | None = _opt(
         None,
@@ -175,7 +173,7 @@ class ExperimentConfig:
         for key, value in values.items():
             name = RUN_CONFIG_ALIASES.get(key, key).replace("-", "_")
             if name not in names:
-                raise ValueError(f"unknown experiment option {key!r}; options: {sorted(names)}")
+                raise unknown("experiment option", key, sorted(names))
             kwargs[name] = value
         if "params" in kwargs:
             kwargs["params"] = parse_params(kwargs["params"])
@@ -183,10 +181,30 @@ class ExperimentConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentConfig:
-        """From a TOML file of options (top level, or under an ``[experiment]`` table)."""
+        """From a TOML file of options (top level, or under an ``[experiment]`` table).
+
+        ``ValueError`` naming the file, the line and the problem (``exp.toml, line 3: ...``)
+        for a TOML syntax error, an unknown option or a value of the wrong type."""
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-        return cls.from_mapping(data.get("experiment", data))
+            raw = fh.read()
+        text = raw.decode("utf-8", errors="replace")
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(_toml_syntax_error(path, text, exc)) from None
+        table = "experiment" if isinstance(data.get("experiment"), dict) else None
+        values = data["experiment"] if table else data
+        for key, value in values.items():
+            where = f"{path}, line {_line_of(text, key, table)}"
+            name = RUN_CONFIG_ALIASES.get(key, key).replace("-", "_")
+            try:
+                _check_type(name, value)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+            except KeyError:
+                names = sorted(fd.name for fd in dataclasses.fields(cls))
+                raise ValueError(f"{where}: {unknown('experiment option', key, names)}") from None
+        return cls.from_mapping(values)
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any], clients: int) -> ExperimentConfig:
@@ -333,6 +351,77 @@ class ExperimentConfig:
 
                 default = f"{getattr(method_defaults(method), name)}, {method}'s"
         return f"{fd.metadata['help']} [default: {default}]"
+
+
+_TOML_POSITION = re.compile(
+    r"^(?P<problem>.*) \((?:at line (?P<line>\d+), column (?P<column>\d+)|"
+    r"at end of document)\)$"
+)
+_TOML_ASSIGNMENT = re.compile(r"^\s*(?P<key>[A-Za-z0-9_.\"'-]+)\s*=\s*(?P<value>.*?)\s*$")
+
+
+def _toml_syntax_error(path: str | Path, text: str, exc: Exception) -> str:
+    """``exp.toml, line 3, column 15: Invalid value: aggregator = nnm+krum (text values need
+    quotes: aggregator = "nnm+krum")``: tomllib's message with the file and the line's text."""
+    match = _TOML_POSITION.match(str(exc))
+    if match is None:
+        return f"{path}: {exc}"
+    problem = match["problem"]
+    if match["line"] is None:
+        return f"{path}, at the end: {problem}"
+    number, column = int(match["line"]), match["column"]
+    lines = text.splitlines()
+    line = lines[number - 1].strip() if number <= len(lines) else ""
+    message = f"{path}, line {number}, column {column}: {problem}"
+    if line:
+        message += f": {line}"
+    assignment = _TOML_ASSIGNMENT.match(line)
+    if assignment and re.match(r"[A-Za-z]", assignment["value"]):
+        value = assignment["value"].split("#")[0].strip()
+        if value.lower() not in ("true", "false", "inf", "nan"):
+            message += f' (text values need quotes: {assignment["key"]} = "{value}")'
+    return message
+
+
+def _line_of(text: str, key: str, table: str | None) -> int | str:
+    """The line number of ``key = ...`` in the TOML ``text`` (under ``[table]``, or before the
+    first table when None), or ``?``."""
+    current: str | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            current = stripped.strip("[] ").split(".")[0].strip("\"'")
+            continue
+        match = _TOML_ASSIGNMENT.match(stripped)
+        if match and current == table and match["key"].strip("\"'") == key:
+            return number
+    return "?"
+
+
+#: The TOML types an option's value may have, by the option's annotated type.
+_TOML_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "str": ((str,), 'a quoted text, e.g. "x"'),
+    "bool": ((bool,), "true or false"),
+    "dict[str, Any]": ((dict, str, list), 'a table or "name=value,..."'),
+}
+
+
+def _check_type(name: str, value: Any) -> None:
+    """``KeyError`` for an unknown option, ``ValueError`` (``rounds = 'ten': expected an
+    integer``) for a value whose TOML type the option cannot take."""
+    annotation = {fd.name: str(fd.type) for fd in dataclasses.fields(ExperimentConfig)}[name]
+    kind = annotation.split("|")[0].strip()
+    if kind not in _TOML_TYPES:  # pragma: no cover - a new option's type: accept any
+        return
+    types, what = _TOML_TYPES[kind]
+    if isinstance(value, bool) and bool not in types:
+        ok = False
+    else:
+        ok = isinstance(value, types)
+    if not ok:
+        raise ValueError(f"{name} = {value!r}: expected {what}")
 
 
 def _split_items(text: str) -> list[str]:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..files import atomic_write
-from ..specs import build, split_part
+from ..specs import build, split_part, unknown
 from .training import derive_seed, float_dtype
 
 __all__ = [
@@ -140,7 +140,7 @@ def _parse_dataset(spec: str) -> tuple[str, Any]:
     name, args = split_part(spec)
     key = name.lower()
     if key not in _OPTIONS:
-        raise ValueError(f"unknown dataset {name!r} in {spec!r}; known: {list(DATASETS)}")
+        raise unknown("dataset", name, DATASETS, spec)
     return key, build(_OPTIONS[key], args, spec.strip(), "dataset")
 
 
@@ -345,7 +345,7 @@ def _parse_partition(spec: str) -> _Dirichlet | None:
         except TypeError as exc:  # alpha missing
             raise ValueError(f"partition spec {spec!r}: {exc}") from exc
         return opts
-    raise ValueError(f"unknown partition scheme {name!r} in {spec!r}; known: {list(PARTITIONS)}")
+    raise unknown("partition", name, PARTITIONS, spec)
 
 
 def partition_indices(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..methods import byzsgd, ef21, fedavg, marina, momentum, mu2sgd
 from ..methods.defaults import RunDefaults
+from ..specs import unknown
 
 __all__ = ["METHOD_DEFAULTS", "RunDefaults", "method_defaults"]
 
@@ -25,5 +26,5 @@ METHOD_DEFAULTS: dict[str, RunDefaults] = {
 def method_defaults(method: str) -> RunDefaults:
     """The run defaults of ``method``; ``ValueError`` naming the methods for an unknown one."""
     if method not in METHOD_DEFAULTS:
-        raise ValueError(f"unknown method {method!r}; available: {', '.join(METHOD_DEFAULTS)}")
+        raise unknown("method", method, list(METHOD_DEFAULTS))
     return METHOD_DEFAULTS[method]

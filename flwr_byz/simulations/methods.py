@@ -28,6 +28,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from ..specs import unknown
 from ..strategies import (
     BRCSGD,
     ByzEF21,
@@ -146,7 +147,7 @@ def check_method(method: str) -> None:
     """Raise ``ValueError`` for an unknown method."""
     if method in METHODS:
         return
-    raise ValueError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    raise unknown("method", method, list(METHODS))
 
 
 def build_strategy(cfg: ExperimentConfig) -> Strategy:

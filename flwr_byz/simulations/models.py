@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from ..specs import split_part
+from ..specs import split_part, unknown
 from .training import float_dtype
 
 __all__ = ["MODELS", "build_model", "default_model"]
@@ -70,7 +70,7 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
 def _build(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     key = name.strip().lower()
     if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {list(MODELS)}")
+        raise unknown("model", name, MODELS)
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s < 1 for s in shape):
         raise ValueError(f"input_shape must be non-empty with positive sizes, got {input_shape}")
@@ -99,5 +99,5 @@ def default_model(dataset: str) -> str:
     """The default model for a dataset name or spec (``"synthetic-logreg:groups=5"`` works)."""
     name = split_part(dataset)[0].lower()
     if name not in _DEFAULT_MODELS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {list(_DEFAULT_MODELS)}")
+        raise unknown("dataset", name, list(_DEFAULT_MODELS), dataset)
     return _DEFAULT_MODELS[name]

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from flwr_byz.files import atomic_write
 from flwr_byz.simulations.report import MISSING, Cell, byzantine_heading, cell_grids
+from flwr_byz.specs import unknown
 
 __all__ = ["METRICS", "X_AXES", "curve_series", "plot_curves", "plot_heatmap"]
 
@@ -38,9 +39,9 @@ X_AXES = {
 
 def _check(metric: str, x: str) -> None:
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+        raise unknown("metric", metric, list(METRICS))
     if x not in X_AXES:
-        raise ValueError(f"unknown x axis {x!r}; allowed: {', '.join(X_AXES)}")
+        raise unknown("x axis", x, list(X_AXES))
 
 
 def _number(value: Any) -> float:

@@ -1,9 +1,9 @@
 """train_on_grid: the round loop of one experiment on a Grid, and ``prepare``, which checks a
 config once per run before any engine starts.
 
-``train_on_grid`` is the body of the ServerApp: the simulation engine runs it inside
-``flwr.simulation.run_simulation`` (``flwr_byz.simulations.simulation``), the local engine on
-its in-process ``LocalGrid`` and the Flower App (``flwr run .``) on a deployment's nodes; the
+``train_on_grid`` is the body of the ServerApp: the simulation engine runs it in Flower's
+simulation runtime through ``flwr run`` (``flwr_byz.simulations.simulation``), the local engine
+on its in-process ``LocalGrid`` and the Flower App (``flwr run .``) on a deployment's nodes; the
 engines themselves (which one, Ray, the grids) live in those modules and ``engines``.
 Everything a client needs to train (dataset, partition, model, lr, ...) travels in the train
 message's ConfigRecord, so the ClientApp holds no experiment state and several experiments can
@@ -338,9 +338,8 @@ def _checkpoint(
     ).save(cfg.checkpoint)
 
 
-#: Flower log lines that say nothing to a flwr-byz user (we evaluate centrally on purpose,
-#: and call run_simulation knowingly).
-_NOISE = ("fraction_evaluate is set to 0.0", "The `run_simulation` function is deprecated")
+#: Flower log lines that say nothing to a flwr-byz user (we evaluate centrally on purpose).
+_NOISE = ("fraction_evaluate is set to 0.0",)
 
 
 def _not_noise(record: logging.LogRecord) -> bool:

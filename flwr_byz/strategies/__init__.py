@@ -1,6 +1,7 @@
 """Flower strategies (the Flower edge): RobustFedAvg (drop-in), the method strategies
 (RobustMomentum, ByzVRMarinaPP, ByzEF21SGDM with its baselines ByzEF21 and BRCSGD, Mu2SGD,
-ByzSGD) and reply validation."""
+ByzSGD), reply validation, and the check of the sample size against the rule's f
+(``SampleTooSmallError``)."""
 
 from .byz_ef21_sgdm import BRCSGD, RESET_REASONS, ByzEF21, ByzEF21SGDM
 from .byz_vr_marina import ByzVRMarinaPP
@@ -9,6 +10,7 @@ from .method import MethodStrategy
 from .mu2sgd import Mu2SGD
 from .robust_fedavg import RobustFedAvg
 from .robust_momentum import RobustMomentum
+from .sample_check import SampleTooSmallError
 from .validation import REASONS, CheckedReplies, Rejection, validate_replies
 
 __all__ = [
@@ -25,5 +27,6 @@ __all__ = [
     "Rejection",
     "RobustFedAvg",
     "RobustMomentum",
+    "SampleTooSmallError",
     "validate_replies",
 ]

@@ -55,6 +55,7 @@ from ..protocol.keys import (
 )
 from ..protocol.payload import PayloadCodec
 from .method import MethodStrategy
+from .sample_check import FArg, auto_f
 from .validation import CheckedReplies, Rejection, validate_replies
 
 __all__ = ["BRCSGD", "RESET_REASONS", "ByzEF21", "ByzEF21SGDM"]
@@ -122,7 +123,7 @@ class ByzEF21SGDM(_CompressedSGD):
     ----------
     aggregator : Aggregator | str (default: "nnm+cwtm")
         RAgg over the server's copies g_i (the paper: NNM + GeoMed / CWMed / CWTM).
-    f : int | None (default: None)
+    f : int | "auto" | None (default: None)
         Byzantine copies the rule tolerates.
     lr : float (default: 0.05)
         Server step size gamma.
@@ -150,7 +151,7 @@ class ByzEF21SGDM(_CompressedSGD):
     def __init__(
         self,
         aggregator: Aggregator | str = "nnm+cwtm",
-        f: int | None = None,
+        f: FArg = None,
         lr: float = 0.05,
         eta: float = 0.1,
         compressor: Compressor | str = "topk:0.1",
@@ -185,6 +186,16 @@ class ByzEF21SGDM(_CompressedSGD):
             min_available_nodes=min_available_nodes,
             seed=seed,
         )
+
+    def check_sample(self, connected: int) -> None:
+        """RAgg runs over every copy the server holds, which grows to one per connected node
+        (a round of ``clients_per_round`` adds the sampled nodes' copies): the rule must run
+        on ``connected`` copies (the first rounds, with fewer copies, may still be skipped)."""
+        who = type(self).__name__
+        if self.auto_f:
+            self.aggregator = auto_f(self.aggregator, connected, who)
+        sample = f"the server holds at most {connected} copies ({connected} nodes connected)"
+        self.require_replies(self.aggregator, connected, connected, who, None, sample)
 
     # --- state -----------------------------------------------------------------------------
     def _reset_method(self) -> None:
@@ -382,7 +393,7 @@ class ByzEF21(ByzEF21SGDM):
     def __init__(
         self,
         aggregator: Aggregator | str = "nnm+cwtm",
-        f: int | None = None,
+        f: FArg = None,
         lr: float = 0.05,
         compressor: Compressor | str = "topk:0.1",
         batch_size: int = 32,
@@ -415,7 +426,7 @@ class BRCSGD(_CompressedSGD):
     def __init__(
         self,
         aggregator: Aggregator | str = "nnm+cwtm",
-        f: int | None = None,
+        f: FArg = None,
         lr: float = 0.05,
         compressor: Compressor | str = "topk:0.1",
         batch_size: int = 32,

@@ -26,7 +26,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from ..aggregators import Aggregator, Mean
-from ..aggregators.base import with_f
+from ..aggregators.base import accepts, with_f
 from ..compressors import Compressor
 from ..methods import marina
 from ..methods.marina import MarinaPlan, MarinaState
@@ -49,6 +49,7 @@ from ..protocol.keys import (
 )
 from ..protocol.payload import PayloadCodec
 from .method import MethodStrategy
+from .sample_check import FArg, auto_f
 
 __all__ = ["ByzVRMarinaPP"]
 
@@ -82,7 +83,8 @@ class ByzVRMarinaPP(MethodStrategy):
         Batch size of the full rounds' gradients; 0: the whole local data set.
     f, f_full : int | None (default: None)
         Byzantine inputs the rule tolerates in difference rounds / full rounds (None: f for a
-        spec string is 0; f_full defaults to ``ceil(f * C_hat / C)``).
+        spec string is 0; f_full defaults to ``ceil(f * C_hat / C)``). ``f="auto"``: the
+        largest f for which both round shapes can run, chosen before round 1.
     full_rounds : "random" | "epoch" (default: "random")
         "random": the Bernoulli(p) coin of the paper; "epoch": the reference code's variant,
         a full round (every client, no clipping) every ``ceil(m / b)`` rounds.
@@ -109,7 +111,7 @@ class ByzVRMarinaPP(MethodStrategy):
         lr: float = 0.1,
         batch_size: int = 32,
         full_batch_size: int = 0,
-        f: int | None = None,
+        f: FArg = None,
         f_full: int | None = None,
         full_rounds: Literal["random", "epoch"] = "random",
         plain_mean_on_diffs: bool = False,
@@ -191,6 +193,38 @@ class ByzVRMarinaPP(MethodStrategy):
         return marina.attack_surface(
             self.current, lambda: self._round is None or self._round.full, self.lr
         )
+
+    def check_sample(self, connected: int) -> None:
+        """Two round shapes: difference rounds aggregate the C sampled replies with the rule
+        set for f (Byz-VR-MARINA+: the plain mean), full rounds the C_hat sampled (every
+        connected node when None or ``full_rounds="epoch"``) with the rule set for f_full.
+        ``f="auto"``: the largest f for which both run."""
+        who = type(self).__name__
+        c = min(self.clients_per_round or connected, connected)
+        everyone = self.full_round_clients is None or self.full_rounds == "epoch"
+        c_hat = connected if everyone else min(self.full_round_clients or connected, connected)
+
+        def full_rule(f: int) -> Aggregator:
+            n_full = marina.f_full(f, c_hat, self.clients_per_round, self.f_full)
+            return with_f(self.aggregator, n_full, exact=True)
+
+        if self.auto_f:
+            first = c_hat if self.plain_mean_on_diffs else c
+            self.aggregator = auto_f(
+                self.aggregator, first, who, fits=lambda g: accepts(full_rule(g), c_hat)
+            )
+        if not self.plain_mean_on_diffs:
+            self.require_replies(
+                self.aggregator, c, connected, f"{who} (difference rounds)", "clients_per_round"
+            )
+        rule = full_rule(int(getattr(self.aggregator, "f", 0) or 0))
+        knob = None if everyone else "full_round_clients"
+        sample = (
+            f"each full round samples {c_hat} nodes (full_round_clients="
+            f"{'all' if everyone else c_hat}, {connected} connected) with the rule set for "
+            f"f_full={getattr(rule, 'f', 0)} (f_full, default ceil(f C_hat / C))"
+        )
+        self.require_replies(rule, c_hat, connected, f"{who} (full rounds)", knob, sample)
 
     # --- Flower Strategy -------------------------------------------------------------------------
     def configure_train(

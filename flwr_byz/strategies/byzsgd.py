@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import replace
-from logging import WARNING
+from logging import INFO, WARNING
 from typing import Any
 
 import torch
@@ -39,6 +39,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from ..aggregators import Aggregator
+from ..aggregators.base import accepts, breakdown, min_inputs, set_f
 from ..attacks.server import ServerAttack, get_server_attack
 from ..methods import byzsgd
 from ..methods.byzsgd import ByzSGDState, check_quorums, diameter
@@ -69,6 +70,7 @@ from ..protocol.keys import (
     VECTOR_KEY,
 )
 from .method import MethodStrategy
+from .sample_check import FArg, SampleTooSmallError, parse_f, require
 
 __all__ = ["WORKER_RULES", "ByzSGD"]
 
@@ -89,7 +91,7 @@ class ByzSGD(MethodStrategy):
         different random model to each receiver), ``stale``, ``stall``, ``non-finite``.
     worker_aggregator : Aggregator | str (default: "mda")
         The servers' rule over the workers' gradients (the paper: MDA).
-    f : int | None (default: None)
+    f : int | "auto" | None (default: None)
         Byzantine workers f_w the rule tolerates (n_w >= 3 f_w + 1 workers per step).
     lr : float (default: 0.05)
         Step size eta of every replica.
@@ -117,7 +119,7 @@ class ByzSGD(MethodStrategy):
         f_servers: int = 1,
         server_attack: str | ServerAttack = "none",
         worker_aggregator: Aggregator | str = "mda",
-        f: int | None = None,
+        f: FArg = None,
         lr: float = 0.05,
         gather_period: int | None = None,
         lipschitz: float = 1.0,
@@ -137,7 +139,8 @@ class ByzSGD(MethodStrategy):
             raise ValueError(f"gradient_quorum must be >= 1 or None, got {gradient_quorum}")
         self.n_servers = int(n_servers)
         self.f_servers = int(f_servers)
-        self.f_workers = 0 if f is None else int(f)
+        f_count, _ = parse_f(f)
+        self.f_workers = 0 if f_count is None else int(f_count)
         self.server_attack = get_server_attack(server_attack, seed)
         self.period = (
             int(gather_period) if gather_period is not None else paper_period(lipschitz, lr)
@@ -212,6 +215,56 @@ class ByzSGD(MethodStrategy):
         """The models reaching ``recipient`` in arrival order: the Byzantine replicas' first
         (adversarial scheduling; stalled ones never arrive), then the honest ones shuffled."""
         return byzsgd.arrivals(self._rng, self.current(), self.servers(), recipient, exclude)
+
+    def check_sample(self, connected: int) -> None:
+        """Before step 1: n_w (``clients_per_round`` of the ``connected`` workers) must be
+        >= 3 f_w + 1 and the servers' rule must run on their quorum q_w (n_w - f_w, or
+        ``gradient_quorum``). ``f="auto"``: the largest f_w for which both hold."""
+        n_w = min(self.clients_per_round or connected, connected)
+
+        def quorum(f: int) -> int:
+            return min(byzsgd.worker_quorum(n_w, f, self.gradient_quorum), n_w)
+
+        if self.auto_f:
+            top = breakdown(self.aggregator, n_w)
+            fits = (g for g in range(top, -1, -1) if 3 * g + 1 <= n_w)
+            best = next((g for g in fits if accepts(self.aggregator, quorum(g), g)), 0)
+            self.aggregator, self.f_workers = set_f(self.aggregator, best), best
+            log(
+                INFO,
+                'ByzSGD: f="auto": f_w=%d, the most %r tolerates on the quorum of %d of the %d '
+                "workers a step samples",
+                best,
+                self.aggregator,
+                quorum(best),
+                n_w,
+            )
+        sampled = f"each step samples {n_w} workers (clients_per_round="
+        sampled += f"{self.clients_per_round or 'all'}, {connected} connected)"
+        try:
+            check_quorums(self.n_servers, self.f_servers, n_w, self.f_workers)
+        except ValueError as exc:
+            need = 3 * self.f_workers + 1
+            raise SampleTooSmallError(
+                f"ByzSGD: tolerating f_workers={self.f_workers} needs n_workers >= 3 f_workers "
+                f"+ 1 = {need} workers per step, but {sampled} ({exc}). Fix one of: "
+                f"clients-per-round (clients_per_round) >= {need}; "
+                f'f <= {(n_w - 1) // 3} or f="auto".'
+            ) from None
+        q = quorum(self.f_workers)
+        need = min_inputs(self.aggregator)
+        fixes = (
+            [f"gradient-quorum (gradient_quorum) >= {need}"]
+            if self.gradient_quorum
+            else [f"clients-per-round (clients_per_round) >= {need + self.f_workers}"]
+        )
+        require(
+            self.aggregator,
+            q,
+            who="ByzSGD",
+            sample=f"each server aggregates a quorum of {q} gradients (q_w: {sampled[5:]})",
+            fixes=fixes,
+        )
 
     # --- scatter ----------------------------------------------------------------------------
     def configure_train(

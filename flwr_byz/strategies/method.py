@@ -17,6 +17,7 @@ import time
 import uuid
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from logging import INFO, WARNING
 from typing import Any
 
@@ -27,11 +28,12 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from ..aggregators import Aggregator, get_aggregator
-from ..aggregators.base import with_f
+from ..aggregators.base import min_inputs, with_f
 from ..methods.sampling import sample_nodes
 from ..methods.surface import AttackSurface
 from ..protocol.keys import CONFIG_KEY, SERVER_ROUND_KEY, STATE_KEY, TRAIN_LOSS_KEY
 from ..protocol.records import Layout, flatten, layout_of, unflatten
+from .sample_check import FArg, RunSummary, auto_f, parse_f, require
 from .validation import CheckedReplies, validate_replies
 
 __all__ = ["MethodStrategy", "build_aggregator"]
@@ -46,15 +48,16 @@ def build_aggregator(aggregator: Aggregator | str, f: int | None) -> Aggregator:
     raise TypeError(f"aggregator must be an Aggregator or a spec string, got {aggregator!r}")
 
 
-class MethodStrategy(Strategy):
+class MethodStrategy(RunSummary, Strategy):
     """Base of the method strategies: model vector, sampling, messages, validation.
 
     Parameters (shared by every subclass)
     ----------
     aggregator : Aggregator | str
         The robust rule (object or ``get_aggregator`` spec).
-    f : int | None
-        Byzantine inputs per round the rule tolerates (None: 0 for a spec, the object's own).
+    f : int | "auto" | None
+        Byzantine inputs per round the rule tolerates (None: 0 for a spec, the object's own;
+        ``"auto"``: the largest the nodes sampled per round allow, chosen before round 1).
     lr : float
         Server step size gamma.
     batch_size : int
@@ -65,13 +68,18 @@ class MethodStrategy(Strategy):
         Wait until this many nodes are connected before sampling.
     seed : int
         Seeds node sampling, minibatches and compressor randomness (all logged per round).
+
+    Before round 1 (the first :meth:`connected`), :meth:`check_sample` compares the nodes a
+    round samples with what the rule needs for ``f`` and raises ``SampleTooSmallError``
+    (numbers and fixes in the message) rather than skipping every round; ``start`` ends with
+    one line counting the rounds that were skipped anyway (too few valid replies).
     """
 
     def __init__(
         self,
         *,
         aggregator: Aggregator | str,
-        f: int | None,
+        f: FArg,
         lr: float,
         batch_size: int,
         clients_per_round: int | None,
@@ -86,7 +94,8 @@ class MethodStrategy(Strategy):
             )
         if clients_per_round is not None and clients_per_round < 1:
             raise ValueError(f"clients_per_round must be >= 1 or None, got {clients_per_round}")
-        self.aggregator = build_aggregator(aggregator, f)
+        f_count, self.auto_f = parse_f(f)
+        self.aggregator = build_aggregator(aggregator, f_count)
         self.lr = float(lr)
         self.batch_size = int(batch_size)
         self.clients_per_round = None if clients_per_round is None else int(clients_per_round)
@@ -104,6 +113,7 @@ class MethodStrategy(Strategy):
         self._frozen: ArrayRecord | None = None
         self._sent_nodes: frozenset[int] = frozenset()
         self.server_round = 0
+        self._sample_checked = False
         self._reset_method()
 
     def _reset_method(self) -> None:
@@ -187,7 +197,46 @@ class MethodStrategy(Strategy):
             log(
                 WARNING, "%s: only %d nodes connected, %d wanted; using all", context, len(nodes), k
             )
+        if not self._sample_checked:
+            self.check_sample(len(nodes))
+            self._sample_checked = True
         return nodes
+
+    def check_sample(self, connected: int) -> None:
+        """Before round 1, with ``connected`` nodes: resolve ``f="auto"`` and raise
+        ``SampleTooSmallError`` unless the rule runs on the ``clients_per_round`` sampled
+        (all connected when None or fewer). Subclasses with other round shapes override it."""
+        n = min(self.clients_per_round or connected, connected)
+        who = type(self).__name__
+        if self.auto_f:
+            refuse = partial(
+                self.require_replies, n=n, connected=connected, who=who, knob="clients_per_round"
+            )
+            self.aggregator = auto_f(self.aggregator, n, who, refuse=refuse)
+        self.require_replies(self.aggregator, n, connected, who, "clients_per_round")
+
+    def require_replies(
+        self,
+        rule: Aggregator,
+        n: int,
+        connected: int,
+        who: str,
+        knob: str | None,
+        sample: str | None = None,
+    ) -> None:
+        """``sample_check.require`` for ``n`` replies per round out of ``connected`` nodes,
+        ``n`` set by the constructor argument ``knob`` (None: by the connected nodes alone);
+        ``sample`` describes the round (default: ``n`` nodes sampled by ``knob``)."""
+        need = min_inputs(rule)
+        fixes = []
+        if need > connected:
+            fixes.append(f"connect at least {need} nodes (only {connected} are)")
+        if knob is not None:
+            fixes.append(f"{knob.replace('_', '-')} ({knob}) >= {need}")
+        if sample is None:
+            value = getattr(self, knob or "", None) or "all"
+            sample = f"each round samples {n} nodes ({knob}={value}, {connected} connected)"
+        require(rule, n, who=who, sample=sample, fixes=fixes)
 
     def draw_seed(self) -> int:
         """A fresh 31-bit seed from the strategy's generator (minibatches, compressors)."""
@@ -302,6 +351,11 @@ class MethodStrategy(Strategy):
         """The options shown by ``summary``."""
         return {
             "aggregator": self.aggregator,
+            **(
+                {"f": '"auto" (the largest the sample allows, set before round 1)'}
+                if self.auto_f
+                else {}
+            ),
             "lr": self.lr,
             "batch size": self.batch_size or "full local data",
             "clients per round": self.clients_per_round or "all",

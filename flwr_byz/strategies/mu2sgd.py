@@ -34,6 +34,7 @@ from ..protocol.keys import (
     VECTOR_KEY,
 )
 from .method import MethodStrategy
+from .sample_check import FArg
 
 __all__ = ["Mu2SGD", "anytime_weight"]
 
@@ -46,7 +47,7 @@ class Mu2SGD(MethodStrategy):
     aggregator : Aggregator | str (default: "ctma+median")
         Agg of the clients' corrected momenta (the paper: CTMA over Median / TrimmedMean /
         GeoMed).
-    f : int | None (default: None)
+    f : int | "auto" | None (default: None)
         Byzantine inputs per round the rule tolerates.
     lr : float (default: 0.1)
         eta, the step of the w sequence.
@@ -67,7 +68,7 @@ class Mu2SGD(MethodStrategy):
     def __init__(
         self,
         aggregator: Aggregator | str = "ctma+median",
-        f: int | None = None,
+        f: FArg = None,
         lr: float = 0.1,
         batch_size: int = 4,
         clients_per_round: int | None = None,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from logging import INFO, WARNING
 from typing import Any
 
@@ -14,12 +16,14 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from ..aggregators import Aggregator
+from ..aggregators.base import min_inputs
 from ..methods import fedavg
 from ..methods.fedavg import FedAvgState
 from ..methods.surface import AttackSurface
 from ..protocol.keys import SKIPPED_KEY
 from ..protocol.records import Layout, flatten, layout_of, unflatten
 from .method import build_aggregator
+from .sample_check import FArg, RunSummary, auto_f, fraction_for, parse_f, require
 from .validation import CheckedReplies, sample_count, validate_replies
 
 __all__ = ["RobustFedAvg"]
@@ -35,7 +39,7 @@ class _Sent:
     node_ids: frozenset[int]
 
 
-class RobustFedAvg(FedAvg):
+class RobustFedAvg(RunSummary, FedAvg):
     """FedAvg whose aggregation step is a Byzantine-robust rule over the clients' updates.
 
     Each round the clients' replies are validated (``strategies.validation``), their updates
@@ -49,9 +53,11 @@ class RobustFedAvg(FedAvg):
         The robust rule, as an object of ``flwr_byz.aggregators`` (or any callable
         ``[n, d] -> [d]`` with an ``f``) or a spec string for ``get_aggregator``
         (e.g. ``"nnm+krum"``, ``"trimmedmean"``, ``"bucketing:2+median"``).
-    f : int | None (default: None)
+    f : int | "auto" | None (default: None)
         Number of Byzantine clients per round the rule is set to tolerate. With a spec string
         ``None`` means 0; with an aggregator object ``None`` keeps the object's own ``f``.
+        ``"auto"``: the largest f the rule tolerates with the nodes sampled per round, chosen
+        (and logged) before round 1.
     weighted : bool (default: False)
         Weight each update by the client's sample count (``weighted_by_key``) as FedAvg does.
         Only rules with a weighted form accept it (Mean, Median, GeometricMedian). The counts
@@ -67,15 +73,20 @@ class RobustFedAvg(FedAvg):
         Every keyword argument of ``flwr.serverapp.strategy.FedAvg`` (``fraction_train``,
         ``min_train_nodes``, ``weighted_by_key``, ``arrayrecord_key``, ...).
 
+    Before round 1 the number of nodes sampled per round (``fraction_train`` of the
+    connected nodes, at least ``min_train_nodes``) is checked against what the rule needs for
+    ``f`` (e.g. Krum: n >= 2f + 3): too few raise ``SampleTooSmallError`` naming the numbers
+    and the settings that fix it, instead of skipping every round.
+
     Each round's train MetricRecord carries ``accepted``, ``rejected``, ``rejected-<reason>``
     and ``skipped`` (1 when too few valid replies remained for the rule, and the previous
-    global model was kept).
+    global model was kept); ``start`` ends with one line counting the skipped rounds.
     """
 
     def __init__(
         self,
         aggregator: Aggregator | str = "median",
-        f: int | None = None,
+        f: FArg = None,
         weighted: bool = False,
         clip_alpha: float | None = None,
         **kwargs: Any,
@@ -86,7 +97,9 @@ class RobustFedAvg(FedAvg):
         self.clip_alpha = clip_alpha
         self._last_update: torch.Tensor | None = None  # u^{k-1}, the last applied update
         self._x0: torch.Tensor | None = None
-        self.aggregator: Aggregator = build_aggregator(aggregator, f)
+        f_count, self.auto_f = parse_f(f)
+        self.aggregator: Aggregator = build_aggregator(aggregator, f_count)
+        self._sample_checked = False
         if weighted and not callable(getattr(self.aggregator, "weighted", None)):
             raise ValueError(
                 f"{type(self.aggregator).__name__} has no weighted form; weighted=True works "
@@ -99,6 +112,8 @@ class RobustFedAvg(FedAvg):
         """Log the aggregator, then FedAvg's summary."""
         log(INFO, "\t├──> Robust aggregation:")
         log(INFO, "\t│\t├── Aggregator: %s", self.aggregator)
+        if self.auto_f:
+            log(INFO, '\t│\t├── f: "auto" (the largest the sample allows, set at round 1)')
         log(INFO, "\t│\t├── Weighted by sample count: %s", self.weighted)
         log(INFO, "\t│\t└── clip_alpha (Eq. 10): %s", self.clip_alpha or "off")
         super().summary()
@@ -106,7 +121,10 @@ class RobustFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """FedAvg's configuration; remembers the model sent and the nodes sampled."""
+        """FedAvg's configuration; remembers the model sent and the nodes sampled. In the
+        first round of a run, checks the sample size first (:meth:`check_sample`)."""
+        if server_round == 1 or not self._sample_checked:
+            self.check_sample(grid)
         messages = list(super().configure_train(server_round, arrays, config, grid))
         layout = layout_of(arrays)
         self._sent = _Sent(
@@ -119,6 +137,63 @@ class RobustFedAvg(FedAvg):
             self._x0 = flatten(arrays, layout.floating())
             self._last_update = None
         return messages
+
+    def sample_size(self, connected: int) -> int:
+        """The nodes FedAvg samples per round out of ``connected``: ``fraction_train`` of
+        them, at least ``min_train_nodes`` (0 when ``fraction_train`` is 0: no training)."""
+        if self.fraction_train == 0.0:
+            return 0
+        return max(int(connected * self.fraction_train), self.min_train_nodes)
+
+    def check_sample(self, grid: Grid) -> None:
+        """Before round 1: wait for ``min_available_nodes`` (as FedAvg's sampling does, so
+        that ``fraction_train`` applies to all of them), resolve ``f="auto"``, and raise
+        ``SampleTooSmallError`` if the round's sample is too small (or too large) for the
+        rule's ``f``."""
+        connected = len(list(grid.get_node_ids()))
+        while connected < self.min_available_nodes:
+            log(
+                INFO,
+                "Waiting for nodes to connect: %d connected (minimum required: %d).",
+                connected,
+                self.min_available_nodes,
+            )
+            time.sleep(1)
+            connected = len(list(grid.get_node_ids()))
+        n = self.sample_size(connected)
+        if n == 0:
+            self._sample_checked = True
+            return
+        if self.auto_f:
+            refuse = partial(self._require, n=n, connected=connected)
+            self.aggregator = auto_f(self.aggregator, n, type(self).__name__, refuse=refuse)
+        self._require(self.aggregator, n, connected)
+        self._sample_checked = True
+
+    def _require(self, rule: Aggregator, n: int, connected: int) -> None:
+        """``sample_check.require`` for ``n`` of ``connected`` nodes, with FedAvg's knobs."""
+        need = min_inputs(rule)
+        if need <= connected:
+            fixes = [
+                f"fraction-train (fraction_train) >= {fraction_for(need, connected)}",
+                f"min-train-nodes (min_train_nodes) >= {need}",
+            ]
+        else:
+            fixes = [
+                f"connect at least {need} nodes (only {connected} are), with "
+                f"fraction-train (fraction_train) or min-train-nodes (min_train_nodes) "
+                f"sampling {need} of them"
+            ]
+        require(
+            rule,
+            n,
+            who=type(self).__name__,
+            sample=(
+                f"each round samples {n} nodes (fraction-train={self.fraction_train} of the "
+                f"{connected} connected nodes, min-train-nodes={self.min_train_nodes})"
+            ),
+            fixes=fixes,
+        )
 
     def _sent_floating(self) -> torch.Tensor:
         """The floating-point coordinates of the model sent this round."""

@@ -35,6 +35,7 @@ from ..protocol.keys import (
     VECTOR_KEY,
 )
 from .method import MethodStrategy
+from .sample_check import FArg
 
 __all__ = ["RobustMomentum"]
 
@@ -46,7 +47,7 @@ class RobustMomentum(MethodStrategy):
     ----------
     aggregator : Aggregator | str (default: "median")
         The robust rule (object or spec string, e.g. ``"bucketing:2+median"``).
-    f : int | None (default: None)
+    f : int | "auto" | None (default: None)
         Byzantine inputs per round the rule tolerates.
     lr : float (default: 0.1)
         Server step size gamma.
@@ -67,7 +68,7 @@ class RobustMomentum(MethodStrategy):
     def __init__(
         self,
         aggregator: Aggregator | str = "median",
-        f: int | None = None,
+        f: FArg = None,
         lr: float = 0.1,
         momentum: float = 0.9,
         batch_size: int = 32,

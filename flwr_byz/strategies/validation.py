@@ -10,7 +10,9 @@ lengths) is checked from the headers before any array is decoded, so rejecting a
 no more than its expected size.
 
 The counts go into the round's MetricRecord: ``accepted``, ``rejected`` and
-``rejected-<reason>`` for every reason seen (see :data:`REASONS`).
+``rejected-<reason>`` for every reason seen (see :data:`REASONS`), and ``byzantine-replies``
+(the replies from sampled nodes, accepted or not, that ``byzantine_mod`` marks Byzantine;
+present when any reply carries the mark).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import torch
 from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.common.logger import log
 
-from ..protocol.keys import ACCEPTED_KEY, REJECTED_KEY
+from ..protocol.keys import ACCEPTED_KEY, BYZANTINE_REPLIES_KEY, REJECTED_KEY
+from ..protocol.metrics import count_byzantine
 from ..protocol.records import Layout, OversizeError, check_array, flatten, layout_of
 
 __all__ = ["REASONS", "CheckedReplies", "Rejection", "sample_count", "validate_replies"]
@@ -70,12 +73,16 @@ class CheckedReplies:
     vectors: torch.Tensor
     weights: torch.Tensor | None = None
     rejected: list[Rejection] = field(default_factory=list)
+    byzantine: int | None = None  # replies marked Byzantine (None: no reply carried the mark)
 
     def metrics(self) -> dict[str, int]:
-        """``accepted``, ``rejected`` and ``rejected-<reason>`` counts for the MetricRecord."""
+        """``accepted``, ``rejected`` and ``rejected-<reason>`` counts for the MetricRecord
+        (and ``byzantine-replies`` when replies carried the mark)."""
         out = {ACCEPTED_KEY: len(self.node_ids), REJECTED_KEY: len(self.rejected)}
         for reason, count in sorted(Counter(r.reason for r in self.rejected).items()):
             out[f"{REJECTED_KEY}-{reason}"] = count
+        if self.byzantine is not None:
+            out[BYZANTINE_REPLIES_KEY] = self.byzantine
         return out
 
 
@@ -118,6 +125,7 @@ def validate_replies(
     rows: list[torch.Tensor] = []
     weights: list[float] = []
     rejected: list[Rejection] = []
+    marks: list[int | None] = []
     for msg in replies:
         node = int(msg.metadata.src_node_id)
         try:
@@ -128,6 +136,7 @@ def validate_replies(
             if node in seen:
                 raise _Reject("duplicate", "a reply from this node was already accepted")
             content = msg.content
+            marks.append(_mark(content))
             vector = _vector(content, expected, dtype, node, decode)
             if not bool(torch.isfinite(vector).all()):
                 bad = int((~torch.isfinite(vector)).sum())
@@ -159,7 +168,16 @@ def validate_replies(
         vectors=vectors,
         weights=torch.tensor(weights, dtype=torch.float64) if weighted_by_key else None,
         rejected=rejected,
+        byzantine=None if all(m is None for m in marks) else sum(m or 0 for m in marks),
     )
+
+
+def _mark(content: RecordDict) -> int | None:
+    """``byzantine_mod``'s mark on a reply (1, 0, None: unmarked); never raises."""
+    try:
+        return count_byzantine(content)
+    except Exception:  # a malformed reply is rejected below; its mark does not count
+        return None
 
 
 def _vector(

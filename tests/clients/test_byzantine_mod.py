@@ -358,8 +358,8 @@ def test_byzantine_app_delegates_named_actions() -> None:
     [
         ({ATTACK_KEY: "sign-flip", "byzantine-partitions": "1,3"}, {1, 3}),
         ({ATTACK_KEY: "sign-flip", "byzantine-num-nodes": 2}, {0, 1}),
-        ({ATTACK_KEY: "sign-flip"}, set()),  # no partitions named: nobody
-        ({"byzantine-num-nodes": 2}, set()),  # no attack named: nobody
+        ({ATTACK_KEY: "sign-flip", "byzantine-partitions": "", "byzantine-num-nodes": 1}, {0}),
+        ({ATTACK_KEY: "none", "byzantine-partitions": "", "byzantine-num-nodes": 0}, set()),
     ],
 )
 def test_run_config_names_the_byzantine_partitions(run_config: dict, byzantine: set) -> None:

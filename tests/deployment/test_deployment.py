@@ -3,8 +3,11 @@ from a generated CA and SuperNode authentication, the faults of issue 11 (a Supe
 mid-training, the ServerApp killed and the run resumed from its checkpoint, an unregistered
 SuperNode), and the cleanup of every process, even when a test fails.
 
-Each ClientApp message starts a ``flwr-clientapp`` process (about 3 s of imports), so rounds
-take 10-30 s on 2 cores: the runs are short. Deselect with ``-m "not deployment"``.
+``flwr-byz deploy`` serves each node's ClientApp messages from one long-running launcher
+(``flwr_byz.deployment.forkserver``, a fork per message); the tests that build a
+``LocalDeployment`` themselves keep Flower's ``flwr-clientapp`` process per message (about 3 s
+of imports), so their rounds take 10-30 s on 2 cores: the runs are short. Deselect with
+``-m "not deployment"``.
 """
 
 from __future__ import annotations
@@ -77,6 +80,13 @@ def test_tls_auth_deployment_with_a_byzantine_node_matches_simulation(workdir: P
     assert (workdir / "work" / "keys" / "supernode-0").exists()  # a private key, kept
     app = (workdir / "work" / "app" / "pyproject.toml").read_text()  # the Flower App it ran
     assert 'serverapp = "flwr_byz.simulations.app:server_app"' in app
+    # each node's messages (the partition query, 4 rounds) were served by its long-running
+    # ClientApp launcher, one forked child each, all successful
+    for i in range(5):
+        launcher = (workdir / "work" / "logs" / f"clientapps-{i}.log").read_text()
+        assert "ClientApp fork server ready" in launcher
+        assert launcher.count("exit code 0") == 5, launcher[-3000:]
+        assert "exit code" not in launcher.replace("exit code 0", ""), launcher[-3000:]
     result = json.loads(out.read_text())
     cfg = result["config"]
     assert cfg["tls"] is True and cfg["auth"] is True and cfg["deployment"] is True
@@ -84,6 +94,7 @@ def test_tls_auth_deployment_with_a_byzantine_node_matches_simulation(workdir: P
     assert len(cfg["byzantine_partitions"]) == 1
     assert [r["round"] for r in result["rounds"]] == [1, 2, 3, 4]
     assert all(r["missing"] == 0 and r["bytes_up"] > 0 for r in result["rounds"])
+    assert all(r["seconds"] > 0 for r in result["rounds"])  # seconds per round, recorded
     # the SuperLink really served TLS and authenticated the nodes
     link_log = (workdir / "work" / "logs" / "superlink.log").read_text()
     assert "https://127.0.0.1" in link_log

@@ -19,6 +19,7 @@ import flwr_byz.deployment.deploy as deploy_module
 from flwr_byz.cli import app as cli_app
 from flwr_byz.deployment import handle_termination
 from flwr_byz.deployment.deploy import DeploymentError, WorkDir, deploy
+from flwr_byz.deployment.flower_app import CLIENT_APP
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.result import Result
 
@@ -61,8 +62,18 @@ class FakeDeployment:
     out: Path | None = None
     events: ClassVar[list[tuple[str, Path, bool]]] = []  # (event, workdir, files exist)
 
-    def __init__(self, workdir: Path, nodes: list[Any], *, tls: bool, auth: bool) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        nodes: list[Any],
+        *,
+        tls: bool,
+        auth: bool,
+        fork_server: str | None = None,
+    ) -> None:
         self.workdir = Path(workdir)
+        # deploy's own app: the nodes' long-running ClientApp launchers import its module
+        assert fork_server == CLIENT_APP.partition(":")[0]
 
     def __enter__(self) -> FakeDeployment:
         for name in FILES:

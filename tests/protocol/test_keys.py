@@ -16,6 +16,7 @@ WIRE = {
     "BATCH_SIZE_KEY": "batch-size",
     "BETA_KEY": "beta",
     "BYZANTINE_PREFIX": "byzantine-",
+    "BYZANTINE_REPLIES_KEY": "byzantine-replies",
     "BYZSGD_DROPPED_KEY": "byzsgd-dropped",
     "BYZSGD_FALLBACK_KEY": "byzsgd-fallback",
     "BYZSGD_FILTER": "filter",

@@ -313,4 +313,4 @@ def test_cli_run_and_grid_take_the_batched_engine(tmp_path: Path) -> None:
 
 def test_cli_reproduce_takes_the_engine() -> None:
     bad = CliRunner().invoke(cli_app, ["reproduce", "c1.1", "--engine", "simulation"])
-    assert bad.exit_code == 2 and "local or batched" in bad.output
+    assert bad.exit_code == 2 and "known: local, batched" in bad.output

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,46 @@ def test_from_toml_unknown_key(tmp_path: Path) -> None:
     path.write_text("[experiment]\nrounds = 5\nepochs = 3\n")
     with pytest.raises(ValueError, match="'epochs'"):
         ExperimentConfig.from_toml(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (  # the newcomer's mistake: a spec without quotes
+            "[experiment]\nrounds = 5\naggregator = nnm+krum\n",
+            r"exp\.toml, line 3, column 14: Invalid value: aggregator = nnm\+krum "
+            r'\(text values need quotes: aggregator = "nnm\+krum"\)$',
+        ),
+        (
+            "rounds = 5\nlr = 0.05x\n",
+            r"exp\.toml, line 2, column 10: Expected newline .*: lr = 0\.05x$",  # a number: no hint
+        ),
+        ("rounds = [5\n", r"exp\.toml, at the end: Unclosed array$"),
+        ('rounds = "ten"\n', r"exp\.toml, line 1: rounds = 'ten': expected an integer$"),
+        ("resume = 1\n", r"exp\.toml, line 1: resume = 1: expected true or false$"),
+        ("lr = true\n", r"exp\.toml, line 1: lr = True: expected a number$"),
+        (  # the key's line in [experiment], not the same key in another table
+            "[other]\nepochs = 1\n[experiment]\nrounds = 5\n\nepochs = 3\n",
+            r"exp\.toml, line 6: unknown experiment option 'epochs'; known: aggregator, .*rounds",
+        ),
+    ],
+    ids=["unquoted", "syntax", "end", "int", "bool", "float", "unknown-key"],
+)
+def test_from_toml_errors_name_the_file_line_and_problem(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "exp.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        ExperimentConfig.from_toml(path)
+    assert re.search(message, str(info.value).replace(str(path), "exp.toml")), str(info.value)
+
+
+def test_from_toml_accepts_ints_for_floats_and_params_as_text(tmp_path: Path) -> None:
+    path = tmp_path / "exp.toml"
+    path.write_text('lr = 1\nround-timeout = 30\nparams = "clip=2"\nnum-byzantine = 2\n')
+    cfg = ExperimentConfig.from_toml(path)
+    assert (cfg.lr, cfg.round_timeout, cfg.params, cfg.byzantine) == (1, 30, {"clip": 2}, 2)
 
 
 # --- from_run_config -----------------------------------------------------------------------

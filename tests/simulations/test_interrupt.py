@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
-from flwr_byz.interrupt import Stopped
 from flwr_byz.reproduce.pool import job_pool, stop_pool
 from flwr_byz.simulations.checkpoint import Checkpoint
 from flwr_byz.simulations.result import Result
-from flwr_byz.simulations.simulation import StoppableGrid
 
 from .interrupt_probe import FLWR_BYZ, Outcome, after, interrupt, run_args
 
@@ -89,9 +84,11 @@ def test_sigterm_on_the_local_engine_and_ctrl_c_on_the_batched_one(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", BOTH)
-def test_the_simulation_engine_stops_ray_and_its_server_thread(sig: int, tmp_path: Path) -> None:
-    """Before: Ctrl-C left the process waiting for its ServerApp thread (alive 240 s later),
-    SIGTERM aborted in Ray's handler (exit -6) with an ActorDiedError traceback."""
+def test_the_simulation_engine_stops_its_superlink_and_ray(sig: int, tmp_path: Path) -> None:
+    """The SuperLink, ``flwr run``, ``flwr-simulation`` (the ServerApp) and Ray's processes
+    are all stopped. Before (``run_simulation`` in this process): Ctrl-C left the process
+    waiting for its ServerApp thread (alive 240 s later), SIGTERM aborted in Ray's handler
+    (exit -6) with an ActorDiedError traceback."""
     outcome, checkpoint = _interrupted_run("simulation", sig, tmp_path)
     line = _check(outcome, sig)
     assert "after round" in line and str(checkpoint) in line, line
@@ -132,59 +129,6 @@ def test_deploy_stops_the_superlink_and_the_supernodes(sig: int, tmp_path: Path)
 
 
 # --- the parts ---------------------------------------------------------------------------
-#: Stand-ins for Messages (the grids below never look inside them).
-MESSAGES: list[Any] = [object(), object()]
-
-
-class _SilentGrid:
-    """A grid whose nodes never reply, polled as Flower's in-memory grid (``pull_interval``)."""
-
-    pull_interval = 0.01
-
-    def push_messages(self, messages: Any) -> list[str]:
-        return [str(i) for i, _ in enumerate(messages)]
-
-    def pull_messages(self, message_ids: Any) -> list[Any]:
-        return []
-
-
-def test_stoppable_grid_ends_a_wait_for_replies_that_never_come() -> None:
-    """The simulation engine's ServerApp thread: Flower does not stop it when the simulation
-    ends, and it waited for its replies up to the round timeout (an hour)."""
-    stop = threading.Event()
-    grid = StoppableGrid(_SilentGrid(), stop)  # type: ignore[arg-type]
-    outcome: list[Any] = []
-
-    def serve() -> None:
-        try:
-            grid.send_and_receive(MESSAGES, timeout=3600)
-        except Stopped:
-            outcome.append(time.monotonic())
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    time.sleep(0.1)
-    stop.set()
-    stopped_at = time.monotonic()
-    thread.join(5)
-    assert outcome and outcome[0] - stopped_at < 1.0
-
-
-def test_stoppable_grid_returns_the_replies_as_flower_does() -> None:
-    class Replying(_SilentGrid):
-        def pull_messages(self, message_ids: Any) -> list[Any]:
-            return [
-                SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i))
-                for i in message_ids
-            ]
-
-    grid = StoppableGrid(Replying(), threading.Event())  # type: ignore[arg-type]
-    replies = list(grid.send_and_receive(MESSAGES, timeout=5))
-    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["0", "1"]
-    silent = StoppableGrid(_SilentGrid(), threading.Event())  # type: ignore[arg-type]
-    assert list(silent.send_and_receive(MESSAGES, timeout=0.05)) == []  # timed out
-
-
 def test_pool_workers_ignore_sigint_and_stop_pool_ends_their_jobs_at_once() -> None:
     pool = job_pool(1)
     try:

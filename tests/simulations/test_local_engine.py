@@ -112,7 +112,7 @@ def test_run_local_without_out_writes_nothing(tmp_path: Path, monkeypatch) -> No
 def test_unknown_engine_raises() -> None:
     assert ENGINES == ("simulation", "local", "batched")
     with pytest.raises(
-        ValueError, match=r"unknown engine 'ray'; one of simulation, local, batched"
+        ValueError, match=r"unknown engine 'ray'; known: simulation, local, batched"
     ):
         run_experiments([BASE], engine="ray")
     with pytest.raises(ValueError, match="unknown engine"):

@@ -15,7 +15,6 @@ import math
 
 import pytest
 import torch
-from flwr.app import Context, RecordDict
 from flwr.common.serde import message_to_proto
 
 from flwr_byz.simulations.config import ExperimentConfig
@@ -151,8 +150,9 @@ def test_missing_partition_answers_are_reported() -> None:
 
 @pytest.mark.slow
 def test_real_simulation_is_reproducible_alone_or_batched(tmp_path) -> None:
-    """On Flower's engine (Ray, random node IDs per simulation): the same config gives the same
-    numbers when run alone and when it shares a simulation with another experiment."""
+    """On Flower's simulation runtime (``flwr run``, Ray, random node IDs per run): the same
+    config gives the same numbers when run alone and when run after another experiment on
+    the same SuperLink."""
     cfg = dataclasses.replace(
         BASE,
         attack="alie",
@@ -175,22 +175,34 @@ def test_real_simulation_is_reproducible_alone_or_batched(tmp_path) -> None:
 
 
 def test_finished_results_are_written_before_a_later_failure(tmp_path, monkeypatch) -> None:
+    """The simulation engine runs its configs one ``flwr run`` after the other on one
+    SuperLink; a failing run leaves the results written before it (here the runtime's
+    runs are this process's ServerApp body on a ShuffledGrid)."""
     from flwr_byz.simulations import simulation
 
-    real = simulation.train_on_grid
+    class Runtime:
+        def __init__(self, ray_address=None, verbose=False):  # type: ignore[no-untyped-def]
+            pass
 
-    def fails_on_seed_1(grid, cfg, on_round=None, partitions=None):  # type: ignore[no-untyped-def]
-        if cfg.seed == 1:
-            raise RuntimeError("boom")
-        return real(grid, cfg, on_round, partitions)
+        def __enter__(self):  # type: ignore[no-untyped-def]
+            return self
 
-    monkeypatch.setattr(simulation, "train_on_grid", fails_on_seed_1)
+        def __exit__(self, *exc):  # type: ignore[no-untyped-def]
+            started.append(self)
+
+        def run(self, cfg, on_round=None):  # type: ignore[no-untyped-def]
+            if cfg.seed == 1:
+                raise RuntimeError("boom")
+            result = train_on_grid(ShuffledGrid(cfg.clients, 0), cfg, on_round)
+            result.save(cfg.out)
+            return result
+
+    started: list = []
+    monkeypatch.setattr(simulation, "SimulationRuntime", Runtime)
     first = dataclasses.replace(BASE, clients=4, rounds=1, out=str(tmp_path / "first.json"))
     second = dataclasses.replace(first, seed=1, out=str(tmp_path / "second.json"))
-    results: list = []
-    app = simulation._server_app([first, second], results, None)
-    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
     with pytest.raises(RuntimeError, match="boom"):
-        app(grid=ShuffledGrid(4, 0), context=context)
+        run_experiments([first, second])
+    assert len(started) == 1  # one SuperLink for both, stopped on the error
     assert json.loads((tmp_path / "first.json").read_text())["config"]["seed"] == 0
     assert not (tmp_path / "second.json").exists()

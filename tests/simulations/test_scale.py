@@ -51,6 +51,8 @@ def test_runs_on_an_existing_ray_cluster() -> None:
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert status.returncode == 0  # the cluster outlived the experiment: it was external
+        # the run's driver (Flower's simulation runtime) connected to it: its log is there
+        assert list(Path(temp).glob("session_*/logs/python-core-driver-*.log"))
     finally:
         leftovers = stop(with_marker(temp))
     assert not leftovers

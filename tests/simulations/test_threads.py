@@ -4,11 +4,10 @@ thread per parallel job of ``reproduce``'s pool, one per ClientApp actor of the 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -19,7 +18,7 @@ from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.engines import ENGINES, run_experiment
 from flwr_byz.simulations.result import Result
 from flwr_byz.simulations.runner import _flower_logging
-from flwr_byz.simulations.simulation import CLIENT_THREADS, _backend_config
+from flwr_byz.simulations.simulation import CLIENT_THREADS, SimulationRuntime
 from flwr_byz.simulations.threads import (
     THREAD_ENV,
     available_cores,
@@ -136,46 +135,75 @@ def test_run_all_jobs_record_one_thread(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 # --- Ray's ClientApp actors ----------------------------------------------------------------
+PROBE_APP = """
+import json, os, time
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+client = ClientApp()
+server = ServerApp()
+
+
+@client.query()
+def probe(msg: Message, context: Context) -> Message:
+    record = MetricRecord({"threads": torch.get_num_threads(), "pid": os.getpid()})
+    return Message(RecordDict({"probe": record}), reply_to=msg)
+
+
+@server.main()
+def main(grid: Grid, context: Context) -> None:
+    while len(list(grid.get_node_ids())) < 2:
+        time.sleep(0.05)
+    messages = [
+        Message(RecordDict({"c": ConfigRecord({"x": 1})}), dst_node_id=n, message_type="query")
+        for n in grid.get_node_ids()
+    ]
+    seen = [dict(r.content["probe"]) for r in grid.send_and_receive(messages)]
+    with open(str(context.run_config["out"]), "w") as fh:
+        json.dump({"seen": seen, "server": os.getpid()}, fh)
+"""
+
+PROBE_MANIFEST = """
+[project]
+name = "threads-probe"
+version = "1.0.0"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "flwr-byz-tests"
+
+[tool.flwr.app.components]
+serverapp = "threads_probe:server"
+clientapp = "threads_probe:client"
+
+[tool.flwr.app.config]
+out = ""
+"""
+
+
 @pytest.mark.slow
-def test_simulation_actors_run_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The simulation engine's backend config and thread environment give each ClientApp
-    actor ``CLIENT_THREADS`` torch threads, even when this process has OMP_NUM_THREADS=2
-    (Ray's workers inherit it; without ``env_threads`` each actor would run 2)."""
-    from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
-    from flwr.clientapp import ClientApp
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.simulation import run_simulation
-
+def test_simulation_actors_run_one_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simulation engine's runtime (its SuperLink's thread environment and federation
+    config) gives each ClientApp actor ``CLIENT_THREADS`` torch threads, even when this
+    process has OMP_NUM_THREADS=2 (Flower's processes and Ray's workers inherit it)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    monkeypatch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    client = ClientApp()
-
-    @client.query()
-    def probe(msg: Message, context: Context) -> Message:
-        record = MetricRecord({"threads": torch.get_num_threads(), "pid": os.getpid()})
-        return Message(RecordDict({"probe": record}), reply_to=msg)
-
-    seen: list[dict[str, Any]] = []
-    server = ServerApp()
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        while len(list(grid.get_node_ids())) < 2:
-            time.sleep(0.05)
-        messages = [
-            Message(RecordDict({"c": ConfigRecord({"x": 1})}), dst_node_id=n, message_type="query")
-            for n in grid.get_node_ids()
-        ]
-        seen.extend(dict(r.content["probe"]) for r in grid.send_and_receive(messages))
-
-    with _flower_logging(False, logging.ERROR), env_threads(CLIENT_THREADS):
-        run_simulation(
-            server_app=server,
-            client_app=client,
-            num_supernodes=2,
-            backend_config=_backend_config(TINY.resolved()),
-        )
-    assert len(seen) == 2
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "pyproject.toml").write_text(PROBE_MANIFEST)
+    (app / "threads_probe.py").write_text(PROBE_APP)
+    out = tmp_path / "seen.json"
+    with SimulationRuntime() as runtime:
+        run = runtime.start_run(app, {"out": str(out)}, clients=2)
+        run.popen.wait(timeout=600)
+        log = run.tail(40)
+    assert out.exists(), log
+    data = json.loads(out.read_text())
+    seen = data["seen"]
+    assert len(seen) == 2, data
     assert all(s["threads"] == CLIENT_THREADS for s in seen), seen
-    assert all(s["pid"] != os.getpid() for s in seen)  # they ran in Ray's worker processes
-    assert os.environ["OMP_NUM_THREADS"] == "2"  # restored
+    assert all(s["pid"] not in (os.getpid(), data["server"]) for s in seen)  # Ray's workers
+    assert os.environ["OMP_NUM_THREADS"] == "2"  # this process's is left as it was

@@ -26,7 +26,7 @@ from flwr_byz.aggregators import get_aggregator
 from flwr_byz.clients.state import load_count, load_vector
 from flwr_byz.compressors import get_compressor
 from flwr_byz.protocol.records import layout_of, payload_record, unflatten
-from flwr_byz.strategies import BRCSGD, ByzEF21, ByzEF21SGDM
+from flwr_byz.strategies import BRCSGD, ByzEF21, ByzEF21SGDM, SampleTooSmallError
 from tests.clients.gradient_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from tests.strategies.method_helpers import (
     Exchange,
@@ -727,10 +727,18 @@ def test_payload_from_a_node_without_a_copy_is_malformed():
     assert_in_sync(snaps[2], NODES)
 
 
+def test_a_rule_that_cannot_run_on_every_copy_is_refused_before_round_one():
+    net = Network(NODES[:4])  # TrimmedMean(f=2) needs n > 4 copies: never reached
+    with pytest.raises(SampleTooSmallError, match=r"at least 5 .* at most 4 copies"):
+        go(make(aggregator="trimmedmean", f=2), net, 3)
+
+
 def test_a_rule_that_cannot_run_skips_the_step_but_keeps_the_copies():
     nodes = NODES[:4]  # TrimmedMean(f=2) needs n > 4
     net = Network(nodes)
-    run, snaps = go(make(aggregator="trimmedmean", f=2), net, 3)
+    strategy = make(aggregator="trimmedmean", f=2)
+    strategy.check_sample = lambda connected: None  # as if nodes were lost after the check
+    run, snaps = go(strategy, net, 3)
     replay(run, net, snaps, eta=ETA, spec="topk:0.1", rule=trimmed_rule(2))
     for k in range(3):
         assert run.metrics[k]["skipped"] == 1 and run.metrics[k]["accepted"] == 4

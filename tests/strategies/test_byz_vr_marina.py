@@ -19,7 +19,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from flwr_byz.simulations.metering import message_bytes
-from flwr_byz.strategies import ByzVRMarinaPP
+from flwr_byz.strategies import ByzVRMarinaPP, SampleTooSmallError
 from tests.clients.gradient_helpers import single_torch_thread
 from tests.strategies.method_helpers import (
     Exchange,
@@ -469,6 +469,10 @@ def test_a_failed_first_full_round_is_repeated():
 def test_a_rule_that_refuses_its_input_skips_the_difference_round():
     # TrimmedMean(f=1) needs 3 inputs; difference rounds have C = 2, full rounds f_full = 0
     strategy = make(aggregator="trimmedmean", f=1, f_full=0, clients_per_round=2)
+    with pytest.raises(SampleTooSmallError, match=r"difference rounds.*at least 3 .* samples 2"):
+        run_strategy(strategy, Network(NODES), 6)  # refused before round 1
+    strategy = make(aggregator="trimmedmean", f=1, f_full=0, clients_per_round=2)
+    strategy.check_sample = lambda connected: None  # as if replies were lost mid-run
     run = run_strategy(strategy, Network(NODES), 6)
     full = kinds(run)
     assert 0 in full
@@ -587,8 +591,13 @@ def test_constructor_accepts_unbiased_compressors_and_p_one(compressor):
 
 def test_full_rounds_use_f_full_and_difference_rounds_f():
     # Krum(f) needs n >= 2f + 3: with f_full = 2 the full round of 6 clients cannot run,
-    # while the difference rounds of 3 clients run Krum(f=0).
-    run = run_strategy(make(aggregator="krum", f=0, f_full=2, p=0.5), Network(NODES), 4)
+    # while the difference rounds of 3 clients run Krum(f=0): refused before round 1, and
+    # (the check bypassed, as if nodes were lost mid-run) only the full rounds are skipped.
+    with pytest.raises(SampleTooSmallError, match=r"full rounds\): Krum\(f=2\) needs at least 7"):
+        run_strategy(make(aggregator="krum", f=0, f_full=2, p=0.5), Network(NODES), 4)
+    strategy = make(aggregator="krum", f=0, f_full=2, p=0.5)
+    strategy.check_sample = lambda connected: None
+    run = run_strategy(strategy, Network(NODES), 4)
     for metrics in run.metrics:
         assert metrics["skipped"] == int(metrics["full-round"] == 1)
     strict = run_strategy(make(aggregator="krum", f=0, f_full=1, p=0.5), Network(NODES), 4)
