@@ -50,8 +50,10 @@ from ..protocol.keys import (
     REJECTED_KEY,
     RESUME_ROUND_KEY,
     SEED_KEY,
+    SKIPPED_KEY,
     WEIGHT_DECAY_KEY,
 )
+from ..strategies.sample_check import log_skipped
 from .checkpoint import Checkpoint, client_state_dir
 from .config import ExperimentConfig
 from .datasets import check_partition, load_dataset
@@ -254,6 +256,8 @@ def _train(
             _checkpoint(cfg, server_round, arrays, strategy, strategy_grid, records)
         if on_round is not None:
             on_round(cfg, record)
+    skipped = [r.round for r in records if r.metrics.get(SKIPPED_KEY, 0.0) > 0]
+    log_skipped(cfg.method, skipped, cfg.rounds, getattr(strategy, "aggregator", None))
     return Result(config=meta, rounds=records).finish()
 
 
