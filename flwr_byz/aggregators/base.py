@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Callable, Iterator
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -485,6 +485,22 @@ def max_inputs(agg: object, f: int | None = None) -> int | None:
     """The most inputs ``agg`` accepts for ``f`` (None: no upper limit)."""
     method = getattr(agg, "max_inputs", None)
     return method(f) if callable(method) else None
+
+
+class KeepsAllButF:
+    """The bound of a wrapper that keeps n - f of its inputs before its ``base`` (NNM, CTMA):
+    n > f, and what ``base`` needs (its upper limit too, if it has one)."""
+
+    requires: ClassVar[str] = "n > f"
+    base: Any
+
+    def min_inputs(self, f: int | None = None) -> int:
+        """The fewest inputs for ``f`` Byzantine ones (None: each part its own f)."""
+        return max(_own_f(self, f) + 1, min_inputs(self.base, f))
+
+    def max_inputs(self, f: int | None = None) -> int | None:
+        """``base``'s upper limit, if it has one."""
+        return max_inputs(self.base, f)
 
 
 def accepts(agg: object, n: int, f: int | None = None) -> bool:

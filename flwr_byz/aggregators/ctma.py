@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 
 from .base import (
     Aggregator,
-    _own_f,
+    KeepsAllButF,
     check_f,
     check_input,
     lowest,
-    max_inputs,
     mean_of_rows,
-    min_inputs,
     sq_distances_to,
 )
 from .coordinate import Median
@@ -24,7 +21,7 @@ __all__ = ["CTMA"]
 
 
 @dataclass
-class CTMA:
+class CTMA(KeepsAllButF):
     """Centered Trimmed Meta-Aggregator (Dahan & Levy 2024, Alg. 1).
 
     Anchor ``a = base(x)``; keep the m - f inputs closest to ``a`` (stable sort of
@@ -35,16 +32,6 @@ class CTMA:
 
     f: int = 0
     base: Aggregator = field(default_factory=Median)
-    requires: ClassVar[str] = "n > f"
-
-    def min_inputs(self, f: int | None = None) -> int:
-        """The fewest inputs for ``f`` Byzantine ones (None: each part its own f): n > f
-        and what ``base`` needs."""
-        return max(_own_f(self, f) + 1, min_inputs(self.base, f))
-
-    def max_inputs(self, f: int | None = None) -> int | None:
-        """``base``'s upper limit, if it has one."""
-        return max_inputs(self.base, f)
 
     def __post_init__(self) -> None:
         self.f = check_f(self.f)

@@ -9,13 +9,12 @@ import torch
 
 from .base import (
     Aggregator,
+    KeepsAllButF,
     _own_f,
     check_f,
     check_input,
     lowest,
-    max_inputs,
     mean_of_rows,
-    min_inputs,
     pairwise_sq_distances,
     smallest_in_rows,
     sq_distances_to,
@@ -36,23 +35,13 @@ def nearest_neighbour_means(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @dataclass
-class NNM:
+class NNM(KeepsAllButF):
     """Nearest Neighbour Mixing (Allouah et al. 2023, Alg. 1): replace each ``x_i`` by the mean
     of its n - f nearest inputs, then apply ``base``. Requires n > f and what ``base`` needs.
     """
 
     f: int = 0
     base: Aggregator = field(default_factory=Mean)
-    requires: ClassVar[str] = "n > f"
-
-    def min_inputs(self, f: int | None = None) -> int:
-        """The fewest inputs for ``f`` Byzantine ones (None: each part its own f): n > f
-        and what ``base`` needs."""
-        return max(_own_f(self, f) + 1, min_inputs(self.base, f))
-
-    def max_inputs(self, f: int | None = None) -> int | None:
-        """``base``'s upper limit, if it has one."""
-        return max_inputs(self.base, f)
 
     def __post_init__(self) -> None:
         self.f = check_f(self.f)
