@@ -1,8 +1,9 @@
 """The ``flwr-byz`` console script: help texts, validation before Ray starts, and end-to-end
 ``run``, ``grid`` and ``plot`` on tiny configs (``digits``, 6 clients, 1–2 rounds).
 
-The slow tests start three simulations: one ``run`` and one ``grid`` (its four experiments
-batched), each shared by several tests through a module fixture, and one ``run --config``.
+The slow tests start two simulations: one ``run`` (some of its options from a ``--config``
+file, one of them overridden by a flag) and one ``grid`` (its four experiments batched), each
+shared by several tests through a module fixture.
 Everything else is fast: bad input is rejected before Ray starts, and ``plot``'s errors are
 checked on a hand-made result file.
 """
@@ -332,22 +333,17 @@ def test_run_config_file_and_flags_are_merged(
 
 
 # --- end to end: run (slow) ----------------------------------------------------------------
+#: The e2e run's options from its ``--config`` file (top-level keys); its ``seed`` is
+#: overridden by the ``--seed`` flag of ``RUN_ARGS``.
+RUN_CONFIG = 'method = "robust-fedavg"\nrounds = 2\ndataset = "digits"\nclients = 6\nseed = 1\n'
 RUN_ARGS = (
     "run",
-    "--method",
-    "robust-fedavg",
     "--aggregator",
     "cwmed",
     "--attack",
     "sign-flip:scale=10",
     "--byzantine",
     "1",
-    "--clients",
-    "6",
-    "--rounds",
-    "2",
-    "--dataset",
-    "digits",
     "--lr",
     "0.1",
     "--seed",
@@ -359,9 +355,13 @@ RUN_ARGS = (
 
 @pytest.fixture(scope="module")
 def run_e2e(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, dict[str, Any]]:
-    """One real ``run`` (2 rounds): its output, JSON path and parsed JSON."""
-    out = tmp_path_factory.mktemp("run") / "r.json"
-    output = ok(invoke(*RUN_ARGS, "--out", str(out)))
+    """One real ``run`` (2 rounds; ``RUN_CONFIG`` as its ``--config`` file and ``RUN_ARGS``):
+    its output, JSON path and parsed JSON."""
+    folder = tmp_path_factory.mktemp("run")
+    out = folder / "r.json"
+    toml = folder / "exp.toml"
+    toml.write_text(RUN_CONFIG)
+    output = ok(invoke(*RUN_ARGS, "--config", str(toml), "--out", str(out)))
     assert out.is_file(), output
     return output, out, strict_json(out)
 
@@ -426,21 +426,18 @@ def test_run_summary_shows_the_full_run_label(run_e2e: tuple[str, Path, dict[str
 
 
 @pytest.mark.slow
-def test_run_config_file_with_a_flag_override(tmp_path: Path) -> None:
-    toml = tmp_path / "exp.toml"
-    toml.write_text('rounds = 1\ndataset = "digits"\nclients = 6\nmethod = "fedavg"\nseed = 1\n')
-    out = tmp_path / "t.json"
-    ok(invoke("run", "--config", toml, "--seed", "5", "--out", out))
-    data = strict_json(out)
+def test_run_config_file_with_a_flag_override(run_e2e: tuple[str, Path, dict[str, Any]]) -> None:
+    """The e2e run's ``--config`` file (``RUN_CONFIG``) with ``--seed`` overriding its seed."""
+    _, _, data = run_e2e
     cfg = data["config"]
     assert (cfg["rounds"], cfg["dataset"], cfg["clients"], cfg["method"]) == (
-        1,
+        2,
         "digits",
         6,
-        "fedavg",
-    )
-    assert cfg["seed"] == 5
-    assert [r["round"] for r in data["rounds"]] == [1]
+        "robust-fedavg",
+    )  # from the file
+    assert cfg["seed"] == 3  # the flag, over the file's seed = 1
+    assert [r["round"] for r in data["rounds"]] == [1, 2]
 
 
 # --- end to end: grid and plot (slow) ------------------------------------------------------

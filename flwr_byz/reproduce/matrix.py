@@ -82,7 +82,7 @@ class Setting:
     partition: str
     model: str
     rounds: int
-    quick_rounds: int = 3
+    quick_rounds: int = 2  # the quick budget checks the pipeline (672 runs), not the numbers
 
 
 SETTINGS: tuple[Setting, ...] = (

@@ -186,7 +186,8 @@ def _strategies(ws: Workspace) -> list[str]:
     ]  # fmt: skip
     return [
         f"**Seconds per round of every strategy against FedAvg**, all in one Flower simulation "
-        f"(`run_simulation`, Ray, one start): MNIST-1D MLP, 20 clients, all sampled, no attack, "
+        f"(`flwr run` on a local SuperLink with Flower's simulation runtime, Ray: one run for "
+        f"all strategies): MNIST-1D MLP, 20 clients, all sampled, no attack, "
         f"{rounds} rounds (the first, which loads the nodes' data, left out). FedAvg-like "
         "strategies train one local epoch per round; the method strategies take one gradient "
         "(or one compressed difference) per client and round. Flower's Bulyan as shipped "

@@ -100,7 +100,8 @@ def _job(cfg: ExperimentConfig, engine: str = "local") -> str:
 
 def stop_pool(pool: ProcessPoolExecutor, grace: float = 5.0) -> None:
     """Terminate ``pool``'s workers now (SIGTERM, SIGKILL after ``grace`` seconds) and cancel
-    the jobs not started; the jobs in progress are lost."""
+    the jobs not started; the jobs in progress are lost (their futures end with
+    ``BrokenProcessPool`` before this returns)."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
     for process in processes:
         if process.is_alive():
@@ -112,6 +113,10 @@ def stop_pool(pool: ProcessPoolExecutor, grace: float = 5.0) -> None:
         if process.is_alive():
             process.kill()
         _reap(process, 2.0)
+    # the executor's own thread marks the jobs that were running as failed, then ends
+    manager = getattr(pool, "_executor_manager_thread", None)
+    if manager is not None:
+        manager.join(grace)
 
 
 def _reap(process: BaseProcess, wait: float) -> None:

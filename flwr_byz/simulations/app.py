@@ -11,7 +11,10 @@ app directory ``flwr-byz deploy`` writes for the installed package
 - ``server_app``: reads the run config (``[tool.flwr.app.config]`` plus ``--run-config``
   overrides; keys are ExperimentConfig's options in kebab-case, ``num-byzantine`` for the
   Byzantine count), runs ``train_on_grid`` on the connected nodes, logs every round and writes
-  the result JSON to ``out`` (default ``results/app/<method>-<attack>-<seed>.json``).
+  the result JSON to ``out`` (default ``results/app/<method>-<attack>-<seed>.json``). When
+  the run config's ``runs-file`` (``flower_app.RUNS_KEY``, declared by the simulation engine's
+  app only) names a JSON list of run configs, it runs each of them in turn on the same nodes
+  (partitions discovered once), each result written to its ``out`` as soon as it is done.
 """
 
 from __future__ import annotations
@@ -164,18 +167,25 @@ server_app = ServerApp()
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run the experiment the run config describes on the connected nodes."""
+    """Run the experiment the run config describes (or, with ``RUNS_KEY``, each experiment of
+    the file it names, in turn) on the connected nodes."""
     from ..clients.wrapping import innermost
     from .config import ExperimentConfig
-    from .flower_app import PROGRESS_ENV
+    from .flower_app import PROGRESS_ENV, RUNS_KEY
     from .metering import discover_partitions, wait_for_nodes
     from .runner import train_on_grid
 
     inner = innermost(grid)
     if hasattr(inner, "pull_interval"):  # Flower's in-memory grid (the simulation runtime)
         inner.pull_interval = 0.01  # poll the replies every 10 ms, not 100 ms
+    base = dict(context.run_config)
+    runs_file = str(base.pop(RUNS_KEY, "") or "")
+    run_configs: list[dict[str, Any]] = [base]
+    if runs_file:  # each over the app's defaults, as Flower merges a --run-config file
+        with open(runs_file, encoding="utf-8") as fh:
+            run_configs = [base | dict(rc) for rc in json.load(fh)]
     clients = wait_for_nodes(grid)
-    config = ExperimentConfig.from_run_config(context.run_config, clients=clients)
+    configs = [ExperimentConfig.from_run_config(rc, clients=clients) for rc in run_configs]
 
     def on_round(cfg: ExperimentConfig, r: RoundRecord) -> None:
         log(
@@ -198,11 +208,16 @@ def main(grid: Grid, context: Context) -> None:
 
     progress = os.environ.get(PROGRESS_ENV)
     # the nodes load their data while they answer the partition query, not in round 1
-    preload = {DATASET_KEY: config.dataset, PARTITION_KEY: config.partition, SEED_KEY: config.seed}
+    first = configs[0]
+    preload = {DATASET_KEY: first.dataset, PARTITION_KEY: first.partition, SEED_KEY: first.seed}
     partitions = discover_partitions(grid, preload)
-    result = train_on_grid(grid, config, on_round=on_round, partitions=partitions)
-    out = Path(config.out or f"results/app/{config.method}-{config.attack}-{config.seed}.json")
-    result.save(out)
-    log(
-        INFO, "[flwr-byz] final accuracy %.4f; result written to %s", result.accuracy, out.resolve()
-    )
+    for config in configs:
+        result = train_on_grid(grid, config, on_round=on_round, partitions=partitions)
+        out = Path(config.out or f"results/app/{config.method}-{config.attack}-{config.seed}.json")
+        result.save(out)  # as soon as it is done: a later failure loses nothing
+        log(
+            INFO,
+            "[flwr-byz] final accuracy %.4f; result written to %s",
+            result.accuracy,
+            out.resolve(),
+        )

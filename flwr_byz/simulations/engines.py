@@ -38,8 +38,9 @@ def run_experiments(
     verbose: bool = False,
     engine: str = "simulation",
 ) -> list[Result]:
-    """Run several experiments (raw or prepared configs), one ``flwr run`` each on one local
-    SuperLink (per ``ray_address``). Results come back in the order
+    """Run several experiments (raw or prepared configs) on one local SuperLink (per
+    ``ray_address``), one ``flwr run`` for the configs with the same ``clients`` (the
+    ServerApp runs them in turn, Ray starts once). Results come back in the order
     of ``configs``; each is written to its config's ``out`` (when set) as soon as it finishes.
     Every config is validated before anything starts. ``engine="local"`` runs them in this process
     instead (same numbers, no Ray; see ``flwr_byz.simulations.local``), ``engine="batched"``

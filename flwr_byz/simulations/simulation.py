@@ -9,18 +9,33 @@ For a group of configs with the same ``ray_address`` (:class:`SimulationRuntime`
 2. ``flower-superlink --insecure --simulation --isolation subprocess --host 127.0.0.1
    --port P`` starts, in a session of its own (a terminal's Ctrl-C reaches this process,
    which stops it), with its own ``FLWR_HOME`` and log file;
-3. for every config, ``flwr run <app> <connection> --run-config <file>
-   --federation-config "num-supernodes=N ..." --stream``: the SuperLink starts a
-   ``flwr-simulation`` process, which starts Ray and runs the ServerApp (``train_on_grid``
-   on the run config, ``ExperimentConfig.to_run_config``) against ``clients`` ClientApp
-   actors; the ServerApp writes the result to the config's ``out`` (absolute; a file in the
-   work directory when the config has none) and appends every round to the JSON-lines file
-   named by ``PROGRESS_ENV``, which this process tails for ``on_round``;
+3. for every group of configs with the same ``clients`` (``run_group``), ONE ``flwr run
+   <app> <connection> --run-config <file> --federation-config "num-supernodes=N ..."
+   --stream``: the SuperLink starts a ``flwr-simulation`` process, which starts Ray and runs
+   the ServerApp (``train_on_grid`` on the run config, ``ExperimentConfig.to_run_config``;
+   for a group of several, on each run config of the JSON file that the run config's
+   ``runs-file`` names, in turn, on the same ClientApp actors, the partitions discovered
+   once) against ``clients`` ClientApp actors; the ServerApp writes each result to its
+   config's ``out`` (absolute; a file in the work directory when the config has none) as
+   soon as it is done and appends every round to the JSON-lines file named by
+   ``PROGRESS_ENV``, which this process tails for ``on_round``;
 4. the SuperLink and everything below it (SuperExec, ``flwr-simulation``, Ray) are stopped
    by PID (``flwr_byz.simulations.processes``) at the end, on an error and on Ctrl-C or
    SIGTERM (``flwr_byz.interrupt`` raises in this process; the ``finally`` stops them), and
    the work directory is deleted. The checkpoint of the last finished round and the results
    already written stay.
+
+A run's results are its ``out`` files, which the ServerApp writes last (atomically):
+``run_group`` returns once they are there, without waiting for Flower's wind-down behind
+them (Ray's shutdown, a log flush that sleeps a second, the end of ``flwr run``'s log
+stream: seconds per run). What is left of that run is SIGKILLed before the next ``flwr run``
+starts (one run at a time) or by ``stop`` after the last one: nothing in it writes anything
+any more. Verbose runs (their log is shown to the end) and runs on a Ray cluster of one's own
+(``ray_address``: the driver leaves it through ``ray.shutdown``) still end as Flower ends them.
+
+The ClientApp actors' ``context.state`` lives as long as the run, so a group's configs
+share it: the method strategies namespace their clients' state by a key of their own
+(``state-key``, new for every strategy), so that each config starts from none, as alone.
 
 Ray: each run starts its own Ray (``init-args-num-cpus``: the cores here; one CPU per
 ClientApp actor), or, with ``ray_address``, connects to that cluster (``RAY_ADDRESS`` in the
@@ -37,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -46,9 +62,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from ..interrupt import alive, send_signal
 from .config import ExperimentConfig
-from .flower_app import PROGRESS_ENV, run_config_toml, toml_value, write_app
-from .processes import HOST, ManagedProcess, ProcessSet, environment, executable, free_port
+from .flower_app import PROGRESS_ENV, RUNS_KEY, run_config_toml, toml_value, write_app
+from .processes import (
+    HOST,
+    ManagedProcess,
+    ProcessSet,
+    descendants,
+    environment,
+    executable,
+    free_port,
+)
 from .result import Result, RoundRecord
 from .runner import OnRound, Prepared
 from .threads import THREAD_ENV, available_cores
@@ -66,6 +91,13 @@ WORKDIR_PREFIX = "flwr-byz-simulation-"
 
 #: Seconds an interrupted run still reads the rounds the ServerApp reports (``_settle``).
 INTERRUPT_SETTLE = 1.0
+
+#: Seconds between two looks of the SuperLink's SuperExec for a new run (Flower's default:
+#: 1 s, half of it lost on average before every run starts).
+TASK_POLL_INTERVAL = 0.1
+
+#: Seconds between two looks for the SuperLink's port, a run's progress and its result.
+POLL = 0.05
 
 
 def federation_config(
@@ -112,8 +144,9 @@ class SimulationRuntime:
             self.workdir / "logs", env=self._environment(), marker=str(self.workdir)
         )
         self.superlink: ManagedProcess | None = None
-        self.app = write_app(self.workdir / "app")
+        self.app = write_app(self.workdir / "app", runs=True)
         self._runs = 0
+        self._winding_down: ManagedProcess | None = None  # a finished run's ``flwr run``
 
     @property
     def address(self) -> str:
@@ -126,6 +159,7 @@ class SimulationRuntime:
         env[PROGRESS_ENV] = str(self.progress)
         env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence Ray's GPU tip
         env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")  # no network: loopback only
+        env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(TASK_POLL_INTERVAL))
         env.pop("RAY_ADDRESS", None)
         if self.ray_address:
             env["RAY_ADDRESS"] = self.ray_address
@@ -180,15 +214,34 @@ class SimulationRuntime:
                 with socket.create_connection((HOST, self.port), timeout=1.0):
                     return
             except OSError:
-                time.sleep(0.1)
+                time.sleep(POLL)
         raise TimeoutError(f"the SuperLink did not listen on {self.address}:\n{process.tail()}")
 
     def stop(self) -> None:
-        """Stop every process started (SIGTERM to each process tree, SIGKILL to what is left)
-        and delete the work directory; idempotent."""
-        self.procs.stop_all()
+        """Stop every process started (SIGTERM to each process tree, SIGKILL to what is left
+        after a grace period) and delete the work directory; idempotent. When the last run's
+        result is in and only Flower's wind-down is left, no grace: there is nothing left to
+        save (the ServerApp wrote the result last), and Ray's actors wait for the SIGKILL."""
+        self.procs.stop_all(grace=0.0 if self._winding_down is not None else 5.0)
         self.superlink = None
+        self._winding_down = None
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _end_finished_run(self) -> None:
+        """SIGKILL what is left of a run whose result is in (``run``): its ``flwr run`` and
+        its ``flwr-simulation`` with Ray below it, all past the point of writing anything."""
+        proc, self._winding_down = self._winding_down, None
+        if proc is None or self.superlink is None:
+            return
+        pids = [proc.pid, *descendants(proc.pid)]
+        for pid in descendants(self.superlink.pid):
+            if pid not in pids and _is_simulation(pid):
+                pids += [pid, *descendants(pid)]
+        send_signal(pids, signal.SIGKILL)
+        proc.popen.wait()
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and any(alive(p) for p in pids):
+            time.sleep(POLL)
 
     def pids(self) -> set[int]:
         """The live processes of this runtime (with every descendant)."""
@@ -200,7 +253,9 @@ class SimulationRuntime:
     ) -> ManagedProcess:
         """``flwr run <app> <connection> --run-config <file> --federation-config ...
         --stream`` in the background: a run of the Flower App ``app`` on ``clients``
-        simulated SuperNodes; the process (it ends with the run)."""
+        simulated SuperNodes; the process (it ends with the run). A previous run that
+        ``run`` left winding down ends first: one run at a time on the SuperLink."""
+        self._end_finished_run()
         self._runs += 1
         run_file = self.workdir / f"run-{self._runs}.toml"
         run_file.write_text(run_config_toml(run_config))
@@ -219,45 +274,105 @@ class SimulationRuntime:
         return self.procs.start(f"run-{self._runs}", command, env=self._home("cli"))
 
     def run(self, cfg: ExperimentConfig, on_round: OnRound | None = None) -> Result:
-        """Run ``cfg`` (prepared) with ``flwr run`` and wait for it; its result (also in
-        ``cfg.out`` when set). ``on_round`` sees every round as the ServerApp finishes it."""
-        name = f"result-{self._runs + 1}.json"
-        out = Path(cfg.out).absolute() if cfg.out else self.workdir / name
-        checkpoint = str(Path(cfg.checkpoint).absolute()) if cfg.checkpoint else None
-        run_cfg = dataclasses.replace(cfg, out=str(out), checkpoint=checkpoint)
-        if out.exists():
-            out.unlink()  # a stale file must not pass for this run's result
-        proc = self.start_run(self.app, run_cfg.to_run_config(), cfg.clients)
+        """Run ``cfg`` (prepared) with ``flwr run`` and wait for its result (also in
+        ``cfg.out`` when set): ``run_group`` of one config."""
+        return self.run_group([cfg], on_round)[0]
+
+    def run_group(
+        self, configs: Sequence[ExperimentConfig], on_round: OnRound | None = None
+    ) -> list[Result]:
+        """Run ``configs`` (prepared, all with the same ``clients``) in ONE ``flwr run``: the
+        ServerApp runs them in turn on the same ClientApp actors (Ray starts once, the
+        partitions are discovered once; the run config's ``RUNS_KEY`` names the list, a
+        single config is the run config itself) and writes each result to its ``out`` as soon
+        as it is done. Waits for every result (also in the config's ``out`` when set): the
+        ``out`` files, which the ServerApp writes last; Flower's wind-down behind them is cut
+        short by the next run or by ``stop`` (unless ``verbose`` or ``ray_address``).
+        ``on_round`` sees every round as the ServerApp finishes it. A run that ends first:
+        ``RuntimeError`` naming the configs left without a result, with the end of its log."""
+        if not configs:
+            return []
+        if len({cfg.clients for cfg in configs}) != 1:
+            raise ValueError("one flwr run needs configs with the same number of clients")
+        run = self._runs + 1
+        outs: list[Path] = []
+        run_cfgs: list[ExperimentConfig] = []
+        for k, cfg in enumerate(configs, start=1):
+            name = f"result-{run}.json" if len(configs) == 1 else f"result-{run}-{k}.json"
+            out = Path(cfg.out).absolute() if cfg.out else self.workdir / name
+            checkpoint = str(Path(cfg.checkpoint).absolute()) if cfg.checkpoint else None
+            run_cfgs.append(dataclasses.replace(cfg, out=str(out), checkpoint=checkpoint))
+            outs.append(out)
+        if len(set(outs)) != len(outs):
+            raise ValueError("the configs of one flwr run need distinct out files")
+        for out in outs:
+            if out.exists():
+                out.unlink()  # a stale file must not pass for this run's result
+        if len(configs) == 1:
+            run_config = run_cfgs[0].to_run_config()
+        else:  # None: the app's default, as ``run_config_toml`` leaves it out
+            runs_file = self.workdir / f"runs-{run}.json"
+            listed = [
+                {k: v for k, v in c.to_run_config().items() if v is not None} for c in run_cfgs
+            ]
+            runs_file.write_text(json.dumps(listed))
+            run_config = {RUNS_KEY: str(runs_file)}
+        by_out = {str(out): cfg for out, cfg in zip(outs, configs, strict=True)}
+        to_the_end = self.verbose or bool(self.ray_address)  # else cut short (module doc)
+        proc = self.start_run(self.app, run_config, configs[0].clients)
         with _tail(self.progress) as progress, _tail(proc.log) as log:
 
             def report() -> None:
                 for line in progress():
                     record = json.loads(line)
-                    if record.get("out") == str(out) and on_round is not None:
+                    cfg = by_out.get(record.get("out"))
+                    if cfg is not None and on_round is not None:
                         on_round(cfg, RoundRecord(**record["round"]))
                 for line in log():
                     if self.verbose:
                         sys.stderr.write(line)
 
             try:
-                while proc.running():
+                while proc.running() and (to_the_end or not all(o.exists() for o in outs)):
                     report()
-                    time.sleep(0.1)
+                    time.sleep(POLL)
             except BaseException:  # Ctrl-C, SIGTERM: the round the ServerApp is reporting
                 _settle(report, proc, INTERRUPT_SETTLE)  # (the interrupt's note says it)
                 raise
-            report()  # the rounds finished since the last look
-        if not out.exists():
+            report()  # the rounds finished since the last look (written before ``out``)
+        if proc.running():
+            self._winding_down = proc
+        missing = [(cfg, out) for cfg, out in zip(configs, outs, strict=True) if not out.exists()]
+        if missing:
+            which = "" if len(configs) == 1 else _missing(missing, len(configs))
             raise RuntimeError(
-                f"the simulation ended without a result (flwr run exit code "
+                f"the simulation ended without a result{which} (flwr run exit code "
                 f"{proc.popen.returncode}); the end of its log:\n{proc.tail(40)}"
             )
-        result = Result.load(out)
-        # the ClientApp actors' torch threads (a cluster of one's own sets its workers' own)
-        result.config["client_threads"] = None if cfg.ray_address else CLIENT_THREADS
-        if cfg.out:
-            result.save(out)
-        return result
+        results = []
+        for cfg, out in zip(configs, outs, strict=True):
+            result = Result.load(out)
+            # the ClientApp actors' torch threads (a cluster of one's own sets its workers')
+            result.config["client_threads"] = None if cfg.ray_address else CLIENT_THREADS
+            if cfg.out:
+                result.save(out)
+            results.append(result)
+        return results
+
+
+def _missing(missing: Sequence[tuple[ExperimentConfig, Path]], total: int) -> str:
+    """`` for N of the M configs: <method>/<attack>/seed <s> (<out>), ...`` (an error's)."""
+    names = ", ".join(f"{c.method}/{c.attack}/seed {c.seed} ({out})" for c, out in missing)
+    return f" for {len(missing)} of the {total} configs: {names}"
+
+
+def _is_simulation(pid: int) -> bool:
+    """Whether process ``pid`` runs ``flwr-simulation`` (a run on the SuperLink)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(Path(arg.decode(errors="replace")).name == "flwr-simulation" for arg in argv[:2])
 
 
 def _settle(report: Callable[[], None], proc: ManagedProcess, seconds: float) -> None:
@@ -299,15 +414,35 @@ def _tail(path: Path) -> Iterator[Any]:
 def run_simulated(
     configs: Sequence[Prepared], on_round: OnRound | None = None, verbose: bool = False
 ) -> list[Result]:
-    """Run ``configs`` (prepared: ``runner.prepare``) on Flower's simulation runtime, one
-    ``flwr run`` each, on one SuperLink per ``ray_address``; the results in the order of
-    ``configs``, each written to its ``out`` as soon as it is done."""
-    groups: dict[str | None, list[int]] = {}
+    """Run ``configs`` (prepared: ``runner.prepare``) on Flower's simulation runtime: one
+    SuperLink per ``ray_address`` and on it one ``flwr run`` per group of configs with the
+    same ``clients`` (``SimulationRuntime.run_group``: Ray starts once per group); the
+    results in the order of ``configs``, each written to its ``out`` as soon as it is done."""
+    links: dict[str | None, dict[int, list[int]]] = {}
     for i, cfg in enumerate(configs):
-        groups.setdefault(cfg.ray_address, []).append(i)
+        links.setdefault(cfg.ray_address, {}).setdefault(cfg.clients, []).append(i)
     out: dict[int, Result] = {}
-    for ray_address, members in groups.items():
+    for ray_address, groups in links.items():
         with SimulationRuntime(ray_address, verbose) as runtime:
-            for i in members:
-                out[i] = runtime.run(configs[i], on_round)
+            for members in groups.values():
+                for run in _distinct_outs(configs, members):
+                    results = runtime.run_group([configs[i] for i in run], on_round)
+                    out.update(zip(run, results, strict=True))
     return [out[i] for i in range(len(configs))]
+
+
+def _distinct_outs(configs: Sequence[Prepared], members: Sequence[int]) -> list[list[int]]:
+    """``members`` cut, in order, into runs whose configs name distinct ``out`` files (a
+    config's result is its ``out``; a repeated one starts the next run)."""
+    runs: list[list[int]] = [[]]
+    seen: set[Path] = set()
+    for i in members:
+        out = configs[i].out
+        path = Path(out).absolute() if out else None
+        if path is not None and path in seen:
+            runs.append([])
+            seen.clear()
+        if path is not None:
+            seen.add(path)
+        runs[-1].append(i)
+    return runs

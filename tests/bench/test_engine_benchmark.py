@@ -73,6 +73,7 @@ def test_top_k_matches_the_compressor() -> None:
     assert torch.equal(plain.top_k(u, topk.k_for(1000)), expected)
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_json_and_table(tmp_path: Path) -> None:
     out = tmp_path / "engines.json"
     args = [

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from flwr_byz.bench import oversize
 
 
+@pytest.mark.slow
 def test_every_forgery_is_refused_as_oversize(tmp_path: Path) -> None:
     out = tmp_path / "oversize.json"
     assert (

@@ -3,11 +3,13 @@ from a generated CA and SuperNode authentication, the faults of issue 11 (a Supe
 mid-training, the ServerApp killed and the run resumed from its checkpoint, an unregistered
 SuperNode), and the cleanup of every process, even when a test fails.
 
-``flwr-byz deploy`` serves each node's ClientApp messages from one long-running launcher
-(``flwr_byz.deployment.forkserver``, a fork per message); the tests that build a
-``LocalDeployment`` themselves keep Flower's ``flwr-clientapp`` process per message (about 3 s
-of imports), so their rounds take 10-30 s on 2 cores: the runs are short. Deselect with
-``-m "not deployment"``.
+Each node's ClientApp messages are served by one long-running launcher
+(``flwr_byz.deployment.forkserver``, a fork per message), as ``flwr-byz deploy`` runs them
+(``LocalDeployment(..., fork_server=...)``, Flower's ``flwr-clientapp`` process per message
+where the installed Flower lacks what it needs): a round takes a few seconds, not 10-30 s of
+imports. The test that runs no ClientApp (the refused SuperNodes) keeps Flower's default, and
+``tests/strategies/test_byzantine_recipe.py`` runs a user's own app on Flower's
+``flwr-clientapp`` per message. Deselect with ``-m "not deployment"``.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import pytest
 
 from flwr_byz.deployment import LocalDeployment, NodeSpec, make_node_keys
 from flwr_byz.deployment.deploy import find_app, round_lines
+from flwr_byz.deployment.federation import fork_server_supported
 from flwr_byz.deployment.processes import with_marker
-from flwr_byz.interrupt import alive
+from flwr_byz.interrupt import alive, send_signal
 from flwr_byz.simulations.checkpoint import Checkpoint
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.engines import run_experiment
+from flwr_byz.simulations.flower_app import CLIENT_APP
 
 from ..simulations.processes import stop
 
@@ -37,6 +41,9 @@ pytestmark = pytest.mark.deployment
 
 ROOT = Path(__file__).resolve().parents[2]
 FLWR_BYZ = str(Path(sys.executable).parent / "flwr-byz")
+#: The ClientApp module the nodes' fork servers import (this repository's app, as
+#: ``flwr-byz deploy`` runs it); None: Flower's ``flwr-clientapp`` process per message.
+FORK_SERVER = CLIENT_APP.partition(":")[0] if fork_server_supported() else None
 
 
 @pytest.fixture
@@ -52,17 +59,44 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
     )
 
 
-def _wait(predicate: object, timeout: float, what: str) -> None:
+def _wait(predicate: object, timeout: float, what: str, every: float = 0.5) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():  # type: ignore[operator]
             return
-        time.sleep(0.5)
+        time.sleep(every)
     raise TimeoutError(f"timed out waiting for {what}")
 
 
 def _rounds_logged(log: Path) -> int:
     return len(round_lines(log.read_text(errors="replace"))) if log.exists() else 0
+
+
+def _hold(deployment: LocalDeployment, indices: list[int], tasks: int) -> None:
+    """SIGSTOP each of these nodes' ClientApp fork server as soon as it has logged ``tasks``
+    finished ClientApp tasks: it runs no more ClientApps until SIGCONT (its SuperNode still
+    forwards the replies already handed over)."""
+    held: set[int] = set()
+
+    def all_held() -> bool:
+        for index in set(indices) - held:
+            launcher = deployment.launchers[index]
+            if len(_tasks_done(launcher.log)) >= tasks:
+                os.kill(launcher.pid, signal.SIGSTOP)
+                held.add(index)
+        return held == set(indices)
+
+    _wait(all_held, 600, f"nodes {indices} to finish {tasks} ClientApp tasks", every=0.05)
+
+
+def _tasks_done(log: Path) -> list[str]:
+    """The exit codes a node's ClientApp fork server logged for its tasks, in order."""
+    return _tasks_done_in(log.read_text(errors="replace")) if log.exists() else []
+
+
+def _tasks_done_in(text: str) -> list[str]:
+    lines = [line for line in text.splitlines() if "] ClientApp task (pid " in line]
+    return [line.rsplit("exit code ", 1)[1].split(",")[0] for line in lines]
 
 
 def test_tls_auth_deployment_with_a_byzantine_node_matches_simulation(workdir: Path) -> None:
@@ -147,27 +181,62 @@ def test_a_supernode_killed_mid_training_is_counted_missing_and_rejoins(
     it misses first ends when the SuperLink declares it unavailable (or at the round timeout)
     with the other replies, the next one at once; the node is counted missing (not as a bad
     reply) and training goes on without waiting for it. Restarted with the same key, it
-    rejoins under its registered node ID and answers again in the last round."""
+    rejoins under its registered node ID and answers again in the last round. Its ClientApp
+    fork server dies with it and comes back with it, bound to the new SuperNode."""
     cfg = ExperimentConfig(
         dataset="digits",
         clients=4,
         rounds=5,
         aggregator="median",  # the test's setting (robust-fedavg's own default differs)
+        # Round 2 ends when the SuperLink declares the node offline: Flower's heartbeat (30 s,
+        # fixed) times its patience (2), 30-60 s after the kill, most of this test's time.
+        # Below 60 s the timeout could end round 2 first, and round 3 would then wait for it.
         round_timeout=90.0,
         injection="nodes",
         out=str(workdir / "kill.json"),
     )
-    with LocalDeployment(workdir / "work", [NodeSpec(i, 4) for i in range(4)]) as deployment:
+    nodes = [NodeSpec(i, 4) for i in range(4)]
+    with LocalDeployment(workdir / "work", nodes, fork_server=FORK_SERVER) as deployment:
         node_id = deployment.node_ids[2]
+        launcher_log = deployment.workdir / "logs" / "clientapps-2.log"
         run = deployment.start_run(find_app(ROOT), cfg.to_run_config())
+        old = deployment.launchers.get(2)
+        # A forked ClientApp answers within a second of its message and a round takes a few
+        # seconds, which would race the test's steps: node 2 is held once it has handed over
+        # its round-1 reply (partition query, round 1), so that it cannot answer round 2
+        # before it is killed, and the others once they have answered round 3, so that
+        # round 4 waits until node 2 is back online: it is asked in round 5.
+        if old is not None:
+            _hold(deployment, [2], tasks=2)
         _wait(lambda: _rounds_logged(run.log) >= 1, 600, "round 1")
+        doomed = deployment.supernodes[2].tree() + (old.tree() if old is not None else [])
         deployment.kill_node(2)
+        # the node is gone with its ClientApp fork server (and anything forked from it)
+        _wait(lambda: not [p for p in doomed if alive(p)], 10, "node 2's processes to die")
+        others = [0, 1, 3]
+        if old is not None:
+            _hold(deployment, others, tasks=4)
         _wait(lambda: _rounds_logged(run.log) >= 3, 600, "two rounds without the node")
         deployment.start_node(2)
+        if old is not None:  # a new fork server, bound to the new SuperNode
+            new = deployment.launchers[2]
+            assert new is not old and new.running()
+            command = [str(arg) for arg in new.popen.args]  # type: ignore[union-attr]
+            parent = command[command.index("--parent-pid") + 1]
+            assert parent == str(deployment.supernodes[2].pid)  # it exits with the new node
+            deployment.wait_for_nodes(4)
+            send_signal([deployment.launchers[i].pid for i in others], signal.SIGCONT)
         _wait(lambda: not run.running(), 900, "the run to finish")
         assert run.popen.returncode == 0, run.tail(40)
         assert node_id in deployment.online_nodes()  # rejoined under its registered ID
     assert not running(workdir)
+    if FORK_SERVER is not None:
+        # the first launcher served the partition query and round 1, never round 2; the
+        # restarted one came up and served the rounds after the node rejoined
+        before, after = launcher_log.read_text().split("ClientApp fork server ready")[1:]
+        assert _tasks_done_in(before) == ["0", "0"], before[-3000:]
+        assert _tasks_done_in(after), after[-3000:]
+        assert set(_tasks_done_in(after)) == {"0"}, after[-3000:]
     result = json.loads(Path(cfg.out).read_text())  # type: ignore[arg-type]
     rounds = result["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
@@ -197,7 +266,8 @@ def test_a_run_stopped_mid_training_resumes_from_its_checkpoint(workdir: Path) -
         checkpoint=str(checkpoint),
         out=str(workdir / "resumed.json"),
     )
-    with LocalDeployment(workdir / "work", [NodeSpec(i, 3) for i in range(3)]) as deployment:
+    nodes = [NodeSpec(i, 3) for i in range(3)]
+    with LocalDeployment(workdir / "work", nodes, fork_server=FORK_SERVER) as deployment:
         first = deployment.start_run(find_app(ROOT), cfg.to_run_config())
 
         def checkpointed() -> bool:
@@ -218,7 +288,17 @@ def test_a_run_stopped_mid_training_resumes_from_its_checkpoint(workdir: Path) -
         second = deployment.run(find_app(ROOT), resumed_cfg, timeout=900)
         assert second.popen.returncode == 0, second.tail(40)
         assert f"resume: continuing from round {stopped_at}" in second.log.read_text()
+        launchers = dict(deployment.launchers)
+        assert len(launchers) == (0 if FORK_SERVER is None else 3)
+        assert all(launcher.running() for launcher in launchers.values())
     assert not running(workdir)
+    for launcher in launchers.values():  # the same fork servers served both runs
+        log = launcher.log.read_text()  # complete: each logs its tasks as it stops
+        assert log.count("ClientApp fork server ready") == 1, log[-3000:]
+        # successes: a partition query and rounds 1 to stopped_at in the first run, a query
+        # and rounds stopped_at + 1 to 5 in the resumed one (the task of the round the
+        # ServerApp was killed in is left out: it may end with an error)
+        assert _tasks_done_in(log).count("0") >= 7, log[-3000:]
     resumed = json.loads(Path(cfg.out).read_text())  # type: ignore[arg-type]
     assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3, 4, 5]
 

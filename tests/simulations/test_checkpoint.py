@@ -598,6 +598,7 @@ def test_node_injection_with_client_state_resumes_identically(tmp_path: Path) ->
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # a local SuperLink, flwr run and Ray
 def test_a_resumed_run_on_the_simulation_engine_continues_the_client_state(
     tmp_path: Path,
 ) -> None:

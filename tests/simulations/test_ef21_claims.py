@@ -18,6 +18,8 @@ from flwr_byz.simulations.runner import _flower_logging
 
 from ..clients.gradient_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
+pytestmark = pytest.mark.slow  # four 80-round runs
+
 BASE = ExperimentConfig(
     dataset="digits", model="logreg", partition="dirichlet:1.0", clients=10, byzantine=2,
     rounds=80, lr=0.5, batch_size=2, aggregator="nnm+cwtm", compressor="topk:0.1",

@@ -51,6 +51,7 @@ def _interrupted_run(engine: str, sig: int, tmp_path: Path) -> tuple[Outcome, Pa
     return outcome, checkpoint
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_the_local_engine(tmp_path: Path) -> None:
     outcome, checkpoint = _interrupted_run("local", signal.SIGINT, tmp_path)
     line = _check(outcome, signal.SIGINT)

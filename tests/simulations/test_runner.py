@@ -149,10 +149,22 @@ def test_missing_partition_answers_are_reported() -> None:
 
 
 @pytest.mark.slow
-def test_real_simulation_is_reproducible_alone_or_batched(tmp_path) -> None:
+@pytest.mark.serial  # a local SuperLink, flwr run and Ray
+def test_real_simulation_is_reproducible_alone_or_batched(tmp_path, monkeypatch) -> None:
     """On Flower's simulation runtime (``flwr run``, Ray, random node IDs per run): the same
-    config gives the same numbers when run alone and when run after another experiment on
-    the same SuperLink."""
+    config gives the same numbers when run alone and when run after another experiment with
+    the same clients, which the engine runs in the same ``flwr run`` (one ``flwr-simulation``
+    and one Ray for both, the ClientApp actors and their state shared)."""
+    from flwr_byz.simulations.simulation import SimulationRuntime
+
+    runs: list[dict] = []
+    start_run = SimulationRuntime.start_run
+
+    def counted(self, app, run_config, clients):  # type: ignore[no-untyped-def]
+        runs.append(dict(run_config))
+        return start_run(self, app, run_config, clients)
+
+    monkeypatch.setattr(SimulationRuntime, "start_run", counted)
     cfg = dataclasses.replace(
         BASE,
         attack="alie",
@@ -163,7 +175,9 @@ def test_real_simulation_is_reproducible_alone_or_batched(tmp_path) -> None:
     )
     other = dataclasses.replace(BASE, method="fedavg", rounds=2)
     batched = run_experiments([other, cfg])
+    assert len(runs) == 1 and "runs-file" in runs[0]  # ONE flwr run for the group
     alone = run_experiment(dataclasses.replace(cfg, out=None))
+    assert len(runs) == 2 and runs[1]["method"] == "robust-fedavg"  # a run of its own
     # identical training; the bytes differ by a few because message/run IDs are random
     metrics = [(r.loss, r.accuracy, r.rejected) for r in alone.rounds]
     assert metrics == [(r.loss, r.accuracy, r.rejected) for r in batched[1].rounds]
@@ -175,9 +189,10 @@ def test_real_simulation_is_reproducible_alone_or_batched(tmp_path) -> None:
 
 
 def test_finished_results_are_written_before_a_later_failure(tmp_path, monkeypatch) -> None:
-    """The simulation engine runs its configs one ``flwr run`` after the other on one
-    SuperLink; a failing run leaves the results written before it (here the runtime's
-    runs are this process's ServerApp body on a ShuffledGrid)."""
+    """The simulation engine runs configs with the same clients in one ``flwr run`` on one
+    SuperLink, the ServerApp saving each result as soon as it is done; a failing config
+    leaves the results written before it (here the runtime's run is this process's
+    ServerApp body on a ShuffledGrid, config after config)."""
     from flwr_byz.simulations import simulation
 
     class Runtime:
@@ -190,19 +205,25 @@ def test_finished_results_are_written_before_a_later_failure(tmp_path, monkeypat
         def __exit__(self, *exc):  # type: ignore[no-untyped-def]
             started.append(self)
 
-        def run(self, cfg, on_round=None):  # type: ignore[no-untyped-def]
-            if cfg.seed == 1:
-                raise RuntimeError("boom")
-            result = train_on_grid(ShuffledGrid(cfg.clients, 0), cfg, on_round)
-            result.save(cfg.out)
-            return result
+        def run_group(self, configs, on_round=None):  # type: ignore[no-untyped-def]
+            groups.append([cfg.seed for cfg in configs])
+            results = []
+            for cfg in configs:
+                if cfg.seed == 1:
+                    raise RuntimeError("boom")
+                result = train_on_grid(ShuffledGrid(cfg.clients, 0), cfg, on_round)
+                result.save(cfg.out)
+                results.append(result)
+            return results
 
     started: list = []
+    groups: list = []
     monkeypatch.setattr(simulation, "SimulationRuntime", Runtime)
     first = dataclasses.replace(BASE, clients=4, rounds=1, out=str(tmp_path / "first.json"))
     second = dataclasses.replace(first, seed=1, out=str(tmp_path / "second.json"))
     with pytest.raises(RuntimeError, match="boom"):
         run_experiments([first, second])
     assert len(started) == 1  # one SuperLink for both, stopped on the error
+    assert groups == [[0, 1]]  # one flwr run for both (the same clients)
     assert json.loads((tmp_path / "first.json").read_text())["config"]["seed"] == 0
     assert not (tmp_path / "second.json").exists()

@@ -105,6 +105,7 @@ def _probe(_: int) -> tuple[int, int, dict[str, str | None]]:
     )
 
 
+@pytest.mark.slow
 def test_pool_workers_run_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # what a forked worker would inherit
     before = torch.get_num_threads()
@@ -120,6 +121,7 @@ def test_pool_workers_run_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
         assert env == {k: "1" for k in THREAD_ENV}
 
 
+@pytest.mark.slow
 def test_run_all_jobs_record_one_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two parallel jobs: each run had one torch thread (measured inside the run), an
     explicit ``threads`` is kept."""

@@ -1,10 +1,11 @@
-"""End-to-end in Flower's simulation engine: the drop-in path and accuracy under attack.
+"""End-to-end on the standard app: the drop-in path and accuracy under attack.
 
 Setting (issue 5): 20 virtual nodes running the unchanged standard PyTorch ClientApp on IID
 digits, 4 of them Byzantine through ByzantineGrid, 20 rounds, lr 0.1. "Accuracy" is the
-held-out accuracy averaged over the last 3 rounds. All runs share one simulation (one Ray
-start-up); the tables are printed (``pytest -s``) and written to ``$FLWR_BYZ_REPORT_DIR``
-when that is set.
+held-out accuracy averaged over the last 3 rounds. All runs share one ServerApp on one
+in-process grid (``harness``: no Ray, no process start); the tables are printed
+(``pytest -s``) and written to ``$FLWR_BYZ_REPORT_DIR`` when that is set. The same app and
+strategy on Flower's own runtime: ``test_byzantine_recipe.py``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ scikit-learn's bundled digits (8x8 images, 10 classes), partitioned IID with flw
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 import torch
@@ -44,15 +44,22 @@ def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 _partitioners: dict[int, IidPartitioner] = {}
 
 
-def load_data(partition_id: int, num_partitions: int) -> tuple[DataLoader, DataLoader]:
-    """Load this node's IID partition of digits (train) and the shared test split."""
+@cache
+def _partition(partition_id: int, num_partitions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This node's IID partition of the digits' training split (cached: the process answers
+    every message of its node, or of every node in an in-process simulation)."""
     if num_partitions not in _partitioners:
         x_train, y_train, _, _ = _digits()
         partitioner = IidPartitioner(num_partitions=num_partitions)
         partitioner.dataset = Dataset.from_dict({"x": x_train, "label": y_train})
         _partitioners[num_partitions] = partitioner
     part = _partitioners[num_partitions].load_partition(partition_id).with_format("numpy")[:]
-    train = TensorDataset(torch.from_numpy(part["x"]), torch.from_numpy(part["label"]))
+    return torch.from_numpy(part["x"]), torch.from_numpy(part["label"])
+
+
+def load_data(partition_id: int, num_partitions: int) -> tuple[DataLoader, DataLoader]:
+    """Load this node's IID partition of digits (train) and the shared test split."""
+    train = TensorDataset(*_partition(partition_id, num_partitions))
     _, _, x_test, y_test = _digits()
     test = TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test))
     return DataLoader(train, batch_size=16, shuffle=True), DataLoader(test, batch_size=128)
