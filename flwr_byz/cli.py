@@ -1,6 +1,6 @@
 """The ``flwr-byz`` command line (typer): run, grid, plot, demo, deploy, reproduce,
-defaults-sweep, bench, aggregators, attacks, stop. Every command's ``--help`` lists the values
-its options accept, read from the registries (``_accepted``)."""
+defaults-sweep, bench, aggregators, attacks, presets, stop. Every command's ``--help`` lists
+the values its options accept, read from the registries (``_accepted``)."""
 
 from __future__ import annotations
 
@@ -82,10 +82,11 @@ def _accepted(command: str | None, param: str | None) -> Any:
     from .attacks.registry import attack_names
     from .compressors.registry import compressor_names
     from .simulations.config import INJECTIONS
-    from .simulations.datasets import DATASETS, PARTITIONS
+    from .simulations.datasets import DATASET_SOURCES, DATASETS, PARTITIONS
     from .simulations.engines import ENGINES
     from .simulations.methods import METHODS
     from .simulations.models import MODELS
+    from .simulations.presets import PRESETS
 
     if (command, param) == ("deploy", "attack"):
         return attack_names(per_node=True)
@@ -110,12 +111,13 @@ def _accepted(command: str | None, param: str | None) -> Any:
         "aggregator": aggregator_names(),
         "attack": attack_names(),
         "compressor": compressor_names(),
-        "dataset": DATASETS,
+        "dataset": [*DATASETS, *DATASET_SOURCES],
         "partition": PARTITIONS,
         "model": ["auto", *MODELS],
         "engine": ENGINES,
         "device": DEVICES,
         "injection": INJECTIONS,
+        "preset": list(PRESETS),
     }
     return values.get(str(param))
 
@@ -213,13 +215,16 @@ def _collect(**given: Any) -> dict[str, Any]:
 def _config(
     config_file: Path | None, given: dict[str, Any], params: Sequence[str]
 ) -> ExperimentConfig:
+    """The config of a command: a preset's options (``--preset``, else the file's ``preset``)
+    first, the ``--config`` file's over them, the flags given over both (docs/PRESETS.md)."""
     try:
-        base = ExperimentConfig.from_toml(config_file) if config_file else ExperimentConfig()
+        options = ExperimentConfig.toml_options(config_file) if config_file else {}
+        ExperimentConfig.from_mapping(options)  # the file's own errors, named as its
     except (TypeError, ValueError, OSError) as exc:  # names the file, the line, the problem
         raise typer.BadParameter(str(exc), param_hint="'--config'") from exc
     try:
-        values = dataclasses.asdict(base) | given
-        values["params"] = dict(base.params) | parse_params(list(params))
+        values = options | given
+        values["params"] = parse_params(options.get("params", {})) | parse_params(list(params))
         return ExperimentConfig.from_mapping(values)
     except (TypeError, ValueError, OSError) as exc:  # tomllib's errors are ValueErrors
         raise typer.BadParameter(str(exc)) from exc
@@ -368,6 +373,14 @@ def _check_name(kind: str, value: str, allowed: Sequence[str]) -> None:
         raise _fail(str(unknown(kind, value, allowed)))
 
 
+def _check_preset(name: str | None) -> None:
+    """Fail in one line (``unknown preset 'x'; known: ...``) for a ``--preset`` no one has."""
+    from .simulations.presets import PRESETS
+
+    if name is not None:
+        _check_name("preset", name, list(PRESETS))
+
+
 # --- commands ----------------------------------------------------------------------------
 @app.command(cls=_MethodHelp)
 def run(
@@ -378,6 +391,7 @@ def run(
         dir_okay=False,
         help="TOML file of options (flags given as well override it).",
     ),
+    preset: str | None = typer.Option(None, help=_help("preset")),
     method: str | None = typer.Option(None, help=_help("method")),
     aggregator: str | None = typer.Option(None, help=_help("aggregator")),
     attack: str | None = typer.Option(None, help=_help("attack")),
@@ -423,17 +437,19 @@ def run(
     engine: str = typer.Option(
         "simulation",
         help="simulation: Flower's simulation engine (Ray); local: in this process, same "
-        "numbers, faster for quick runs; batched: every client of a round at once (CPU or "
-        "--device cuda), the same numbers again.",
+        "numbers, faster for quick runs; batched: every client of a round at once, the same "
+        "numbers again. Each computes on --device (cpu or cuda).",
     ),
     verbose: bool = typer.Option(False, help="Show Flower's per-round log."),
 ) -> None:
     """Run one experiment (Flower's simulation engine, or --engine local / batched) and write
     its JSON. The method-dependent options (aggregator, lr, batch size, local epochs,
     momentum, compressor, rounds) default to the method's own (docs/DEFAULTS.md):
-    'flwr-byz run --method M --help' shows M's."""
+    'flwr-byz run --method M --help' shows M's. --preset NAME starts from a standard setup
+    (docs/PRESETS.md: data, model, clients, rounds, local training); the --config file's
+    options override the preset's, and the flags given override both."""
     given = _collect(
-        method=method, aggregator=aggregator, attack=attack, byzantine=byzantine,
+        preset=preset, method=method, aggregator=aggregator, attack=attack, byzantine=byzantine,
         clients=clients, clients_per_round=clients_per_round, rounds=rounds, dataset=dataset,
         partition=partition, model=model, lr=lr, batch_size=batch_size,
         local_epochs=local_epochs, momentum=momentum, weight_decay=weight_decay,
@@ -445,6 +461,7 @@ def run(
     global INTERRUPT_HINT
     INTERRUPT_HINT = None
     _check_name("engine", engine, _engines())
+    _check_preset(preset)
     cfg = _config(config, given, param)
     if cfg.out is None:
         name = f"{cfg.method}-{cfg.attack.replace(':', '_')}-b{cfg.byzantine}-s{cfg.seed}.json"
@@ -494,6 +511,7 @@ def grid(
         dir_okay=False,
         help="TOML file of the shared options (clients, rounds, dataset...).",
     ),
+    preset: str | None = typer.Option(None, help=_help("preset")),
     clients: int | None = typer.Option(None, help=_help("clients")),
     rounds: int | None = typer.Option(None, help=_help("rounds")),
     dataset: str | None = typer.Option(None, help=_help("dataset")),
@@ -518,8 +536,10 @@ def grid(
 ) -> None:
     """Run methods x attacks x Byzantine counts; write results.md and heatmap.png.
 
-    The 'none' column of a Byzantine count b is the run where those b clients behave honestly,
-    so the robust rules are set for the same f as under attack. A count of 0 runs 'none' only.
+    --preset NAME starts every run from a standard setup (docs/PRESETS.md); the --config
+    file and the flags override it. The 'none' column of a Byzantine count b is the run where
+    those b clients behave honestly, so the robust rules are set for the same f as under
+    attack. A count of 0 runs 'none' only.
     Each run's result is written to OUT_DIR/runs/ as soon as it finishes, named by a hash of
     its config; an interrupted grid run again reuses those and runs only the rest.
     """
@@ -528,10 +548,11 @@ def grid(
     from .simulations.report import cells_from_results, grid_markdown
 
     shared = _collect(
-        clients=clients, rounds=rounds, dataset=dataset, partition=partition, model=model,
-        lr=lr, seed=seed, ray_address=ray_address, threads=threads, device=device,
+        preset=preset, clients=clients, rounds=rounds, dataset=dataset, partition=partition,
+        model=model, lr=lr, seed=seed, ray_address=ray_address, threads=threads, device=device,
     )  # fmt: skip
     _check_name("engine", engine, _engines())
+    _check_preset(preset)
     base = _config(config, shared, param)
     defences = [
         (m, a)
@@ -542,9 +563,13 @@ def grid(
     INTERRUPT_HINT = None
     configs = []
     for m, agg in defences:
+        # a preset's local-training options depend on the method (docs/PRESETS.md)
+        method_base = _config(config, shared | {"method": m}, param) if base.preset else base
         for att, b in [(a, b) for b in byzantine for a in attack if a == "none" or b > 0]:
             name = f"{m}-{agg}-{att}-b{b}".replace(":", "_").replace("+", "_")
-            cfg = dataclasses.replace(base, method=m, aggregator=agg, attack=att, byzantine=b)
+            cfg = dataclasses.replace(
+                method_base, method=m, aggregator=agg, attack=att, byzantine=b
+            )
             try:
                 digest = run_digest(cfg.resolved().to_dict())
             except ValueError as exc:
@@ -710,6 +735,7 @@ def deploy(
     ),
     checkpoint: str | None = typer.Option(None, help=_help("checkpoint")),
     resume: bool = typer.Option(False, "--resume", help=_help("resume")),
+    device: str | None = typer.Option(None, help=_help("device")),
     out: Path = typer.Option(Path("results/deploy.json"), help="Result JSON path."),
     workdir: Path | None = typer.Option(
         None,
@@ -741,6 +767,7 @@ def deploy(
     from flwr_byz.deployment.deploy import deploy as run_deployment
     from flwr_byz.interrupt import note
 
+    from .simulations.devices import resolve_device
     from .simulations.runner import prepare
 
     if insecure:  # what --insecure gives up is said before anything else is checked
@@ -754,11 +781,13 @@ def deploy(
         partition=partition, model=model, lr=lr, batch_size=batch_size,
         local_epochs=local_epochs, compressor=compressor, f=f, seed=seed,
         round_timeout=round_timeout, checkpoint=checkpoint, resume=resume or None, out=str(out),
+        device=device,
     )  # fmt: skip
     cfg = _config(config, given, param)
     try:  # every argument checked before any progress is drawn (deploy takes it as it is)
         cfg = prepare(dataclasses.replace(cfg, injection="nodes"))
         check_attack(cfg)
+        resolve_device(cfg.device)
         if app_dir is not None:
             find_app(app_dir)
     except (ValueError, DeploymentError) as exc:
@@ -903,12 +932,67 @@ def aggregators() -> None:
 
 
 @app.command(cls=_Command)
+def presets() -> None:
+    """List the presets of 'run --preset' / 'grid --preset' with the options each sets
+    (docs/PRESETS.md: sources, expected accuracy, seconds per round)."""
+    from .simulations.presets import PRESETS
+
+    for preset in PRESETS.values():
+        typer.echo(f"{preset.name}: {preset.summary}")
+        typer.echo("  " + ", ".join(f"{k}={v}" for k, v in preset.setup.items()))
+        local = ", ".join(f"{k}={v}" for k, v in preset.local_sgd.items())
+        typer.echo(f"  local training (fedavg, robust-fedavg, flower-*): {local}")
+
+
+@app.command("data", cls=_Command)
+def data(
+    action: str = typer.Argument(
+        ...,
+        help="'fetch': load the data set once, with network for a hub one, into the Hugging "
+        "Face cache and flwr-byz's cache of decoded arrays, so that later runs (offline, or in "
+        "many processes) read it from there.",
+    ),
+    spec: str = typer.Argument(
+        ..., help="Dataset spec, e.g. hf:uoft-cs/cifar10, hf:flwrlabs/femnist, local:<dir>."
+    ),
+) -> None:
+    """Prepare a data set before running: 'flwr-byz data fetch hf:<name>'."""
+    if action != "fetch":
+        raise _fail(f"unknown data action {action!r}; known: fetch")
+    from .simulations.datasets import load_dataset
+
+    try:
+        loaded = load_dataset(spec)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    parts = [
+        f"{len(loaded.x_train)} train / {len(loaded.x_test)} test samples",
+        f"input {tuple(loaded.input_shape)}",
+        f"{loaded.num_classes} classes",
+    ]
+    if loaded.vocab_size is not None:
+        parts.append(f"vocabulary {loaded.vocab_size}")
+    if loaded.natural_ids:
+        parts.append(f"id columns (natural:<column>): {', '.join(loaded.natural_ids)}")
+    console.print(f"{escape(loaded.name)}: {escape(', '.join(parts))}; cached", soft_wrap=True)
+
+
+@app.command(cls=_Command)
 def attacks() -> None:
     """List the attack names usable in specs (e.g. 'alie:z=1.5', 'sign-flip:scale=10')."""
     for name, cls in ATTACKS.items():
         kind = "omniscient" if getattr(cls, "omniscient", False) else "per-node"
         kind = "data" if getattr(cls, "data_attack", False) else kind
         typer.echo(f"{name:<12} {kind}")
+
+
+@app.command("models", cls=_Command)
+def models_() -> None:
+    """List the models (--model) with their parameter counts on each data set they fit
+    ('*': the one --model auto picks there)."""
+    from .simulations.models import format_model_table
+
+    typer.echo(format_model_table())
 
 
 def flower_leftovers(flwr_home: Path | None = None) -> list[tuple[int, str]]:
@@ -989,7 +1073,7 @@ def stop(
 
 
 #: ``flwr-byz bench`` suites: the modules ``flwr_byz.bench.<suite>`` (installed with the package).
-BENCHMARKS = ("aggregators", "engines")
+BENCHMARKS = ("aggregators", "engines", "presets")
 
 
 @app.command(cls=_Command)
@@ -997,10 +1081,13 @@ def bench(
     suite: str = typer.Argument(
         "aggregators",
         help="aggregators: our rules vs Flower and ByzFL (speed, memory); engines: seconds per "
-        "round of the simulation, local and batched engines vs a plain torch loop.",
+        "round of the simulation, local and batched engines vs a plain torch loop; presets: "
+        "seconds per round of each --preset on stand-in data of its shapes (docs/PRESETS.md).",
     ),
     quick: bool = typer.Option(
-        False, help="A small run: aggregators n=20, d=100k; engines MLP, 20 clients, 3 rounds."
+        False,
+        help="A small run: aggregators n=20, d=100k; engines MLP, 20 clients, 3 rounds; presets "
+        "20 samples per client.",
     ),
     out: Path | None = typer.Option(
         None,
@@ -1013,7 +1100,7 @@ def bench(
         "'cpu,cuda' runs it on both).",
     ),
 ) -> None:
-    """Run a benchmark (``flwr_byz.bench``): aggregators or engines.
+    """Run a benchmark (``flwr_byz.bench``): aggregators, engines or presets.
 
     It runs as ``python -m flwr_byz.bench.SUITE`` in a process of its own (its thread settings
     and peak-memory probes see only the benchmark)."""

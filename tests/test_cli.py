@@ -37,7 +37,7 @@ from flwr_byz.simulations.result import Result, RoundRecord
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 COMMANDS = (
     "run", "grid", "plot", "demo", "deploy", "bench", "reproduce", "defaults-sweep",
-    "aggregators", "attacks", "stop",
+    "aggregators", "attacks", "models", "presets", "stop",
 )  # fmt: skip
 ROUND_KEYS = {
     "round", "loss", "accuracy", "rejected", "bytes_up", "bytes_down", "seconds",
@@ -399,8 +399,10 @@ def test_run_result_echoes_the_resolved_config(run_e2e: tuple[str, Path, dict[st
     assert set(cfg) == {fd.name for fd in dataclasses.fields(ExperimentConfig)} | {
         "byzantine_partitions",
         "client_threads",  # the simulation engine's ClientApp actors
+        "device_name",  # the device's ("cpu", or the GPU's name)
     }
     assert cfg["threads"] == 1 and cfg["client_threads"] == 1  # OMP_NUM_THREADS=1 (conftest)
+    assert cfg["device"] == "cpu" and cfg["device_name"] == "cpu"
     (byz,) = cfg["byzantine_partitions"]
     assert 0 <= byz < 6
     assert set(cfg["params"]) == {"weighted"}

@@ -35,6 +35,7 @@ from flwr_byz.simulations.engines import ENGINES, check_engine
 from flwr_byz.simulations.methods import METHODS, check_method
 from flwr_byz.simulations.models import MODELS, build_model
 from flwr_byz.simulations.plots import METRICS, X_AXES, curve_series
+from flwr_byz.simulations.presets import PRESETS
 from flwr_byz.simulations.result import Result
 
 ENV = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}
@@ -70,8 +71,9 @@ EXPECTED: dict[tuple[str, str], list[str]] = {
     **{(c, "model"): ["auto", *MODELS] for c in ("run", "grid", "deploy")},
     **{(c, "engine"): list(ENGINES) for c in ("run", "grid")},
     **{(c, "engine"): list(cli.POOL_ENGINES) for c in ("reproduce", "defaults-sweep")},
-    **{(c, "device"): ["cpu", "cuda"] for c in ("run", "grid", "bench")},
+    **{(c, "device"): ["cpu", "cuda"] for c in ("run", "grid", "deploy", "bench")},
     ("run", "injection"): list(INJECTIONS),
+    **{(c, "preset"): list(PRESETS) for c in ("run", "grid")},
     ("reproduce", "targets"): ["all", *TARGETS],
     ("defaults-sweep", "method"): list(GRIDS),
     ("bench", "suite"): list(cli.BENCHMARKS),
@@ -160,6 +162,7 @@ UNKNOWN: list[tuple[str, Callable[[], Any], str, list[str]]] = [
     ("metric", lambda: curve_series(_result(), "f1", "round"), "metric 'f1'", list(METRICS)),
     ("option", lambda: ExperimentConfig.from_mapping({"epochs": 1}), "experiment option 'epochs'",
      ["rounds", "local_epochs", "aggregator"]),
+    ("preset", lambda: ExperimentConfig.from_preset("nope"), "preset 'nope'", list(PRESETS)),
 ]  # fmt: skip
 
 
@@ -209,14 +212,17 @@ NODES = ("--dataset", "digits", "--nodes", "4", "--rounds", "1")
     ("args", "error"),
     [
         (("run", "--engine", "foo", *TINY), "unknown engine 'foo'; known: simulation, local"),
-        (("run", "--engine", "local", "--device", "cuda", *TINY), "device 'cuda' needs"),
+        (("run", "--engine", "local", "--device", "cuda:99", *TINY), "--device cuda:99: "),
         (
             ("run", "--engine", "batched", "--checkpoint", "{tmp}/c.ckpt", *TINY),
             "the batched engine writes no checkpoints",
         ),
         (("grid", "--engine", "foo", *TINY), "unknown engine 'foo'"),
+        (("run", "--preset", "nope", *TINY), "unknown preset 'nope'; known: cifar10-resnet20, "),
+        (("grid", "--preset", "nope", *TINY), "unknown preset 'nope'; known: cifar10-resnet20, "),
         (("run", "--aggregator", "nope+krum", *TINY), "unknown aggregator 'nope'"),
         (("deploy", "--aggregator", "nope", *NODES), "unknown aggregator 'nope'"),
+        (("deploy", "--device", "cuda:99", *NODES), "--device cuda:99: "),
         (("deploy", "--attack", "alie", "--byzantine", "1", *NODES), "per-node attack here"),
         (("reproduce", "c9.9"), "unknown target 'c9.9'"),
         (("reproduce", "--engine", "simulation"), "unknown engine 'simulation'; known: local"),
@@ -229,8 +235,11 @@ NODES = ("--dataset", "digits", "--nodes", "4", "--rounds", "1")
         "run-device",
         "batched-checkpoint",
         "grid-engine",
+        "run-preset",
+        "grid-preset",
         "run-aggregator",
         "deploy-aggregator",
+        "deploy-device",
         "deploy-omniscient",
         "reproduce-target",
         "reproduce-engine",

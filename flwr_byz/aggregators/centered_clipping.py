@@ -46,7 +46,9 @@ class CenteredClipping:
         check_input(x, "CenteredClipping")
         n, d = x.shape
         v = self._v
-        if v is None or v.shape != (d,) or v.dtype != x.dtype or v.device != x.device:
+        if v is not None and v.device != x.device:  # e.g. restored from a checkpoint (CPU)
+            v = v.to(x.device)
+        if v is None or v.shape != (d,) or v.dtype != x.dtype:
             v = torch.zeros(d, dtype=x.dtype, device=x.device)
         x_sq = torch.linalg.vector_norm(x, dim=1).square()
         for _ in range(self.iters):

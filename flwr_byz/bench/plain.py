@@ -21,7 +21,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.datasets import client_data, load_dataset
-from flwr_byz.simulations.models import build_model
+from flwr_byz.simulations.models import build_model_for
 from flwr_byz.simulations.runner import prepare
 from flwr_byz.simulations.training import derive_seed, evaluate
 
@@ -117,7 +117,7 @@ class Plain:
         self.lr = float(cfg.lr)
         self.dataset = load_dataset(cfg.dataset)
         torch.manual_seed(derive_seed(cfg.seed, "init"))
-        self.model = build_model(cfg.model, self.dataset.input_shape, self.dataset.num_classes)
+        self.model = build_model_for(cfg.model, self.dataset)
         self.params = list(self.model.parameters())
         self.x = parameters_to_vector(self.params).detach().clone()
         self.d = self.x.numel()

@@ -318,7 +318,7 @@ class GradientClient:
     def _flip(self, y: torch.Tensor, x: torch.Tensor, config: dict[str, Any]) -> torch.Tensor:
         classes = self.num_classes
         if classes is None:
-            model = self.model_fn(config).eval()  # eval: BatchNorm accepts one sample
+            model = self.model_fn(config).to(self.device).eval()  # eval: BatchNorm: 1 sample
             with torch.no_grad():
                 classes = int(model(x[:1].to(self.device)).shape[-1])
         return LabelFlip(num_classes=classes)(y)

@@ -41,6 +41,7 @@ from ..attacks import get_attack
 from ..attacks.registry import attack_names
 from ..protocol.keys import ATTACK_SEED_KEY
 from ..simulations.config import ExperimentConfig
+from ..simulations.devices import resolve_device
 from ..simulations.result import Result
 from ..simulations.runner import byzantine_partitions, prepare
 from ..specs import listing
@@ -213,6 +214,7 @@ def deploy(
     )
     cfg = prepare(nodes)  # the config deployed, once (as it is when the CLI prepared it)
     check_attack(cfg)
+    resolve_device(cfg.device)  # the ServerApp's (a node's own: its node config ``device``)
     app_dir = find_app(app) if app is not None else None
     out = Path(cfg.out).resolve()  # type: ignore[arg-type]
     run_cfg = dataclasses.replace(

@@ -30,6 +30,7 @@ __all__ = [
     "CONFIG_KEY",
     "COPIES_KEY",
     "DATASET_KEY",
+    "DEVICE_KEY",
     "EF21_VERSION_KEY",
     "F_SERVERS_KEY",
     "F_WORKERS_KEY",
@@ -131,9 +132,12 @@ CLIENT_STATE_DIR_KEY = "client-state-dir"
 #: The round of the checkpoint a resumed run continues from: a node with no state for the run
 #: loads its saved state of the latest round <= this one from ``CLIENT_STATE_DIR_KEY``.
 RESUME_ROUND_KEY = "resume-round"
+#: The torch device the node computes on (``cpu``, ``cuda``, ``cuda:N``; the run's
+#: ``--device``; a SuperNode's node config ``device`` wins).
+DEVICE_KEY = "device"
 #: The runner's bookkeeping keys above, not the methods' protocol: left out of the bytes a run
-#: meters, so that checkpointing or resuming does not change a run's numbers.
-UNMETERED_KEYS = (CLIENT_STATE_DIR_KEY, RESUME_ROUND_KEY)
+#: meters, so that checkpointing, resuming or the device does not change a run's numbers.
+UNMETERED_KEYS = (CLIENT_STATE_DIR_KEY, RESUME_ROUND_KEY, DEVICE_KEY)
 #: Step size (ByzSGD worker's filters; the simulation app's local SGD).
 LR_KEY = "lr"
 #: ByzSGD step t.

@@ -5,8 +5,9 @@ app directory ``flwr-byz deploy`` writes for the installed package
 - ``client_app``: trains the model named in the train message's ConfigRecord on this node's
   partition (``partition-id`` / ``num-partitions`` of the node config), answers the method
   strategies' ops (an ``"op"`` in the ConfigRecord) with ``GradientClient`` on the same data
-  and model, and answers the runner's partition query. Data attacks (LabelFlip) are
-  honoured; ``byzantine_mod`` is installed, so a SuperNode started with
+  and model, and answers the runner's partition query. It computes on the device the message
+  names (the run's ``--device``) unless the node config names one (``device='cuda:1'``). Data
+  attacks (LabelFlip) are honoured; ``byzantine_mod`` is installed, so a SuperNode started with
   ``--node-config "byzantine-attack='sign-flip'"`` corrupts its own replies in a deployment.
 - ``server_app``: reads the run config (``[tool.flwr.app.config]`` plus ``--run-config``
   overrides; keys are ExperimentConfig's options in kebab-case, ``num-byzantine`` for the
@@ -41,6 +42,7 @@ from ..protocol.keys import (
     BATCH_SIZE_KEY,
     CONFIG_KEY,
     DATASET_KEY,
+    DEVICE_KEY,
     LOCAL_EPOCHS_KEY,
     LR_KEY,
     METRICS_KEY,
@@ -61,7 +63,8 @@ from ..protocol.keys import (
 )
 from ..protocol.records import to_state_dict
 from .datasets import Dataset, client_data, load_dataset
-from .models import build_model
+from .devices import resolve_device
+from .models import build_model_for
 from .training import derive_seed, objective, train_epochs
 
 if TYPE_CHECKING:
@@ -99,7 +102,7 @@ def _local_data(cfg: dict[str, Any], context: Context) -> tuple[Dataset, Tensor,
 
 def _model(cfg: dict[str, Any]) -> torch.nn.Module:
     dataset = load_dataset(str(cfg[DATASET_KEY]))
-    return build_model(str(cfg[MODEL_KEY]), dataset.input_shape, dataset.num_classes)
+    return build_model_for(str(cfg[MODEL_KEY]), dataset)
 
 
 def _data(context: Context, cfg: dict[str, Any]) -> tuple[Tensor, Tensor]:
@@ -107,30 +110,43 @@ def _data(context: Context, cfg: dict[str, Any]) -> tuple[Tensor, Tensor]:
     return x, y
 
 
+def _device(cfg: dict[str, Any], context: Context) -> torch.device:
+    """Where this node computes: its node config's ``device`` (a SuperNode started with
+    ``--node-config "device='cuda:1'"``), else the message's (the run's ``--device``), else
+    the CPU; ``ValueError`` (an error reply) for a CUDA device this node lacks."""
+    name = dict(context.node_config).get(DEVICE_KEY) or cfg.get(DEVICE_KEY) or "cpu"
+    return resolve_device(str(name))
+
+
 @functools.lru_cache(maxsize=8)
-def _gradient_client(weight_decay: float) -> GradientClient:
-    """The GradientClient of the method strategies' ops (the loss: ``objective``)."""
+def _gradient_client(weight_decay: float, device: torch.device) -> GradientClient:
+    """The GradientClient of the method strategies' ops (the loss: ``objective``) on
+    ``device``."""
     return GradientClient(
         model_fn=_model,
         loss_fn=lambda model, x, y: objective(model, x, y, weight_decay),
         data_fn=_data,
+        device=device,
     )
 
 
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local SGD epochs on this node's partition, from the global model in the message; an
-    ``op`` message goes to ``GradientClient``."""
+    """Local SGD epochs on this node's partition, from the global model in the message, on
+    the node's device (:func:`_device`); an ``op`` message goes to ``GradientClient``."""
     cfg = _config(msg)
+    device = _device(cfg, context)
     if OP_KEY in cfg:
-        return _gradient_client(float(cfg.get(WEIGHT_DECAY_KEY, 0.0))).handle(msg, context)
+        weight_decay = float(cfg.get(WEIGHT_DECAY_KEY, 0.0))
+        return _gradient_client(weight_decay, device).handle(msg, context)
     partition_id, _ = _partition(context)
     seed = int(cfg[SEED_KEY])
     dataset, x, y = _local_data(cfg, context)
     if label_flip_requested(msg, context):
         y = LabelFlip(num_classes=dataset.num_classes)(y)
-    model = build_model(str(cfg[MODEL_KEY]), dataset.input_shape, dataset.num_classes)
+    model = build_model_for(str(cfg[MODEL_KEY]), dataset)
     model.load_state_dict(to_state_dict(msg.content.array_records[POINT_KEY]))  # bytes checked
+    model, x, y = model.to(device), x.to(device), y.to(device)  # once, not per batch
     loss = train_epochs(
         model,
         x,

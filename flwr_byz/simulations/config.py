@@ -73,6 +73,11 @@ class ExperimentConfig:
     they hold None ("the method's default") until ``resolved()``, which every run path calls
     first (``runner.prepare``), so the code that reads them sees values."""
 
+    preset: str | None = _opt(
+        None,
+        "Standard setup whose options are the starting point (docs/PRESETS.md), e.g. "
+        "'cifar10-resnet20'; the options given as well override it.",
+    )
     method: str = _opt(
         "robust-fedavg",
         "Training method (the strategy on the server and what the clients compute).",
@@ -89,14 +94,19 @@ class ExperimentConfig:
     rounds: int = _opt(None, "Number of federated rounds.")
     dataset: str = _opt(
         "mnist1d",
-        "Dataset spec: a name, with options as 'synthetic-logreg:heterogeneity=2'.",
+        "Dataset spec: a name, with options as 'synthetic-logreg:heterogeneity=2'; "
+        "'hf:<hub name>' (through flwr-datasets, e.g. 'hf:uoft-cs/cifar10') or 'local:<dir>' "
+        "(saved with datasets' save_to_disk), columns given as 'local:<dir>,image=img,label=y'.",
     )
     partition: str = _opt(
         "iid",
         "Partition of the training data: 'iid', 'dirichlet:<alpha>' (label skew, smaller is "
-        "more skewed) or 'full' (every client holds the whole training set).",
+        "more skewed), 'full' (every client holds the whole training set) or "
+        "'natural:<column>' (one id per client, e.g. 'natural:writer_id' for FEMNIST).",
     )
-    model: str = _opt("auto", "Model ('auto': the dataset's default).")
+    model: str = _opt(
+        "auto", "Model ('auto': the dataset's default; parameter counts: flwr-byz models)."
+    )
     lr: float = _opt(
         None, "Learning rate: the clients' (local SGD methods) or the server's (gradient methods)."
     )
@@ -153,8 +163,10 @@ class ExperimentConfig:
     )
     device: str = _opt(
         "cpu",
-        "Torch device of the batched engine: 'cpu' or 'cuda[:N]' (the other engines compute on "
-        "the CPU).",
+        "Torch device, 'cpu' or 'cuda[:N]', in every engine: the clients train on it (the "
+        "simulation engine's ClientApp actors share the GPUs as Flower client resources) and "
+        "the server aggregates and evaluates on it; a SuperNode's node config 'device' wins "
+        "for that node.",
     )
     threads: int | None = _opt(
         None,
@@ -167,7 +179,10 @@ class ExperimentConfig:
     # --- construction ---------------------------------------------------------------------
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ExperimentConfig:
-        """From a dict with snake_case, kebab-case or run-config keys; unknown keys raise."""
+        """From a dict with snake_case, kebab-case or run-config keys; unknown keys raise.
+
+        With a ``preset`` (``flwr_byz.simulations.presets``), the preset's options for the
+        ``method`` come first and every key given overrides them."""
         names = {fd.name for fd in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
         for key, value in values.items():
@@ -175,9 +190,20 @@ class ExperimentConfig:
             if name not in names:
                 raise unknown("experiment option", key, sorted(names))
             kwargs[name] = value
+        if kwargs.get("preset") is not None:  # the preset's options, under those given
+            from .presets import preset_options
+
+            method = kwargs.get("method", cls.__dataclass_fields__["method"].default)
+            kwargs = preset_options(kwargs["preset"], method) | kwargs
         if "params" in kwargs:
             kwargs["params"] = parse_params(kwargs["params"])
         return cls(**kwargs)
+
+    @classmethod
+    def from_preset(cls, name: str, **options: Any) -> ExperimentConfig:
+        """The preset ``name`` (docs/PRESETS.md) with ``options`` overriding its own
+        (``ValueError`` ``unknown preset 'x'; known: ...`` for an unknown name)."""
+        return cls.from_mapping({"preset": name, **options})
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentConfig:
@@ -185,6 +211,12 @@ class ExperimentConfig:
 
         ``ValueError`` naming the file, the line and the problem (``exp.toml, line 3: ...``)
         for a TOML syntax error, an unknown option or a value of the wrong type."""
+        return cls.from_mapping(cls.toml_options(path))
+
+    @classmethod
+    def toml_options(cls, path: str | Path) -> dict[str, Any]:
+        """The options a TOML file sets, by field name (checked as ``from_toml`` checks
+        them): what the file gives, without the defaults of the options it leaves out."""
         with open(path, "rb") as fh:
             raw = fh.read()
         text = raw.decode("utf-8", errors="replace")
@@ -194,9 +226,11 @@ class ExperimentConfig:
             raise ValueError(_toml_syntax_error(path, text, exc)) from None
         table = "experiment" if isinstance(data.get("experiment"), dict) else None
         values = data["experiment"] if table else data
+        options: dict[str, Any] = {}
         for key, value in values.items():
             where = f"{path}, line {_line_of(text, key, table)}"
             name = RUN_CONFIG_ALIASES.get(key, key).replace("-", "_")
+            options[name] = value
             try:
                 _check_type(name, value)
             except ValueError as exc:
@@ -204,7 +238,7 @@ class ExperimentConfig:
             except KeyError:
                 names = sorted(fd.name for fd in dataclasses.fields(cls))
                 raise ValueError(f"{where}: {unknown('experiment option', key, names)}") from None
-        return cls.from_mapping(values)
+        return options
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any], clients: int) -> ExperimentConfig:
@@ -213,7 +247,9 @@ class ExperimentConfig:
         Flower config values cannot be None, so ``0``/``-1``/``""`` stand for it where
         ``help()`` says so (a method-dependent option: ``""`` for aggregator and compressor,
         ``0`` for lr, batch-size, local-epochs and rounds, ``-1`` for momentum, each "the
-        method's default"); ``clients`` is the number of connected nodes.
+        method's default"); ``clients`` is the number of connected nodes. ``preset = ""`` is
+        none; a preset named there fills only the keys the run config lacks (the project's
+        ``[tool.flwr.app.config]`` table has them all: write the preset's options into it).
         """
         values = dict(run_config)
         for name, unset in _RUN_CONFIG_UNSET.items():
@@ -224,7 +260,7 @@ class ExperimentConfig:
             values["clients-per-round"] = None  # 0: all clients
         if "f" in values and int(values["f"]) < 0:
             values["f"] = None  # -1: auto
-        for key in ("ray-address", "out", "checkpoint"):
+        for key in ("ray-address", "out", "checkpoint", "preset"):
             if values.get(key) == "":
                 values[key] = None
         if "round-timeout" in values and float(values["round-timeout"]) <= 0:
@@ -249,7 +285,7 @@ class ExperimentConfig:
         values["params"] = ",".join(f"{k}={v!r}" for k, v in values["params"].items())
         for name, unset in _RUN_CONFIG_UNSET.items():
             values[name] = unset if values[name] is None else values[name]
-        for key in ("out", "checkpoint"):
+        for key in ("out", "checkpoint", "preset"):
             values[key] = values[key] or ""
         return {aliases.get(k, k.replace("_", "-")): v for k, v in values.items()}
 
@@ -282,12 +318,16 @@ class ExperimentConfig:
             },
         )
         filled.validate()
-        model = default_model(self.dataset) if self.model == "auto" else self.model
+        from .datasets import canonical_spec
+
+        dataset = canonical_spec(self.dataset)  # a local directory made absolute
+        model = default_model(dataset) if self.model == "auto" else self.model
         f = self.f
         if f is None:
             f = math.ceil(self.byzantine * self.per_round / self.clients)
         return dataclasses.replace(
             filled,
+            dataset=dataset,
             model=model,
             f=f,
             clients_per_round=self.per_round,
@@ -329,6 +369,10 @@ class ExperimentConfig:
             isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0
         ):
             raise ValueError(f"threads must be an int >= 0 (0: auto) or None, got {self.threads!r}")
+        if self.preset is not None:
+            from .presets import get_preset
+
+            get_preset(self.preset)  # unknown preset 'x'; known: ...
         if not isinstance(self.device, str) or self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
 

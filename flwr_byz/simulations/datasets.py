@@ -10,15 +10,22 @@ A dataset spec is ``name`` or ``name:key=value,...`` (see ``flwr_byz.specs``):
 * ``synthetic-logreg[:samples=5000,dim=20,classes=2,groups=10,heterogeneity=1.0]``: a
   mixture of ``groups`` logistic-regression tasks whose feature means and weights drift apart
   as ``heterogeneity`` grows (0: all groups identical).
+* ``hf:<name>[,image=<col>,label=<col>,subset=<config>,revision=<rev>]``: a Hugging Face hub
+  data set loaded through flwr-datasets' ``FederatedDataset`` (e.g. ``hf:uoft-cs/cifar10``,
+  ``hf:flwrlabs/femnist``, ``hf:flwrlabs/shakespeare``), and
+  ``local:<dir>[,image=<col>,label=<col>]``: one saved with ``datasets``' ``save_to_disk``.
+  Images become normalised ``(C, H, W)`` floats, text int64 token ids (``vocab_size`` set);
+  see ``flwr_byz.simulations.hub`` (loaded only for these specs).
 
 The data never depend on the experiment seed: a dataset is the benchmark, only its options
 change it. The sklearn sets are split 80/20 (stratified, fixed seed) and standardised with the
 train split's statistics. ``groups_train`` is what label-skewed partitions are drawn over: the
 labels, or the group ids for ``synthetic-logreg``.
 
-A partition spec is ``iid``, ``full`` (every client holds all the data) or
-``dirichlet:<alpha>`` (also ``dirichlet:alpha=<a>,min_size=<k>``); partitions are computed
-with flwr-datasets' ``IidPartitioner``/``DirichletPartitioner``.
+A partition spec is ``iid``, ``full`` (every client holds all the data),
+``dirichlet:<alpha>`` (also ``dirichlet:alpha=<a>,min_size=<k>``) or ``natural:<column>``
+(one natural id per client, e.g. ``natural:writer_id`` for FEMNIST); partitions are computed
+with flwr-datasets' ``IidPartitioner``/``DirichletPartitioner``/``NaturalIdPartitioner``.
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ import numbers
 import os
 import random
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +51,9 @@ from .training import derive_seed, float_dtype
 
 __all__ = [
     "DATASETS",
+    "DATASET_SOURCES",
     "Dataset",
+    "canonical_spec",
     "check_partition",
     "client_data",
     "load_dataset",
@@ -52,9 +61,12 @@ __all__ = [
 ]
 
 DATASETS: tuple[str, ...] = ("mnist1d", "digits", "breast-cancer", "synthetic-logreg")
-"""Dataset names accepted by ``load_dataset``."""
+"""Built-in dataset names accepted by ``load_dataset``."""
 
-PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "full")
+DATASET_SOURCES: tuple[str, ...] = ("hf:<name>", "local:<dir>")
+"""The data set sources ``load_dataset`` also reads (see ``flwr_byz.simulations.hub``)."""
+
+PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "full", "natural")
 """Partition scheme names accepted by ``partition_indices``."""
 
 _SPLIT_SEED = 0  # fixed train/test split of the sklearn datasets (not the experiment seed)
@@ -63,7 +75,12 @@ _CACHE_VERSION = 1  # bump when the cached mnist1d arrays change meaning
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train/test tensors of one dataset; do not modify them in place (they are shared)."""
+    """Train/test tensors of one dataset; do not modify them in place (they are shared).
+
+    ``vocab_size`` is set for token inputs (int64 ids in ``[0, vocab_size)``), None otherwise;
+    ``natural_ids`` maps an id column (e.g. ``writer_id``) to each train sample's id as int64
+    codes (the ids in sorted order), for ``natural:<column>`` partitions.
+    """
 
     name: str
     x_train: torch.Tensor
@@ -72,11 +89,15 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     groups_train: torch.Tensor
+    vocab_size: int | None = None
+    natural_ids: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n, m = len(self.x_train), len(self.x_test)
         if len(self.y_train) != n or len(self.groups_train) != n or len(self.y_test) != m:
             raise ValueError(f"dataset {self.name!r}: inconsistent sample counts")
+        if any(len(ids) != n for ids in self.natural_ids.values()):
+            raise ValueError(f"dataset {self.name!r}: inconsistent id column lengths")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -139,9 +160,21 @@ _OPTIONS: dict[str, type] = {
 def _parse_dataset(spec: str) -> tuple[str, Any]:
     name, args = split_part(spec)
     key = name.lower()
+    if key in ("hf", "local"):
+        from .hub import parse_source
+
+        return key, parse_source(key, args, spec)
     if key not in _OPTIONS:
-        raise unknown("dataset", name, DATASETS, spec)
+        raise unknown("dataset", name, [*DATASETS, *DATASET_SOURCES], spec)
     return key, build(_OPTIONS[key], args, spec.strip(), "dataset")
+
+
+def canonical_spec(spec: str) -> str:
+    """``spec`` as every process reads it alike: an ``hf:``/``local:`` directory made absolute
+    (options in a fixed order); other specs unchanged. Raises ``ValueError`` like
+    ``load_dataset`` for a bad spec (nothing is loaded)."""
+    key, options = _parse_dataset(spec)
+    return str(options.spec) if key in ("hf", "local") else spec
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -151,7 +184,9 @@ def load_dataset(spec: str, seed: int = 0) -> Dataset:
     """Load the dataset described by ``spec`` (see module doc); memoised per process.
 
     ``seed`` is accepted for symmetry with the other builders and ignored: the data are the
-    same for every experiment seed. Raises ``ValueError`` for an unknown name or option.
+    same for every experiment seed. Raises ``ValueError`` for an unknown name or option, and
+    with one line for an ``hf:``/``local:`` data set that cannot load (e.g. a hub name that
+    is not cached, without network).
     """
     del seed
     name, options = _parse_dataset(spec)
@@ -164,6 +199,10 @@ def _load(name: str, options: Any) -> Dataset:
         return _mnist1d(options)
     if name == "synthetic-logreg":
         return _synthetic(options)
+    if name in ("hf", "local"):
+        from .hub import load_source
+
+        return Dataset(**load_source(options, _cache_dir()))
     return _sklearn(name)
 
 
@@ -324,13 +363,54 @@ class _Dirichlet:
             _check_int("dirichlet min_size", self.min_size, 0)
 
 
-def check_partition(spec: str) -> None:
-    """Raise ``ValueError`` when ``spec`` is not a valid partition spec (nothing computed)."""
-    _parse_partition(spec)
+@dataclass(frozen=True)
+class _Natural:
+    column: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "column", str(self.column).strip())
 
 
-def _parse_partition(spec: str) -> _Dirichlet | None:
-    """``None`` for ``iid``, the Dirichlet options otherwise."""
+def check_partition(
+    spec: str, dataset: Dataset | None = None, num_partitions: int | None = None
+) -> None:
+    """Raise ``ValueError`` when ``spec`` is not a valid partition spec (nothing computed);
+    with ``dataset`` (and ``num_partitions``), also when a ``natural:<column>`` partition
+    names no id column of it (or has fewer ids than partitions)."""
+    opts = _parse_partition(spec)
+    if isinstance(opts, _Natural) and dataset is not None:
+        ids = _natural_ids(dataset, opts, spec)
+        if num_partitions is not None:
+            _check_natural_count(dataset, opts, len(np.unique(ids)), num_partitions)
+
+
+def _natural_ids(dataset: Dataset, opts: _Natural, spec: str) -> np.ndarray:
+    ids = dataset.natural_ids.get(opts.column)
+    if ids is None:
+        have = ", ".join(dataset.natural_ids)
+        columns = (
+            f"its id columns: {have}"
+            if have
+            else "it has none (natural partitions need an hf: or local: data set with an id "
+            "column, e.g. writer_id)"
+        )
+        raise ValueError(
+            f"partition spec {spec!r}: dataset {dataset.name!r} has no id column "
+            f"{opts.column!r}; {columns}"
+        )
+    return np.asarray(ids)
+
+
+def _check_natural_count(dataset: Dataset, opts: _Natural, count: int, clients: int) -> None:
+    if clients > count:
+        raise ValueError(
+            f"natural:{opts.column} gives one id per client and {dataset.name!r} has "
+            f"{count} ids, fewer than the {clients} clients; use at most {count} clients"
+        )
+
+
+def _parse_partition(spec: str) -> _Dirichlet | _Natural | None:
+    """``None`` for ``iid``/``full``, the Dirichlet or natural-id options otherwise."""
     name, args = split_part(spec)
     key = name.lower()
     if key in ("iid", "full"):
@@ -345,6 +425,13 @@ def _parse_partition(spec: str) -> _Dirichlet | None:
         except TypeError as exc:  # alpha missing
             raise ValueError(f"partition spec {spec!r}: {exc}") from exc
         return opts
+    if key == "natural":
+        columns = [a.strip() for a in args if a.strip()]
+        if len(columns) != 1 or ("=" in columns[0] and not columns[0].startswith("column=")):
+            raise ValueError(
+                f"partition spec {spec!r}: natural needs one id column, e.g. natural:writer_id"
+            )
+        return _Natural(columns[0].removeprefix("column=").strip())
     raise unknown("partition", name, PARTITIONS, spec)
 
 
@@ -356,6 +443,11 @@ def partition_indices(
     ``iid``: rows shuffled with ``seed``, then ``IidPartitioner`` (equal contiguous shards).
     ``full``: every partition is the whole training set (the Byz-VR-MARINA-PP paper's
     homogeneous setting, f_i = f; not disjoint).
+    ``natural:<column>``: ``NaturalIdPartitioner`` over the id column ``column`` of
+    ``dataset.natural_ids``: partition ``i`` holds the samples of one id, the ``i``-th of a
+    seeded random permutation of the ids (all ids when ``num_partitions`` equals their count,
+    else a random subset; the other ids' samples are unused). ``ValueError`` when there are
+    fewer ids than partitions.
     ``dirichlet:<alpha>``: ``DirichletPartitioner`` over ``groups_train`` (``self_balancing``
     off, shuffled, seeded). Without ``min_size`` it asks for
     ``max(1, min(10, N // (2 * num_partitions)))`` samples per partition, then 1, then 0 when
@@ -376,6 +468,8 @@ def partition_indices(
 
     if split_part(spec)[0].strip().lower() == "full":  # every client holds the whole set
         return [np.arange(n, dtype=np.int64) for _ in range(num_partitions)]
+    if isinstance(opts, _Natural):
+        return _natural_partitions(dataset, opts, spec, num_partitions, seed)
     groups = dataset.groups_train.numpy()
     if opts is None:
         order = np.random.default_rng(seed).permutation(n)
@@ -424,6 +518,25 @@ def partition_indices(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _natural_partitions(
+    dataset: Dataset, opts: _Natural, spec: str, num_partitions: int, seed: int
+) -> list[np.ndarray]:
+    import contextlib
+    import io
+
+    import datasets as hf
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    ids = _natural_ids(dataset, opts, spec)
+    table = hf.Dataset.from_dict({"natural_id": ids, "index": np.arange(len(ids))})
+    part = NaturalIdPartitioner(partition_by="natural_id")
+    part.dataset = table.with_format("arrow")
+    _check_natural_count(dataset, opts, part.num_partitions, num_partitions)
+    chosen = np.random.default_rng(seed).permutation(part.num_partitions)[:num_partitions]
+    with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar over every sample
+        return [_indices(part.load_partition(int(p))) for p in chosen]
+
+
 def _indices(partition: Any) -> np.ndarray:
     return np.asarray(partition["index"], dtype=np.int64)
 
@@ -440,6 +553,8 @@ def _partitions(
     for part in (dataset_spec, partition_spec, str(num_partitions), str(seed)):
         digest.update(part.encode() + b"\0")
     digest.update(np.ascontiguousarray(dataset.groups_train.numpy()).tobytes())
+    for column, ids in sorted(dataset.natural_ids.items()):
+        digest.update(column.encode() + b"\0" + np.ascontiguousarray(ids).tobytes())
     keys = tuple(f"p{i}" for i in range(num_partitions))
 
     def build() -> dict[str, np.ndarray]:

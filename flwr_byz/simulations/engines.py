@@ -1,7 +1,8 @@
 """Which engine runs an experiment: ``simulation`` (Flower's simulation runtime through
 ``flwr run`` on a local SuperLink, Ray: ``flwr_byz.simulations.simulation``), ``local`` (one
 process: ``flwr_byz.simulations.local``) or ``batched`` (every client of a round at once, on
-``device``: ``flwr_byz.simulations.batched``). The first two run the round loop
+``device``: ``flwr_byz.simulations.batched``); each computes on the config's ``device``
+(``flwr_byz.simulations.devices``). The first two run the round loop
 ``train_on_grid`` (``flwr_byz.simulations.runner``), so the numbers are the same for the same
 seed; the batched engine makes the same draws through the same ``flwr_byz.methods`` functions
 (the same numbers up to rounding).
@@ -18,6 +19,7 @@ from ..specs import unknown
 from .batched import run_batched
 from .batched.engine import check_batched
 from .config import ExperimentConfig
+from .devices import resolve_device
 from .local import run_local
 from .result import Result
 from .runner import OnRound, Prepared, _flower_logging, prepare
@@ -57,21 +59,18 @@ def run_experiments(
 
 def check_engine(engine: str, configs: Sequence[ExperimentConfig]) -> list[Prepared]:
     """The ``configs`` prepared (``runner.prepare``) once ``engine`` is known and can run
-    every one of them (its device, the batched engine's options); ``ValueError`` otherwise.
+    every one of them (the device is here: ``devices.resolve_device``; the batched engine's
+    options); ``ValueError`` otherwise.
     The CLI calls it before it draws any progress; ``run_experiments`` calls it again (a
     prepared config is not checked twice)."""
     if engine not in ENGINES:
         raise unknown("engine", engine, ENGINES)
     prepared = [prepare(c) for c in configs]  # as they are when prepared already (the CLI)
+    for device in sorted({c.device for c in prepared}):
+        resolve_device(device)  # a CUDA device this machine lacks: one line, before anything
     if engine == "batched":
         for cfg in prepared:
             check_batched(cfg)
-        return prepared
-    on_gpu = sorted({c.device for c in prepared if c.device != "cpu"})
-    if on_gpu:
-        raise ValueError(
-            f"device {on_gpu[0]!r} needs --engine batched (the {engine} engine computes on the CPU)"
-        )
     return prepared
 
 

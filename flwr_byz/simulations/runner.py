@@ -18,6 +18,7 @@ same numbers.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
@@ -42,6 +43,7 @@ from ..protocol.keys import (
     BATCH_SIZE_KEY,
     CLIENT_STATE_DIR_KEY,
     DATASET_KEY,
+    DEVICE_KEY,
     LOCAL_EPOCHS_KEY,
     LR_KEY,
     MODEL_KEY,
@@ -53,13 +55,15 @@ from ..protocol.keys import (
     SKIPPED_KEY,
     WEIGHT_DECAY_KEY,
 )
+from ..strategies import MethodStrategy, RobustFedAvg
 from ..strategies.sample_check import log_skipped
 from .checkpoint import Checkpoint, client_state_dir
 from .config import ExperimentConfig
 from .datasets import check_partition, load_dataset
+from .devices import device_name, resolve_device
 from .metering import RunGrid, discover_partitions
 from .methods import COMPRESSED_METHODS, build_strategy
-from .models import build_model
+from .models import build_model_for
 from .result import Result, RoundRecord
 from .threads import torch_threads
 from .training import TrainingObjective, derive_seed, evaluate
@@ -111,8 +115,8 @@ def _check(config: ExperimentConfig) -> ExperimentConfig:
     cfg = config.resolved()
     get_attack(cfg.attack, seed=cfg.seed)
     dataset = load_dataset(cfg.dataset)
-    check_partition(cfg.partition)
-    build_model(cfg.model, dataset.input_shape, dataset.num_classes)
+    check_partition(cfg.partition, dataset, cfg.clients)  # natural:<col>: the column, its ids
+    build_model_for(cfg.model, dataset)
     if cfg.method in COMPRESSED_METHODS:
         get_compressor(cfg.compressor)
     elif cfg.compressor not in ("none", "", None):
@@ -133,9 +137,10 @@ def byzantine_partitions(cfg: ExperimentConfig) -> list[int]:
 
 
 def train_config(cfg: ExperimentConfig, resumed: int | None = None) -> ConfigRecord:
-    """What every train message carries for the ClientApp (Flower adds ``server-round``);
-    with a checkpoint, where the nodes keep their state (``client_state_dir``), and in a run
-    resumed from round ``resumed``, that round (the bytes a run meters leave both out)."""
+    """What every train message carries for the ClientApp (Flower adds ``server-round``): off
+    the CPU, the device it trains on; with a checkpoint, where the nodes keep their state
+    (``client_state_dir``), and in a run resumed from round ``resumed``, that round (the bytes
+    a run meters leave the device and these two out)."""
     record = ConfigRecord(
         {
             DATASET_KEY: cfg.dataset,
@@ -149,6 +154,8 @@ def train_config(cfg: ExperimentConfig, resumed: int | None = None) -> ConfigRec
             SEED_KEY: int(cfg.seed),
         }
     )
+    if cfg.device != "cpu":  # the nodes' default: a CPU run's messages are as they were
+        record[DEVICE_KEY] = str(cfg.device)  # not metered: the device changes no number
     if cfg.checkpoint:
         record[CLIENT_STATE_DIR_KEY] = str(client_state_dir(cfg.checkpoint))
         if resumed is not None:
@@ -193,14 +200,16 @@ def _train(
             raise RuntimeError(f"no node reported Byzantine partition(s) {missing}")
         nodes = [node_of[p] for p in byz]
         strategy_grid = ByzantineGrid(run_grid, cfg.attack, node_ids=nodes, seed=cfg.seed)
+    device = resolve_device(cfg.device)
     meta = cfg.to_dict() | {
         "byzantine_partitions": byz if attacked else [],
         "threads": torch.get_num_threads(),  # what this run has (``train_on_grid`` set it)
+        "device_name": device_name(device),
     }
 
     dataset = load_dataset(cfg.dataset)
     torch.manual_seed(derive_seed(cfg.seed, "init"))
-    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
+    model = build_model_for(cfg.model, dataset)
     saved = _resume_from(cfg)
     strategy = build_strategy(cfg)  # a resumed run loads its saved state into a fresh one
     arrays = ArrayRecord(model.state_dict())
@@ -212,6 +221,10 @@ def _train(
             torch.set_rng_state(saved.torch_rng)
     elif cfg.checkpoint:
         _forget_client_state(cfg.checkpoint)  # a new run: no node resumes an older one's state
+    if isinstance(strategy, (MethodStrategy, RobustFedAvg)):  # after a restore: this run's
+        strategy.device = None if device.type == "cpu" else device  # the robust rule there
+    model = model.to(device)  # the central evaluation (x^0 was taken on the CPU: arrays)
+    x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
     if isinstance(strategy_grid, ByzantineGrid):
         strategy_grid.bind(strategy)  # ShiftBack reads x^0, x^k, lr; EF21 the copies g_i
         if saved is not None and saved.attack is not None:  # after bind: the surface is set
@@ -240,9 +253,9 @@ def _train(
         seconds = time.perf_counter() - clock
         up, down = run_grid.take_bytes()
         model.load_state_dict(arrays.to_torch_state_dict())
-        loss, accuracy = evaluate(model, dataset.x_test, dataset.y_test)
+        loss, accuracy = evaluate(model, x_test, y_test)
         record = RoundRecord(server_round, loss, accuracy, 0, up, down, seconds, missing=lost)
-        record.train_loss, record.gap = objective(model)
+        record.train_loss, record.gap = _objective(objective, model)
         if metrics is not None:
             if REJECTED_KEY in metrics:
                 record.rejected = int(metrics[REJECTED_KEY])  # type: ignore[arg-type]
@@ -259,6 +272,13 @@ def _train(
     skipped = [r.round for r in records if r.metrics.get(SKIPPED_KEY, 0.0) > 0]
     log_skipped(cfg.method, skipped, cfg.rounds, getattr(strategy, "aggregator", None))
     return Result(config=meta, rounds=records).finish()
+
+
+def _objective(objective: TrainingObjective, model: torch.nn.Module) -> tuple[float, float]:
+    """``objective(model)``; off the CPU (a convex model only: the others are not measured),
+    on a CPU copy, where the objective's training set is."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return objective(model if on_cpu or not objective.convex else copy.deepcopy(model).cpu())
 
 
 #: Error codes the SuperLink itself puts in a reply when the node or its reply is gone

@@ -42,6 +42,11 @@ ClientApp actor), or, with ``ray_address``, connects to that cluster (``RAY_ADDR
 SuperLink's environment, which Ray's ``ray.init`` reads; Flower's simulation config has no
 address field).
 
+GPUs (``--device cuda`` or ``cuda:N``): one SuperLink per device; the ClientApp actors hold a
+share of the GPUs as Flower's client resources (``client-resources-num-gpus``, see
+``federation_config``) and train on the device named in the run config, where the ServerApp
+aggregates and evaluates too (``flwr_byz.simulations.devices``).
+
 Threads: the ServerApp runs with the config's ``threads`` torch threads
 (``train_on_grid``); the ClientApp actors get ``CLIENT_THREADS`` each (the thread variables
 of the SuperLink's environment, which its children inherit). The result config records both.
@@ -62,8 +67,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+import torch
+
 from ..interrupt import alive, send_signal
 from .config import ExperimentConfig
+from .devices import client_gpus, visible_gpus
 from .flower_app import PROGRESS_ENV, RUNS_KEY, run_config_toml, toml_value, write_app
 from .processes import (
     HOST,
@@ -101,20 +109,32 @@ POLL = 0.05
 
 
 def federation_config(
-    clients: int, ray_address: str | None = None, verbose: bool = False
+    clients: int, ray_address: str | None = None, verbose: bool = False, device: str = "cpu"
 ) -> dict[str, Any]:
     """``flwr run --federation-config`` of a run: ``clients`` simulated SuperNodes, one CPU
     per ClientApp actor, Ray started on the cores here (or, with ``ray_address``, left to
-    that cluster); Ray logs what Flower's defaults let it log unless ``verbose``."""
+    that cluster); Ray logs what Flower's defaults let it log unless ``verbose``.
+
+    On a CUDA ``device`` each actor also holds ``client-resources-num-gpus`` =
+    ``devices.client_gpus``: the GPUs (``cuda:N``: that one, the only one the runtime sees;
+    ``cuda``: every GPU here) shared by the actors that run side by side (one per core, at
+    most ``clients``), e.g. 1/8 of the GPU each with 8 cores; Ray gets the GPUs as
+    ``init-args-num-gpus``."""
+    gpus = 0
+    if torch.device(device).type == "cuda":
+        gpus = 1 if torch.device(device).index is not None else torch.cuda.device_count()
+    actors = min(int(clients), available_cores())
     values: dict[str, Any] = {
         "num-supernodes": int(clients),
         "backend": "ray",
         "client-resources-num-cpus": 1,
-        "client-resources-num-gpus": 0.0,
+        "client-resources-num-gpus": client_gpus(device, actors, gpus),
         "verbose": bool(verbose),
     }
     if not ray_address:  # a cluster of one's own: Ray refuses num_cpus when connecting
         values["init-args-num-cpus"] = available_cores()
+        if gpus:
+            values["init-args-num-gpus"] = gpus
     if not verbose:
         values["init-args-logging-level"] = "WARNING"
         values["init-args-log-to-driver"] = False
@@ -125,7 +145,9 @@ class SimulationRuntime:
     """A SuperLink in simulation mode on loopback, and ``flwr run`` against it (module doc).
 
     ``ray_address``: the Ray cluster the runs use (None: each run starts its own Ray).
-    ``verbose``: Flower's and Ray's logs go to stderr as they come. Use it as a context
+    ``verbose``: Flower's and Ray's logs go to stderr as they come. ``device``: the runs'
+    ``--device`` (``federation_config``; ``cuda:N``: ``CUDA_VISIBLE_DEVICES=N`` for every
+    process of the runtime, where it is ``cuda``). Use it as a context
     manager: ``stop`` stops every process it started and deletes the work directory."""
 
     def __init__(
@@ -133,9 +155,11 @@ class SimulationRuntime:
         ray_address: str | None = None,
         verbose: bool = False,
         startup_timeout: float = 120.0,
+        device: str = "cpu",
     ) -> None:
         self.ray_address = ray_address
         self.verbose = verbose
+        self.device = device
         self.startup_timeout = startup_timeout
         self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX)).resolve()
         self.port = free_port()
@@ -163,6 +187,9 @@ class SimulationRuntime:
         env.pop("RAY_ADDRESS", None)
         if self.ray_address:
             env["RAY_ADDRESS"] = self.ray_address
+        only = visible_gpus(self.device)
+        if only is not None:  # cuda:N: the runtime's processes (and Ray) see that GPU only
+            env["CUDA_VISIBLE_DEVICES"] = only
         return env
 
     def _home(self, name: str) -> dict[str, str]:
@@ -259,7 +286,7 @@ class SimulationRuntime:
         self._runs += 1
         run_file = self.workdir / f"run-{self._runs}.toml"
         run_file.write_text(run_config_toml(run_config))
-        federation = federation_config(clients, self.ray_address, self.verbose)
+        federation = federation_config(clients, self.ray_address, self.verbose, self.device)
         command = [
             executable("flwr"),
             "run",
@@ -301,7 +328,10 @@ class SimulationRuntime:
             name = f"result-{run}.json" if len(configs) == 1 else f"result-{run}-{k}.json"
             out = Path(cfg.out).absolute() if cfg.out else self.workdir / name
             checkpoint = str(Path(cfg.checkpoint).absolute()) if cfg.checkpoint else None
-            run_cfgs.append(dataclasses.replace(cfg, out=str(out), checkpoint=checkpoint))
+            device = "cuda" if visible_gpus(cfg.device) is not None else cfg.device  # cuda:N
+            run_cfgs.append(
+                dataclasses.replace(cfg, out=str(out), checkpoint=checkpoint, device=device)
+            )
             outs.append(out)
         if len(set(outs)) != len(outs):
             raise ValueError("the configs of one flwr run need distinct out files")
@@ -354,6 +384,7 @@ class SimulationRuntime:
             result = Result.load(out)
             # the ClientApp actors' torch threads (a cluster of one's own sets its workers')
             result.config["client_threads"] = None if cfg.ray_address else CLIENT_THREADS
+            result.config["device"] = cfg.device  # cuda:N, which is "cuda" in the runtime
             if cfg.out:
                 result.save(out)
             results.append(result)
@@ -415,15 +446,17 @@ def run_simulated(
     configs: Sequence[Prepared], on_round: OnRound | None = None, verbose: bool = False
 ) -> list[Result]:
     """Run ``configs`` (prepared: ``runner.prepare``) on Flower's simulation runtime: one
-    SuperLink per ``ray_address`` and on it one ``flwr run`` per group of configs with the
-    same ``clients`` (``SimulationRuntime.run_group``: Ray starts once per group); the
-    results in the order of ``configs``, each written to its ``out`` as soon as it is done."""
-    links: dict[str | None, dict[int, list[int]]] = {}
+    SuperLink per ``ray_address`` and ``device``, and on it one ``flwr run`` per group of
+    configs with the same ``clients`` (``SimulationRuntime.run_group``: Ray starts once per
+    group); the results in the order of ``configs``, each written to its ``out`` as soon as
+    it is done."""
+    links: dict[tuple[str | None, str], dict[int, list[int]]] = {}
     for i, cfg in enumerate(configs):
-        links.setdefault(cfg.ray_address, {}).setdefault(cfg.clients, []).append(i)
+        link = (cfg.ray_address, cfg.device)
+        links.setdefault(link, {}).setdefault(cfg.clients, []).append(i)
     out: dict[int, Result] = {}
-    for ray_address, groups in links.items():
-        with SimulationRuntime(ray_address, verbose) as runtime:
+    for (ray_address, device), groups in links.items():
+        with SimulationRuntime(ray_address, verbose, device=device) as runtime:
             for members in groups.values():
                 for run in _distinct_outs(configs, members):
                     results = runtime.run_group([configs[i] for i in run], on_round)

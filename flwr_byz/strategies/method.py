@@ -36,7 +36,7 @@ from ..protocol.records import Layout, flatten, layout_of, unflatten
 from .sample_check import FArg, RunSummary, auto_f, parse_f, require
 from .validation import CheckedReplies, validate_replies
 
-__all__ = ["MethodStrategy", "build_aggregator"]
+__all__ = ["MethodStrategy", "aggregate_on", "build_aggregator"]
 
 
 def build_aggregator(aggregator: Aggregator | str, f: int | None) -> Aggregator:
@@ -46,6 +46,22 @@ def build_aggregator(aggregator: Aggregator | str, f: int | None) -> Aggregator:
     if callable(aggregator):
         return aggregator if f is None else with_f(aggregator, f, exact=True)
     raise TypeError(f"aggregator must be an Aggregator or a spec string, got {aggregator!r}")
+
+
+def aggregate_on(
+    device: torch.device | str | None,
+    rule: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    *extra: torch.Tensor,
+) -> torch.Tensor:
+    """``rule(x, *extra)`` computed on ``device`` (None: where ``x`` is), the result back on
+    ``x``'s device: the strategies' replies and state stay on the CPU, where Flower's records
+    are, and only the robust rule (the costly part: distances, sorts) runs on a GPU. A rule's
+    own state (e.g. CenteredClipping's centre) stays on the device between rounds."""
+    if device is None or torch.device(device) == x.device:
+        return rule(x, *extra)
+    out = rule(x.to(device), *(t.to(device) for t in extra))
+    return out.to(x.device)
 
 
 class MethodStrategy(RunSummary, Strategy):
@@ -73,7 +89,14 @@ class MethodStrategy(RunSummary, Strategy):
     round samples with what the rule needs for ``f`` and raises ``SampleTooSmallError``
     (numbers and fixes in the message) rather than skipping every round; ``start`` ends with
     one line counting the rounds that were skipped anyway (too few valid replies).
+
+    ``device`` (attribute, default None: the CPU, where the replies arrive): where the robust
+    rule runs (:func:`aggregate_on`), e.g. ``strategy.device = torch.device("cuda")``; the
+    runner sets it from ``--device``.
     """
+
+    #: Where the robust rule runs (None: where the replies are, the CPU); see the class doc.
+    device: torch.device | None = None
 
     def __init__(
         self,
@@ -283,17 +306,17 @@ class MethodStrategy(RunSummary, Strategy):
         )
         return checked
 
-    @staticmethod
     def robust(
-        rule: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, context: str
+        self, rule: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, context: str
     ) -> torch.Tensor | None:
-        """``rule(x)``, or None (logged) when it cannot run on these inputs (too few for its f,
-        none at all) or its output is not finite."""
+        """``rule(x)`` (on ``self.device``, the result on ``x``'s device), or None (logged)
+        when it cannot run on these inputs (too few for its f, none at all) or its output is
+        not finite."""
         if x.shape[0] == 0:
             log(WARNING, "%s: no valid reply; the step is skipped", context)
             return None
         try:
-            out = rule(x)
+            out = aggregate_on(self.device, rule, x)
         except ValueError as exc:
             log(WARNING, "%s: the step is skipped: %s", context, exc)
             return None

@@ -22,7 +22,7 @@ from ..methods.fedavg import FedAvgState
 from ..methods.surface import AttackSurface
 from ..protocol.keys import SKIPPED_KEY
 from ..protocol.records import Layout, flatten, layout_of, unflatten
-from .method import build_aggregator
+from .method import aggregate_on, build_aggregator
 from .sample_check import FArg, RunSummary, auto_f, fraction_for, parse_f, require
 from .validation import CheckedReplies, sample_count, validate_replies
 
@@ -78,10 +78,17 @@ class RobustFedAvg(RunSummary, FedAvg):
     ``f`` (e.g. Krum: n >= 2f + 3): too few raise ``SampleTooSmallError`` naming the numbers
     and the settings that fix it, instead of skipping every round.
 
+    ``device`` (attribute, default None: the CPU, where the replies arrive): where the robust
+    rule runs (``method.aggregate_on``: the updates move there, the aggregate comes back),
+    e.g. ``strategy.device = torch.device("cuda")``; the runner sets it from ``--device``.
+
     Each round's train MetricRecord carries ``accepted``, ``rejected``, ``rejected-<reason>``
     and ``skipped`` (1 when too few valid replies remained for the rule, and the previous
     global model was kept); ``start`` ends with one line counting the skipped rounds.
     """
+
+    #: Where the robust rule runs (None: where the replies are, the CPU); see the class doc.
+    device: torch.device | None = None
 
     def __init__(
         self,
@@ -251,8 +258,9 @@ class RobustFedAvg(RunSummary, FedAvg):
             try:
                 if self.weighted:
                     assert checked.weights is not None
-                    return self.aggregator.weighted(updates, checked.weights)  # type: ignore[attr-defined]
-                return self.aggregator(updates)
+                    weighted = self.aggregator.weighted  # type: ignore[attr-defined]
+                    return aggregate_on(self.device, weighted, updates, checked.weights)
+                return aggregate_on(self.device, self.aggregator, updates)
             except ValueError as exc:
                 log(WARNING, "%s: keeping the previous global model: %s", context, exc)
                 return None

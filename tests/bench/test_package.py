@@ -15,7 +15,7 @@ import pytest
 import flwr_byz.bench
 
 PACKAGE = Path(flwr_byz.bench.__file__).parent
-SUITES = ("aggregators", "engines", "oversize")
+SUITES = ("aggregators", "engines", "oversize", "presets")
 
 
 def test_no_module_locates_files_from_its_own_path() -> None:

@@ -28,6 +28,7 @@ WIRE = {
     "COMPRESSOR_SEED_KEY": "compressor-seed",
     "CLIENT_STATE_DIR_KEY": "client-state-dir",
     "CONFIG_KEY": "config",
+    "DEVICE_KEY": "device",
     "COPIES_KEY": "copies",
     "DATASET_KEY": "dataset",
     "EF21_VERSION_KEY": "ef21-version",
@@ -69,7 +70,7 @@ WIRE = {
     "STATE_KEY": "state-key",
     "STEP_KEY": "step",
     "TRAIN_LOSS_KEY": "train-loss",
-    "UNMETERED_KEYS": ("client-state-dir", "resume-round"),
+    "UNMETERED_KEYS": ("client-state-dir", "resume-round", "device"),
     "VECTOR_KEY": "grad",
     "WEIGHT_DECAY_KEY": "weight-decay",
 }
@@ -118,6 +119,9 @@ def test_names_that_share_a_record_do_not_collide() -> None:
         keys.MOMENTUM_KEY,
         keys.WEIGHT_DECAY_KEY,
         keys.SEED_KEY,
+        keys.DEVICE_KEY,
+        keys.CLIENT_STATE_DIR_KEY,
+        keys.RESUME_ROUND_KEY,
     ]
     assert len(set(config)) == len(config)
     assert len(set(keys.OPS)) == len(keys.OPS)

@@ -25,6 +25,7 @@ PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 #: The documented defaults, written out independently of the dataclass (None for the
 #: method-dependent options: the method's default, filled in by ``resolved()``).
 DEFAULTS: dict[str, Any] = {
+    "preset": None,
     "method": "robust-fedavg",
     "aggregator": None,
     "attack": "none",

@@ -196,7 +196,7 @@ def test_finished_results_are_written_before_a_later_failure(tmp_path, monkeypat
     from flwr_byz.simulations import simulation
 
     class Runtime:
-        def __init__(self, ray_address=None, verbose=False):  # type: ignore[no-untyped-def]
+        def __init__(self, ray_address=None, verbose=False, device="cpu"):  # type: ignore[no-untyped-def]
             pass
 
         def __enter__(self):  # type: ignore[no-untyped-def]

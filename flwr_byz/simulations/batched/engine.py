@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from ..config import ExperimentConfig
+from ..devices import device_name
 from ..local import ensure_task_identity
 from ..result import Result, RoundRecord
 from ..runner import OnRound, Prepared, prepare
@@ -119,7 +120,10 @@ def _run(cfg: Prepared, on_round: OnRound | None) -> Result:
     ensure_task_identity()
     setup = Setup.build(cfg)
     attacked = setup.attack is not None
-    meta = cfg.to_dict() | {"byzantine_partitions": setup.byzantine if attacked else []}
+    meta = cfg.to_dict() | {
+        "byzantine_partitions": setup.byzantine if attacked else [],
+        "device_name": device_name(setup.device),
+    }
     driver: Driver = make_driver(setup)
     dataset = setup.dataset
     objective = TrainingObjective(

@@ -1,5 +1,6 @@
 """The batched engine's shared types: the experiment a driver runs (:class:`Setup`), what a
-round leaves (:class:`RoundOutcome`), the driver protocol and the device check. Imported by
+round leaves (:class:`RoundOutcome`), the driver protocol (and ``resolve_device``, the device
+check of ``flwr_byz.simulations.devices``). Imported by
 ``batched`` and by every driver module (``methods``, ``byzsgd``,
 ``fedavg``); it imports none of them."""
 
@@ -16,31 +17,14 @@ from ...attacks import Attack, LabelFlip, get_attack
 from ...protocol.records import Layout, flatten, layout_of
 from ..config import ExperimentConfig
 from ..datasets import Dataset, load_dataset
-from ..models import build_model
+from ..devices import resolve_device
+from ..models import build_model_for
 from ..runner import byzantine_partitions
 from ..training import derive_seed
 from .data import StackedData
 from .grads import FunctionalModel
 
 __all__ = ["Driver", "RoundOutcome", "Setup", "resolve_device"]
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device of ``--device``; ``ValueError`` when CUDA is asked for and absent."""
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {name!r}") from exc
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {name!r}")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r}: CUDA is not available on this machine (use cpu)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here"
-            )
-    return device
 
 
 @dataclass
@@ -107,7 +91,7 @@ class Setup:
             cfg.dataset, cfg.partition, cfg.clients, cfg.seed, flipped=flipped, device=device
         )
         torch.manual_seed(derive_seed(cfg.seed, "init"))
-        model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
+        model = build_model_for(cfg.model, dataset)
         arrays = ArrayRecord(model.state_dict())
         layout = layout_of(arrays)
         if layout.floating() != layout:
