@@ -410,6 +410,7 @@ def run(
     compressor: str | None = typer.Option(None, help=_help("compressor")),
     f: int | None = typer.Option(None, "--f", help=_help("f")),
     seed: int | None = typer.Option(None, help=_help("seed")),
+    eval_samples: int | None = typer.Option(None, min=0, help=_help("eval_samples")),
     param: list[str] = typer.Option(
         [], "--param", help="Method hyperparameter name=value (repeatable). \\[default: none]"
     ),
@@ -453,7 +454,7 @@ def run(
         clients=clients, clients_per_round=clients_per_round, rounds=rounds, dataset=dataset,
         partition=partition, model=model, lr=lr, batch_size=batch_size,
         local_epochs=local_epochs, momentum=momentum, weight_decay=weight_decay,
-        compressor=compressor, f=f, seed=seed,
+        compressor=compressor, f=f, seed=seed, eval_samples=eval_samples,
         ray_address=ray_address, out=str(out) if out else None, round_timeout=round_timeout,
         injection=injection, checkpoint=checkpoint, resume=resume, threads=threads,
         device=device,
@@ -519,6 +520,7 @@ def grid(
     model: str | None = typer.Option(None, help=_help("model")),
     lr: float | None = typer.Option(None, help=_help("lr")),
     seed: int | None = typer.Option(None, help=_help("seed")),
+    eval_samples: int | None = typer.Option(None, min=0, help=_help("eval_samples")),
     param: list[str] = typer.Option([], "--param", help="Method hyperparameter name=value."),
     ray_address: str | None = typer.Option(None, help=_help("ray_address")),
     threads: int | None = typer.Option(None, min=0, help=_help("threads")),
@@ -550,6 +552,7 @@ def grid(
     shared = _collect(
         preset=preset, clients=clients, rounds=rounds, dataset=dataset, partition=partition,
         model=model, lr=lr, seed=seed, ray_address=ray_address, threads=threads, device=device,
+        eval_samples=eval_samples,
     )  # fmt: skip
     _check_name("engine", engine, _engines())
     _check_preset(preset)
@@ -727,6 +730,7 @@ def deploy(
     compressor: str | None = typer.Option(None, help=_help("compressor")),
     f: int | None = typer.Option(None, "--f", help=_help("f")),
     seed: int | None = typer.Option(None, help=_help("seed")),
+    eval_samples: int | None = typer.Option(None, min=0, help=_help("eval_samples")),
     param: list[str] = typer.Option(
         [], "--param", help="Method hyperparameter name=value (repeatable). \\[default: none]"
     ),
@@ -781,7 +785,7 @@ def deploy(
         partition=partition, model=model, lr=lr, batch_size=batch_size,
         local_epochs=local_epochs, compressor=compressor, f=f, seed=seed,
         round_timeout=round_timeout, checkpoint=checkpoint, resume=resume or None, out=str(out),
-        device=device,
+        device=device, eval_samples=eval_samples,
     )  # fmt: skip
     cfg = _config(config, given, param)
     try:  # every argument checked before any progress is drawn (deploy takes it as it is)

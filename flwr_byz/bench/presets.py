@@ -11,9 +11,10 @@ Per round it records the engine's own ``RoundRecord.seconds`` (sampling, the cli
 training, aggregation) and the central evaluation on the test split, timed between rounds.
 The stand-in test split is at most ``--test-rows`` rows; the evaluation of the real test split
 is reported as that measurement scaled linearly to the real number of rows (labelled
-``estimated``). With ``--per-client N`` (or ``--quick``) the clients hold N samples instead,
-with ``--max-per-client N`` at most N, and the training figure is also given scaled linearly
-to the real mean (``estimated``).
+``estimated``); with the preset's ``eval_samples`` the server evaluates that many rows of
+either split, and the scaling is to that number. With ``--per-client N`` (or ``--quick``) the
+clients hold N samples instead, with ``--max-per-client N`` at most N, and the training figure
+is also given scaled linearly to the real mean (``estimated``).
 
 Rounds after the first are averaged (the first carries one-time costs). One torch thread by
 default. Results: JSON (``--out``); run ``python -m flwr_byz.bench.presets`` or ``flwr-byz
@@ -189,7 +190,9 @@ def measure(
     train_s = statistics.fmean(kept)
     eval_s = statistics.fmean(evals) if evals else None
     scale = real.per_client / n
-    eval_real = None if eval_s is None else eval_s * real.test_rows / rows
+    evaluated = min(rows, cfg.eval_samples or rows)  # --eval-samples: a subset of the split
+    real_evaluated = min(real.test_rows, cfg.eval_samples or real.test_rows)
+    eval_real = None if eval_s is None else eval_s * real_evaluated / evaluated
     return {
         "preset": preset,
         "config": {k: v for k, v in result.config.items() if k not in ("out", "checkpoint")},
@@ -198,6 +201,9 @@ def measure(
         "real_samples_per_client": real.per_client,
         "test_rows": rows,
         "real_test_rows": real.test_rows,
+        "eval_samples": cfg.eval_samples,
+        "evaluated_rows": evaluated,
+        "real_evaluated_rows": real_evaluated,
         "sizes_source": real.source,
         "rounds": rounds,
         "train_seconds_per_round": train,
@@ -285,7 +291,7 @@ def _run(
         print(
             f"{name}: train+aggregate {row['train_seconds_mean']:.2f} s/round "
             f"({row['clients_per_round']} clients x {row['samples_per_client']} samples), "
-            f"eval {row['eval_seconds_mean'] or 0:.2f} s ({row['test_rows']} rows); "
+            f"eval {row['eval_seconds_mean'] or 0:.2f} s ({row['evaluated_rows']} rows); "
             f"real sizes: {'-' if est is None else f'{est:.1f}'} s/round (estimated)",
             flush=True,
         )

@@ -43,6 +43,7 @@ from ..methods import ef21
 from ..simulations.batched.methods import EF21Driver
 from ..simulations.batched.setup import Setup
 from ..simulations.config import ExperimentConfig
+from ..simulations.datasets import eval_split
 from ..simulations.local import ensure_task_identity
 from ..simulations.runner import prepare
 from ..simulations.training import derive_seed, evaluate
@@ -188,7 +189,7 @@ def run_path(cfg: ExperimentConfig, path: str, start: int = 1) -> dict[str, Any]
     cfg = prepare(cfg)
     setup = Setup.build(cfg)
     driver = PathDriver(setup, path, start)
-    x_test, y_test = setup.dataset.x_test, setup.dataset.y_test
+    x_test, y_test = eval_split(setup.dataset, cfg.eval_samples)
     models, accs, metrics = [], [], []
     for server_round in range(1, cfg.rounds + 1):
         random.seed(derive_seed(cfg.seed, "sample", server_round))

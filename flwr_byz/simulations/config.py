@@ -132,6 +132,12 @@ class ExperimentConfig:
         "expected among those sampled, ceil(byzantine * clients_per_round / clients)).",
     )
     seed: int = _opt(0, "Seed of everything random: model init, sampling, attacks, shuffling.")
+    eval_samples: int | None = _opt(
+        None,
+        "Test samples the server evaluates the global model on every round: a fixed subset of "
+        "that many, drawn once with a seed of its own (not the experiment's seed), so every run "
+        "and round of a setup is scored on the same samples (None or 0: the whole test set).",
+    )
     params: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "Method hyperparameters: the strategy's constructor arguments."},
@@ -267,6 +273,8 @@ class ExperimentConfig:
             values["round-timeout"] = None  # 0: Flower's default
         if "threads" in values and int(values["threads"]) <= 0:
             values["threads"] = None  # 0: auto
+        if "eval-samples" in values and int(values["eval-samples"]) <= 0:
+            values["eval-samples"] = None  # 0: the whole test set
         values["clients"] = clients
         return cls.from_mapping(values)
 
@@ -282,6 +290,7 @@ class ExperimentConfig:
         values["f"] = -1 if values["f"] is None else values["f"]
         values["round_timeout"] = values["round_timeout"] or 0.0
         values["threads"] = values["threads"] or 0
+        values["eval_samples"] = values["eval_samples"] or 0
         values["params"] = ",".join(f"{k}={v!r}" for k, v in values["params"].items())
         for name, unset in _RUN_CONFIG_UNSET.items():
             values[name] = unset if values[name] is None else values[name]
@@ -332,6 +341,7 @@ class ExperimentConfig:
             f=f,
             clients_per_round=self.per_round,
             threads=resolve_threads(self.threads),
+            eval_samples=self.eval_samples or None,
         )
 
     def validate(self) -> None:
@@ -363,6 +373,15 @@ class ExperimentConfig:
             raise ValueError(f"injection must be one of {INJECTIONS}, got {self.injection!r}")
         if self.round_timeout is not None and not self.round_timeout > 0:
             raise ValueError(f"round_timeout must be > 0 or None, got {self.round_timeout}")
+        if self.eval_samples is not None and (
+            isinstance(self.eval_samples, bool)
+            or not isinstance(self.eval_samples, int)
+            or self.eval_samples < 0
+        ):
+            raise ValueError(
+                f"eval_samples must be an int >= 0 (0: the whole test set) or None, "
+                f"got {self.eval_samples!r}"
+            )
         if self.resume and not self.checkpoint:
             raise ValueError("resume needs a checkpoint file (checkpoint=...)")
         if self.threads is not None and (

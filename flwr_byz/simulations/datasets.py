@@ -14,7 +14,7 @@ A dataset spec is ``name`` or ``name:key=value,...`` (see ``flwr_byz.specs``):
   data set loaded through flwr-datasets' ``FederatedDataset`` (e.g. ``hf:uoft-cs/cifar10``,
   ``hf:flwrlabs/femnist``, ``hf:flwrlabs/shakespeare``), and
   ``local:<dir>[,image=<col>,label=<col>]``: one saved with ``datasets``' ``save_to_disk``.
-  Images become normalised ``(C, H, W)`` floats, text int64 token ids (``vocab_size`` set);
+  Images become normalised ``(C, H, W)`` floats, text uint8 token ids (``vocab_size`` set);
   see ``flwr_byz.simulations.hub`` (loaded only for these specs).
 
 The data never depend on the experiment seed: a dataset is the benchmark, only its options
@@ -56,6 +56,7 @@ __all__ = [
     "canonical_spec",
     "check_partition",
     "client_data",
+    "eval_split",
     "load_dataset",
     "partition_indices",
 ]
@@ -71,13 +72,17 @@ PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "full", "natural")
 
 _SPLIT_SEED = 0  # fixed train/test split of the sklearn datasets (not the experiment seed)
 _CACHE_VERSION = 1  # bump when the cached mnist1d arrays change meaning
+#: Seed of the evaluation subset (``eval_split``): fixed, not the experiment's seed, so every
+#: run and every round of a setup is scored on the same test samples.
+EVAL_SEED = 0
 
 
 @dataclass(frozen=True)
 class Dataset:
     """Train/test tensors of one dataset; do not modify them in place (they are shared).
 
-    ``vocab_size`` is set for token inputs (int64 ids in ``[0, vocab_size)``), None otherwise;
+    ``vocab_size`` is set for token inputs (uint8 ids in ``[0, vocab_size)``; models cast
+    them), None otherwise;
     ``natural_ids`` maps an id column (e.g. ``writer_id``) to each train sample's id as int64
     codes (the ids in sorted order), for ``natural:<column>`` partitions.
     """
@@ -566,6 +571,20 @@ def _partitions(
     for p in parts:
         p.flags.writeable = False
     return tuple(parts)
+
+
+def eval_split(dataset: Dataset, samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` the server evaluates the global model on: the whole test split (``samples``
+    None, or at least its size), else a fixed subset of ``samples`` rows (``EVAL_SEED``, not
+    the experiment's seed; in test-split order)."""
+    n = len(dataset.y_test)
+    if samples is None or samples >= n:
+        return dataset.x_test, dataset.y_test
+    if isinstance(samples, bool) or samples < 1:
+        raise ValueError(f"eval samples must be a positive integer or None, got {samples!r}")
+    rows = np.random.default_rng(EVAL_SEED).choice(n, size=samples, replace=False)
+    idx = torch.from_numpy(np.sort(rows))
+    return dataset.x_test[idx], dataset.y_test[idx]
 
 
 def client_data(

@@ -7,8 +7,8 @@ benchmark networks.
   CIFAR-10 too); the flatten size follows the input shape.
 * ``resnet20``: the CIFAR ResNet-20 of He et al. (2016), with GroupNorm instead of BatchNorm
   (Hsieh et al. 2020, "The Non-IID Data Quagmire of Decentralized Machine Learning").
-* ``charlstm``: the character LSTM of the LEAF / FedAvg Shakespeare benchmark (int64 token
-  ids in, the next character's logits out).
+* ``charlstm``: the character LSTM of the LEAF / FedAvg Shakespeare benchmark (integer token
+  ids in, uint8 as the data sets hold them or int64; the next character's logits out).
 
 No batch norm, no dropout and no buffers: every array in a model's ``state_dict`` is a
 parameter, a plain tensor that federated averaging and the robust aggregators combine, and a
@@ -273,8 +273,9 @@ class LSTM(nn.Module):
 
 class CharLSTM(nn.Module):
     """The Shakespeare next-character model of LEAF (Caldas et al. 2018) and FedAvg (McMahan
-    et al. 2017): an embedding of 8, a 2-layer LSTM of 256 and a linear head; input int64
-    token ids ``(B, L)``, output the logits of the character after the last position."""
+    et al. 2017): an embedding of 8, a 2-layer LSTM of 256 and a linear head; input integer
+    token ids ``(B, L)`` (the data sets' uint8, or int64), output the logits of the character
+    after the last position."""
 
     def __init__(self, vocab_size: int, num_classes: int) -> None:
         super().__init__()
@@ -283,7 +284,7 @@ class CharLSTM(nn.Module):
         self.head = nn.Linear(_LSTM_HIDDEN, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.lstm(self.embed(x)))
+        return self.head(self.lstm(self.embed(x.long())))  # the data's ids are uint8
 
 
 # ------------------------------------------------------------------------------ building
@@ -475,7 +476,7 @@ def model_table() -> list[tuple[str, str, str, int, bool]]:
             except ValueError:
                 continue
             shape = "(" + ", ".join(map(str, ref.shape)) + ("," if len(ref.shape) == 1 else "")
-            shape += ") int64" if ref.vocab_size is not None else ")"
+            shape += ") uint8" if ref.vocab_size is not None else ")"
             auto = default_model(ref.dataset) == name
             rows.append((name, ref.dataset, shape, count_parameters(model), auto))
     return rows

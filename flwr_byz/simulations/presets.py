@@ -7,7 +7,8 @@ options; every option given as well (a flag, a file value, a keyword) overrides 
 
 A preset has two parts:
 
-* ``setup``: the data, its partition, the model, the clients and the rounds; for every method;
+* ``setup``: the data, its partition, the model, the clients, the rounds and, for a large test
+  split, the evaluation subset (``eval_samples``); for every method;
 * ``local_sgd``: the local-training recipe (lr, batch size, local epochs, momentum) of the
   paper the setup comes from; for the methods that train locally (fedavg, robust-fedavg,
   flower-*: ``trains_locally``). The other methods take server steps from their clients'
@@ -89,6 +90,7 @@ PRESETS: dict[str, Preset] = {
                 "clients": 3500,
                 "clients_per_round": 35,
                 "rounds": 2000,
+                "eval_samples": 10_000,
             },
             {"lr": 0.004, "batch_size": 10, "local_epochs": 1, "momentum": 0.0},
         ),
@@ -103,6 +105,7 @@ PRESETS: dict[str, Preset] = {
                 "clients": 1000,
                 "clients_per_round": 10,
                 "rounds": 80,
+                "eval_samples": 10_000,
             },
             {"lr": 0.8, "batch_size": 10, "local_epochs": 1, "momentum": 0.0},
         ),

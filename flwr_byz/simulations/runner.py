@@ -59,7 +59,7 @@ from ..strategies import MethodStrategy, RobustFedAvg
 from ..strategies.sample_check import log_skipped
 from .checkpoint import Checkpoint, client_state_dir
 from .config import ExperimentConfig
-from .datasets import check_partition, load_dataset
+from .datasets import check_partition, eval_split, load_dataset
 from .devices import device_name, resolve_device
 from .metering import RunGrid, discover_partitions
 from .methods import COMPRESSED_METHODS, build_strategy
@@ -224,7 +224,7 @@ def _train(
     if isinstance(strategy, (MethodStrategy, RobustFedAvg)):  # after a restore: this run's
         strategy.device = None if device.type == "cpu" else device  # the robust rule there
     model = model.to(device)  # the central evaluation (x^0 was taken on the CPU: arrays)
-    x_test, y_test = dataset.x_test.to(device), dataset.y_test.to(device)
+    x_test, y_test = (t.to(device) for t in eval_split(dataset, cfg.eval_samples))
     if isinstance(strategy_grid, ByzantineGrid):
         strategy_grid.bind(strategy)  # ShiftBack reads x^0, x^k, lr; EF21 the copies g_i
         if saved is not None and saved.attack is not None:  # after bind: the surface is set

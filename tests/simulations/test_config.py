@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "compressor": None,
     "f": None,
     "seed": 0,
+    "eval_samples": None,
     "params": {},
     "ray_address": None,
     "out": None,

@@ -185,7 +185,8 @@ def test_shakespeare_like_tokens_over_the_leaf_alphabet(tmp_path: Path) -> None:
     data = load_dataset(f"hf:{tmp_path / 'shakespeare'}")
     assert len(hub.LEAF_CHARACTERS) == 80 and hub.UNKNOWN_TOKEN == 80 and hub.VOCAB_SIZE == 81
     assert data.vocab_size == 81 and data.num_classes == 81
-    assert data.x_train.dtype == torch.int64 and data.x_train.shape == (24, 80)
+    assert data.x_train.dtype == torch.uint8 and data.x_train.shape == (24, 80)
+    assert data.x_test.dtype == torch.uint8 and data.y_train.dtype == torch.int64
     assert data.input_shape == (80,)
     order = np.random.default_rng(0).permutation(30)
     train_rows = np.sort(order[6:])
@@ -197,9 +198,9 @@ def test_shakespeare_like_tokens_over_the_leaf_alphabet(tmp_path: Path) -> None:
     assert data.y_train.tolist() == [ids(rows[i]["y"])[0] for i in train_rows]
     assert 80 in data.x_train  # "~" and "é" are outside the alphabet
     assert hub.LEAF_CHARACTERS[int(data.x_train[0, 0])] == rows[train_rows[0]]["x"][0]
-    # client_data keeps int64 token ids; natural partitions by role
-    x, _ = client_data(f"hf:{tmp_path / 'shakespeare'}", "natural:character_id", 0, 3)
-    assert x.dtype == torch.int64
+    # client_data keeps uint8 token ids (int64 labels); natural partitions by role
+    x, y = client_data(f"hf:{tmp_path / 'shakespeare'}", "natural:character_id", 0, 3)
+    assert x.dtype == torch.uint8 and y.dtype == torch.int64
     role = data.natural_ids["character_id"]
     parts = partition_indices(data, "natural:character_id", 3)
     assert [len(set(role[p].tolist())) for p in parts] == [1, 1, 1]

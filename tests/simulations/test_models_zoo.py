@@ -351,7 +351,7 @@ def test_model_table_rows() -> None:
     assert rows["resnet20", "hf:uoft-cs/cifar10"] == ("(3, 32, 32)", 269_722, True)
     assert rows["lenet", "hf:ylecun/mnist"] == ("(1, 28, 28)", 61_706, True)
     # LEAF's 80 characters and an unknown-character token: 81 embeddings and logits
-    assert rows["charlstm", "hf:flwrlabs/shakespeare"] == ("(80,) int64", 819_920 + 265, True)
+    assert rows["charlstm", "hf:flwrlabs/shakespeare"] == ("(80,) uint8", 819_920 + 265, True)
     assert rows["mlp", "digits"][1:] == (64 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10, True)
     assert ("charlstm", "digits") not in rows and ("lenet", "digits") not in rows
     assert ("resnet20", "mnist1d") not in rows

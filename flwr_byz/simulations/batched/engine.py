@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from ..config import ExperimentConfig
+from ..datasets import eval_split
 from ..devices import device_name
 from ..local import ensure_task_identity
 from ..result import Result, RoundRecord
@@ -129,7 +130,7 @@ def _run(cfg: Prepared, on_round: OnRound | None) -> Result:
     objective = TrainingObjective(
         dataset.x_train, dataset.y_train, cfg.weight_decay, convex=cfg.model == "logreg"
     )
-    x_test, y_test = dataset.x_test.to(setup.device), dataset.y_test.to(setup.device)
+    x_test, y_test = (t.to(setup.device) for t in eval_split(dataset, cfg.eval_samples))
     if len(setup.data.y):
         setup.fm.warm_up(setup.data.x, setup.data.y, setup.x0)
     records: list[RoundRecord] = []
