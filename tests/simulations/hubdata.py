@@ -19,14 +19,33 @@ what the loader made of them.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+
+from flwr_byz.simulations import datasets as ds
 
 CIFAR_NAMES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 ]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Fresh flwr-byz and Hugging Face caches, and no memoised loads, for every test of a module
+    that imports this fixture; yields the flwr-byz cache directory."""
+    import datasets
+
+    monkeypatch.setenv("FLWR_BYZ_CACHE", str(tmp_path / "flwr-byz-cache"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    ds._load.cache_clear()
+    ds._partitions.cache_clear()
+    yield tmp_path / "flwr-byz-cache"
+    ds._load.cache_clear()
+    ds._partitions.cache_clear()
 
 
 def _readme(path: Path, config: str, files: dict[str, str]) -> None:

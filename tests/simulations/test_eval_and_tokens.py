@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +22,11 @@ from flwr_byz.simulations.presets import PRESETS
 from flwr_byz.simulations.training import evaluate, float_precision, objective, train_epochs
 
 from . import hubdata
+from .hubdata import caches  # noqa: F401  (autouse fixture: fresh caches per test)
 
 BASE = ExperimentConfig(
     dataset="digits", method="fedavg", clients=3, rounds=2, lr=0.1, batch_size=32, threads=1
 )
-
-
-@pytest.fixture(autouse=True)
-def caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fresh flwr-byz and Hugging Face caches, and no memoised loads, for every test."""
-    import datasets
-
-    monkeypatch.setenv("FLWR_BYZ_CACHE", str(tmp_path / "flwr-byz-cache"))
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    ds._load.cache_clear()
-    ds._partitions.cache_clear()
-    yield
-    ds._load.cache_clear()
-    ds._partitions.cache_clear()
 
 
 # --- eval_split -------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +27,7 @@ from flwr_byz.simulations.datasets import (
 )
 
 from . import hubdata
-
-
-@pytest.fixture(autouse=True)
-def caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Fresh flwr-byz and Hugging Face caches, and no memoised loads, for every test."""
-    import datasets
-
-    monkeypatch.setenv("FLWR_BYZ_CACHE", str(tmp_path / "flwr-byz-cache"))
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    ds._load.cache_clear()
-    ds._partitions.cache_clear()
-    yield tmp_path / "flwr-byz-cache"
-    ds._load.cache_clear()
-    ds._partitions.cache_clear()
+from .hubdata import caches  # noqa: F401  (autouse fixture: fresh caches per test)
 
 
 def _normalised(pixels: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -322,12 +308,13 @@ def test_spec_errors_and_canonical_form(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_decoded_arrays_are_cached_without_pickle(
-    tmp_path: Path, caches: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    cache_dir = tmp_path / "flwr-byz-cache"  # the autouse fixture's
     hubdata.mnist_like(tmp_path / "mnist")
     spec = f"hf:{tmp_path / 'mnist'}"
     first = load_dataset(spec)
-    (cached,) = caches.glob("hub-hf-mnist-*.npz")
+    (cached,) = cache_dir.glob("hub-hf-mnist-*.npz")
     with np.load(cached, allow_pickle=False) as npz:  # plain arrays only
         assert npz["x"].dtype == np.uint8 and npz["x"].shape == (60, 28, 28, 1)
         assert json.loads(str(npz["meta"]))["kind"] == "image"
@@ -412,13 +399,14 @@ def _invoke(*args: object) -> Any:
     return runner.invoke(app, [str(a) for a in args])
 
 
-def test_cli_data_fetch(tmp_path: Path, caches: Path) -> None:
+def test_cli_data_fetch(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "flwr-byz-cache"  # the autouse fixture's
     hubdata.femnist_like(tmp_path / "femnist", writers=3, per_writer=5)
     result = _invoke("data", "fetch", f"hf:{tmp_path / 'femnist'}")
     assert result.exit_code == 0, result.output
     assert "12 train / 3 test samples, input (1, 28, 28), 62 classes" in result.output
     assert "id columns (natural:<column>): writer_id, hsf_id; cached" in result.output
-    assert list(caches.glob("hub-hf-femnist-*.npz"))
+    assert list(cache_dir.glob("hub-hf-femnist-*.npz"))
     bad = _invoke("data", "pull", "hf:x/y")
     assert bad.exit_code == 2 and "unknown data action 'pull'; known: fetch" in bad.output
 

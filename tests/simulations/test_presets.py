@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from flwr_byz.simulations import datasets as ds
 from flwr_byz.simulations.config import METHOD_OPTIONS, ExperimentConfig
 from flwr_byz.simulations.datasets import canonical_spec, check_partition, load_dataset
 from flwr_byz.simulations.defaults import method_defaults
@@ -30,24 +29,11 @@ from flwr_byz.simulations.presets import PRESETS, get_preset, preset_options, tr
 from flwr_byz.strategies import MethodStrategy
 
 from . import hubdata
+from .hubdata import caches  # noqa: F401  (autouse fixture: fresh caches per test)
 
 NAMES = list(PRESETS)
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "PRESETS.md"
-
-
-@pytest.fixture(autouse=True)
-def caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fresh flwr-byz and Hugging Face caches, and no memoised loads, for every test."""
-    import datasets
-
-    monkeypatch.setenv("FLWR_BYZ_CACHE", str(tmp_path / "flwr-byz-cache"))
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    ds._load.cache_clear()
-    ds._partitions.cache_clear()
-    yield
-    ds._load.cache_clear()
-    ds._partitions.cache_clear()
 
 
 # --- every preset is a valid config ---------------------------------------------------------
