@@ -30,6 +30,7 @@ __all__ = [
     "temp_name",
     "write_bytes",
     "write_json",
+    "write_npz_cache",
     "write_text",
 ]
 
@@ -143,6 +144,22 @@ def write_json(
 ) -> Path:
     """Write ``data`` as strict JSON (no NaN) plus a newline, atomically; returns ``path``."""
     return write_text(path, json.dumps(data, indent=indent, allow_nan=False) + "\n", mode)
+
+
+def write_npz_cache(path: Path, arrays: dict[str, Any]) -> None:
+    """Write ``arrays`` to the cache file ``path`` as ``.npz`` (no pickle), atomically:
+    processes that build the same file at once each write their own temporary file. A cache
+    that cannot be written only warns (the caller has the arrays; a later load builds them
+    again)."""
+    import warnings
+
+    import numpy as np
+
+    try:
+        with atomic_write(path, mode=0o644) as fh:  # the cache is shared
+            np.savez(fh, **arrays)
+    except OSError as exc:
+        warnings.warn(f"could not cache {path.name} in {path.parent}: {exc}", stacklevel=3)
 
 
 def check_writable(path: str | Path, what: str = "--out") -> Path:

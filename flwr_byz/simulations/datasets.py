@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..files import atomic_write
+from ..files import write_npz_cache
 from ..specs import build, split_part, unknown
 from .training import derive_seed, float_dtype
 
@@ -269,18 +269,8 @@ def _cached(
         except (OSError, ValueError, KeyError):
             pass  # unreadable or stale: rebuild and overwrite
     arrays = build()
-    _atomic_savez(path, arrays)
+    write_npz_cache(path, arrays)
     return arrays
-
-
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` atomically (``flwr_byz.files``: processes that build the
-    same file at once each write their own temporary file); skip if not writable."""
-    try:
-        with atomic_write(path, mode=0o644) as fh:  # the cache is shared
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
-    except OSError as exc:
-        warnings.warn(f"could not cache {path.name} in {path.parent}: {exc}", stacklevel=3)
 
 
 def _sklearn(name: str) -> Dataset:

@@ -57,7 +57,6 @@ import os
 import re
 import socket
 import sys
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +66,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from ..files import atomic_write
+from ..files import write_npz_cache
 
 __all__ = [
     "IMAGE_COLUMNS",
@@ -220,18 +219,8 @@ def load_source(source: Source, cache_dir: Path) -> dict[str, Any]:
     arrays = _read_cache(path)
     if arrays is None:
         arrays = _build(source, cache_dir)
-        _save(path, arrays)
+        write_npz_cache(path, arrays)
     return _fields(source, arrays)
-
-
-def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` atomically (processes that build the same file at once each write
-    their own temporary file); warn and go on when the cache is not writable."""
-    try:
-        with atomic_write(path, mode=0o644) as fh:  # the cache is shared
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
-    except OSError as exc:
-        warnings.warn(f"could not cache {path.name} in {path.parent}: {exc}", stacklevel=3)
 
 
 def _cache_stem(source: Source) -> str:
