@@ -38,7 +38,14 @@ from ..files import write_text
 from ..protocol.keys import ATTACK_KEY, NUM_PARTITIONS_KEY, PARTITION_ID_KEY
 from ..simulations.flower_app import run_config_toml
 from ..simulations.flower_app import toml_value as _toml_value
-from ..simulations.processes import HOST, ManagedProcess, ProcessSet, descendants, free_port
+from ..simulations.processes import (
+    HOST,
+    Lifecycle,
+    ManagedProcess,
+    ProcessSet,
+    descendants,
+    free_port,
+)
 from ..simulations.processes import environment as _environment
 from ..simulations.processes import executable as _executable
 from .credentials import NodeKeys, TlsFiles, make_node_keys, make_tls
@@ -92,7 +99,7 @@ class NodeSpec:
         return " ".join(f"{k}={_toml_value(v)}" for k, v in values.items())
 
 
-class LocalDeployment:
+class LocalDeployment(Lifecycle):
     """A SuperLink and SuperNodes on 127.0.0.1 (see the module doc).
 
     ``nodes``: the SuperNodes to start. ``tls``/``auth``: TLS from a generated CA and
@@ -137,17 +144,6 @@ class LocalDeployment:
     @property
     def address(self) -> str:
         return f"{HOST}:{self.port}"
-
-    def __enter__(self) -> LocalDeployment:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Credentials, SuperLink, the ``flwr`` connection, registration, SuperNodes; returns

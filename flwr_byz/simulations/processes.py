@@ -25,11 +25,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from ..interrupt import alive, descendants, handle_interrupts, send_signal
 
 __all__ = [
+    "Lifecycle",
     "ManagedProcess",
     "ProcessSet",
     "descendants",
@@ -43,6 +44,30 @@ __all__ = [
 
 #: The loopback address every process we start listens on.
 HOST = "127.0.0.1"
+
+_L = TypeVar("_L", bound="Lifecycle")
+
+
+class Lifecycle:
+    """A set of processes used as a context manager: ``start`` on entry (``stop`` at once if
+    it fails part-way, so nothing it started is left), ``stop`` on exit."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _L) -> _L:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def free_port(host: str = HOST) -> int:

@@ -75,6 +75,7 @@ from .devices import client_gpus, visible_gpus
 from .flower_app import PROGRESS_ENV, RUNS_KEY, run_config_toml, toml_value, write_app
 from .processes import (
     HOST,
+    Lifecycle,
     ManagedProcess,
     ProcessSet,
     descendants,
@@ -141,7 +142,7 @@ def federation_config(
     return values
 
 
-class SimulationRuntime:
+class SimulationRuntime(Lifecycle):
     """A SuperLink in simulation mode on loopback, and ``flwr run`` against it (module doc).
 
     ``ray_address``: the Ray cluster the runs use (None: each run starts its own Ray).
@@ -198,17 +199,6 @@ class SimulationRuntime:
         return {"FLWR_HOME": str(home)}
 
     # --- lifecycle ----------------------------------------------------------------------------
-    def __enter__(self) -> SimulationRuntime:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def start(self) -> None:
         """Start the SuperLink and write the ``flwr`` connection to it."""
         command = [
