@@ -23,7 +23,7 @@ help:
 	@echo "make test-fast  same, skipping tests marked slow/deployment"
 	@echo "make bench      install (+ ByzFL --no-deps), run benchmarks/aggregators.py -> benchmarks/results/"
 	@echo "make bench-engines  install, run benchmarks/engines.py (engines vs a plain loop, ~30-60 min)"
-	@echo "make results    install, then regenerate docs/RESULTS.md and its figures (~55 min)"
+	@echo "make results    install, then regenerate docs/RESULTS.md and its figures (~70 min)"
 	@echo "make lint       ruff + mypy"
 	@echo "make wheel      install, then build the sdist and, from it, the wheel -> dist/ (offline)"
 
@@ -38,12 +38,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/flwr-byz demo
 
-# Two passes: the in-process tests on TEST_JOBS pytest-xdist workers, then the "serial" ones
-# (they start Flower runtimes, Ray, pools: several cores each) one at a time. Exit code 5
-# ("no tests collected", e.g. PYTEST_ARGS naming one file) is not a failure.
+# Three passes: the in-process tests on TEST_JOBS pytest-xdist workers; the "serial" ones
+# (they start Flower runtimes, Ray, pools: several cores each) one at a time; then the
+# deployment tests two at a time (they mostly wait on Flower's polls and
+# heartbeats; each deployment listens on ports of its own). Exit code 5 ("no tests
+# collected", e.g. PYTEST_ARGS naming one file) is not a failure.
 test: $(STAMP)
 	$(PYTEST) -n $(TEST_JOBS) -m "not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
-	$(PYTEST) -p no:xdist -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PYTEST) -p no:xdist -m "serial and not deployment" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PYTEST) -n 2 -m deployment $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-fast: $(STAMP)
 	$(PYTEST) -n $(TEST_JOBS) -m "not slow and not deployment" $(PYTEST_ARGS) || [ $$? -eq 5 ]

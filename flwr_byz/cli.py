@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import subprocess
 import sys
@@ -321,7 +322,7 @@ def _progress(configs: Sequence[ExperimentConfig]) -> Iterator[Any]:
         key = _key(cfg)
         task = tasks.get(key)
         if task is not None:
-            progress.update(task, completed=record.round, acc=f"{100 * record.accuracy:.1f}%")
+            progress.update(task, completed=record.round, acc=_acc_text(record))
         where = f"round {record.round} of {cfg.rounds}"
         if record.round >= cfg.rounds:
             finished.add(key)
@@ -332,6 +333,13 @@ def _progress(configs: Sequence[ExperimentConfig]) -> Iterator[Any]:
 
     with progress:
         yield on_round
+
+
+def _acc_text(record: Any) -> str:
+    """A round's accuracy for the progress bar, and its ASR under a backdoor attack."""
+    text = f"{100 * record.accuracy:.1f}%"
+    asr = getattr(record, "asr", math.nan)
+    return text if math.isnan(asr) else f"{text} asr {100 * asr:.1f}%"
 
 
 def _summary(results: Sequence[Any], title: str) -> None:
@@ -538,6 +546,9 @@ def grid(
 ) -> None:
     """Run methods x attacks x Byzantine counts; write results.md and heatmap.png.
 
+    Under backdoor attacks (e.g. badnets) results.md also has attack-success-rate tables and
+    asr_heatmap.png is written.
+
     --preset NAME starts every run from a standard setup (docs/PRESETS.md); the --config
     file and the flags override it. The 'none' column of a Byzantine count b is the run where
     those b clients behave honestly, so the robust rules are set for the same f as under
@@ -547,7 +558,7 @@ def grid(
     """
     from .simulations.methods import uses_aggregator
     from .simulations.plots import plot_heatmap
-    from .simulations.report import cells_from_results, grid_markdown
+    from .simulations.report import cells_from_results, grid_markdown, has_asr
 
     shared = _collect(
         preset=preset, clients=clients, rounds=rounds, dataset=dataset, partition=partition,
@@ -599,13 +610,17 @@ def grid(
     INTERRUPT_HINT = None
     results = [finished[i] if i in finished else next(new) for i in range(len(configs))]
     cells = cells_from_results([r.to_dict() for r in results])
-    markdown = grid_markdown(
-        cells, title=f"final accuracy (%), {base.dataset}, {_rounds_of(results)} rounds"
-    )
+    setup = f"{base.dataset}, {_rounds_of(results)} rounds"
+    markdown = grid_markdown(cells, title=f"final accuracy (%), {setup}")
+    written = [out_dir / "results.md", out_dir / "heatmap.png"]
+    if has_asr(cells):  # backdoor attacks: the attack success rate too (lower is better)
+        title = f"final attack success rate (%), {setup}"
+        markdown += "\n" + grid_markdown(cells, title=title, metric="asr")
+        written.append(plot_heatmap(cells, out_dir / "asr_heatmap.png", metric="asr"))
     write_text(out_dir / "results.md", markdown)
     plot_heatmap(cells, out_dir / "heatmap.png")
     _summary(results, "flwr-byz grid")
-    console.print(f"wrote {out_dir / 'results.md'} and {out_dir / 'heatmap.png'}")
+    console.print(f"wrote {', '.join(str(p) for p in written[:-1])} and {written[-1]}")
 
 
 def _own_rule(method: str) -> str:
@@ -846,7 +861,7 @@ def reproduce(
     targets: list[str] = typer.Argument(
         None,
         help="Sections to regenerate: the papers' claims, the attack x defence matrix, the "
-        "performance report; 'all' is every one. \\[default: all]",
+        "backdoor matrix, the performance report; 'all' is every one. \\[default: all]",
     ),
     quick: bool = typer.Option(
         False, help="One seed and a few rounds: checks the pipeline, gives no results."
@@ -863,8 +878,9 @@ def reproduce(
         help="Where RESULTS.md and img/ go. \\[default: docs/, or <work>/quick/docs with --quick]",
     ),
 ) -> None:
-    """Regenerate docs/RESULTS.md: the papers' claims, the attack x defence matrix and the
-    performance report, offline. Runs already in WORK are reused; delete it to start over."""
+    """Regenerate docs/RESULTS.md: the papers' claims, the attack x defence and backdoor
+    matrices and the performance report, offline. Runs already in WORK are reused; delete it
+    to start over."""
     from .reproduce import Budget, resolve_targets
     from .reproduce import reproduce as run_reproduce
 
@@ -945,7 +961,7 @@ def presets() -> None:
         typer.echo(f"{preset.name}: {preset.summary}")
         typer.echo("  " + ", ".join(f"{k}={v}" for k, v in preset.setup.items()))
         local = ", ".join(f"{k}={v}" for k, v in preset.local_sgd.items())
-        typer.echo(f"  local training (fedavg, robust-fedavg, flower-*): {local}")
+        typer.echo(f"  local training (fedavg, robust-fedavg, fltrust, flower-*): {local}")
 
 
 @app.command("data", cls=_Command)
@@ -987,7 +1003,8 @@ def attacks() -> None:
     for name, cls in ATTACKS.items():
         kind = "omniscient" if getattr(cls, "omniscient", False) else "per-node"
         kind = "data" if getattr(cls, "data_attack", False) else kind
-        typer.echo(f"{name:<12} {kind}")
+        kind = "backdoor" if getattr(cls, "backdoor", False) else kind
+        typer.echo(f"{name:<18} {kind}")
 
 
 @app.command("models", cls=_Command)

@@ -3,10 +3,12 @@ threads make each forward/backward pass many times slower. ``$OMP_NUM_THREADS`` 
 experiment's ``threads`` resolves to when unset (``flwr_byz.simulations.threads``), and what
 torch and the processes the tests start (Ray actors, SuperNodes) read when they start.
 
-``make test`` runs the suite in two passes: the tests that run in this process, on two
-pytest-xdist workers (``-m "not serial"``), then, one at a time, the ``serial`` ones: those
-that start Flower runtimes, SuperNodes, Ray, process pools or the CLI as a subprocess, which
-use several cores themselves and wait on other processes (``SERIAL`` below marks them)."""
+``make test`` runs the suite in three passes: the tests that run in this process, on two
+pytest-xdist workers (``-m "not serial"``); one at a time, the ``serial`` ones: those that start
+Flower runtimes, Ray, process pools or the CLI as a subprocess, which use several cores
+themselves and wait on other processes (``SERIAL`` below marks them); then the deployment tests
+(serial too), two at a time: they mostly wait on Flower's polls and heartbeats, and every
+deployment listens on free ports of its own and is cleaned up by its own work directory."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ COMMANDS = (
 )  # fmt: skip
 ROUND_KEYS = {
     "round", "loss", "accuracy", "rejected", "bytes_up", "bytes_down", "seconds",
-    "train_loss", "gap", "metrics", "missing",
+    "train_loss", "gap", "metrics", "missing", "asr",
 }  # fmt: skip
 # wide, so rich neither wraps help texts nor squeezes the summary table
 ENV = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}
@@ -119,7 +119,7 @@ def test_attacks_lists_every_name_with_its_kind() -> None:
     lines = dict(line.split() for line in result.output.strip().splitlines())
     assert set(lines) == set(ATTACKS)
     assert lines["alie"] == "omniscient" and lines["sign-flip"] == "per-node"
-    assert lines["label-flip"] == "data"
+    assert lines["label-flip"] == "data" and lines["model-replacement"] == "backdoor"
 
 
 @pytest.mark.parametrize("command", COMMANDS)

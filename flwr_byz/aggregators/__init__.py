@@ -8,11 +8,16 @@ from .caf import CAF
 from .centered_clipping import CenteredClipping
 from .coordinate import Meamed, Mean, Median, TrimmedMean
 from .ctma import CTMA
+from .dnc import DnC
+from .flame import FLAME
+from .foolsgold import FoolsGold, set_client_ids
 from .geomed import GeometricMedian
 from .krum import Bulyan, Krum, MultiKrum
 from .nearest import NNM, MoNNA
+from .normclip import NormClip
 from .preaggregators import ARC, Bucketing, Clipping
 from .registry import AGGREGATORS, WRAPPERS, get_aggregator
+from .signguard import SignGuard
 from .subsets import MDA, SMEA
 
 __all__ = [
@@ -20,6 +25,7 @@ __all__ = [
     "ARC",
     "CAF",
     "CTMA",
+    "FLAME",
     "MDA",
     "NNM",
     "SMEA",
@@ -29,6 +35,8 @@ __all__ = [
     "Bulyan",
     "CenteredClipping",
     "Clipping",
+    "DnC",
+    "FoolsGold",
     "GeometricMedian",
     "Krum",
     "Meamed",
@@ -36,8 +44,11 @@ __all__ = [
     "Median",
     "MoNNA",
     "MultiKrum",
+    "NormClip",
     "PreAggregator",
+    "SignGuard",
     "TrimmedMean",
     "get_aggregator",
     "pairwise_sq_distances",
+    "set_client_ids",
 ]

@@ -17,10 +17,15 @@ from .caf import CAF
 from .centered_clipping import CenteredClipping
 from .coordinate import Meamed, Mean, Median, TrimmedMean
 from .ctma import CTMA
+from .dnc import DnC
+from .flame import FLAME
+from .foolsgold import FoolsGold
 from .geomed import GeometricMedian
 from .krum import Bulyan, Krum, MultiKrum
 from .nearest import NNM, MoNNA
+from .normclip import NormClip
 from .preaggregators import ARC, Bucketing, Clipping
+from .signguard import SignGuard
 from .subsets import MDA, SMEA
 
 __all__ = ["AGGREGATORS", "ALIASES", "WRAPPERS", "aggregator_names", "get_aggregator"]
@@ -39,6 +44,11 @@ AGGREGATORS: dict[str, type] = {
     "monna": MoNNA,
     "caf": CAF,
     "smea": SMEA,
+    "normclip": NormClip,
+    "flame": FLAME,
+    "foolsgold": FoolsGold,
+    "dnc": DnC,
+    "signguard": SignGuard,
 }
 """Base rules by canonical name."""
 
@@ -60,6 +70,8 @@ ALIASES = {
     "mkrum": "multikrum", "multi-krum": "multikrum",
     "centeredclipping": "cc", "centered-clipping": "cc",
     "bucket": "bucketing", "clip": "clipping",
+    "norm-clip": "normclip", "norm-bounding": "normclip", "normbound": "normclip",
+    "fools-gold": "foolsgold", "divide-and-conquer": "dnc", "sign-guard": "signguard",
 }  # fmt: skip
 """Other spellings of the rules' and wrappers' names."""
 

@@ -70,6 +70,11 @@ RULES: tuple[tuple[str, str], ...] = (
     ("ARC+Mean", "arc+mean"),
     ("CTMA+Median", "ctma+median"),
     ("CTMA+GeometricMedian", "ctma+geomed"),
+    ("NormClip", "normclip"),
+    ("FLAME", "flame"),
+    ("FoolsGold", "foolsgold"),
+    ("DnC", "dnc"),
+    ("SignGuard", "signguard"),
 )
 
 
@@ -149,6 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     FLOWER_LOGGER.setLevel(logging.WARNING)  # aggregate_train logs every call at INFO
     sizes = parse_sizes(args.sizes) if args.sizes else list(QUICK_SIZES if args.quick else SIZES)
     rules = select_rules(args.only)
+    for _, spec in rules:  # one tiny call each: lazy imports (scikit-learn's) are not timed
+        try:
+            get_aggregator(spec, f=0)(torch.ones(4, 2))
+        except ValueError:
+            pass
     bz, bz_error = import_byzfl()
     if bz_error and "byzfl" in args.baselines:
         log(f"ByzFL baseline skipped: {bz_error}")

@@ -41,7 +41,11 @@ no gradient, e.g. BatchNorm statistics, are zero). Every reply also carries a Me
 In a checkpointed run the state is also saved beside the checkpoint after every op, and a
 resumed run's node loads it back (``flwr_byz.clients.state``: ``save_run_state``,
 ``load_run_state``).
-A data attack (LabelFlip, see ``label_flip_requested``) flips the labels before the step.
+A data attack (``data_attack_of``) corrupts the local data before the step: LabelFlip flips
+the labels; BadNets and DBA poison a seeded fraction with their trigger (the node's
+``partition-id``, else its node ID, and the server round seed the rows; the trigger's value
+comes from ``reference_fn``). Model replacement and Neurotoxin need FedAvg-like local training:
+an op message with them is an error.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from torch import nn
 
-from ..attacks import LabelFlip
+from ..attacks import BadNets, LabelFlip
 from ..compressors import Compressor, get_compressor
 from ..methods import ef21, marina, momentum, mu2sgd
 from ..protocol.keys import (
@@ -74,6 +78,7 @@ from ..protocol.keys import (
     OP_KEY,
     OP_MOMENTUM,
     OPS,
+    PARTITION_ID_KEY,
     PAYLOAD_KEY,
     POINT_KEY,
     PREV_KEY,
@@ -82,7 +87,8 @@ from ..protocol.keys import (
 )
 from ..protocol.records import Layout, flatten, layout_of, payload_record, to_state_dict, unflatten
 from .byzsgd import worker_step
-from .mods import label_flip_requested
+from .injection import server_round_of
+from .mods import data_attack_of
 from .state import (
     DOUBLE_D,
     DOUBLE_X,
@@ -104,6 +110,7 @@ __all__ = ["OPS", "GradientClient"]
 ModelFn = Callable[[dict[str, Any]], nn.Module]
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 DataFn = Callable[[Context, dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
+ReferenceFn = Callable[[dict[str, Any]], torch.Tensor]
 
 
 class GradientClient:
@@ -120,6 +127,10 @@ class GradientClient:
         This node's local training data (cache it yourself if loading is slow).
     num_classes : int | None
         For LabelFlip (``y' = C - 1 - y``); None: the width of the model's output.
+    reference_fn : (config) -> Tensor, optional
+        For a backdoor: the data set's training inputs, whose per-feature maximum is the
+        trigger's value (the server stamps its test inputs with the same); None: this
+        node's own inputs (or set ``value=`` in the attack's spec).
     mods : Sequence[Mod]
         Flower client mods for the app (e.g. ``flwr_byz.clients.byzantine_mod``).
     device : str | torch.device
@@ -134,11 +145,13 @@ class GradientClient:
         num_classes: int | None = None,
         mods: Sequence[Mod] = (),
         device: str | torch.device = "cpu",
+        reference_fn: ReferenceFn | None = None,
     ) -> None:
         self.model_fn = model_fn
         self.loss_fn = loss_fn
         self.data_fn = data_fn
         self.num_classes = num_classes
+        self.reference_fn = reference_fn
         self.device = torch.device(device)
         self.app = ClientApp(mods=list(mods))
         self.app.train()(self.handle)
@@ -154,8 +167,7 @@ class GradientClient:
             raise ValueError(f"GradientClient: unknown op {op!r}; it answers {OPS}")
         load_run_state(context, config)  # a resumed run: this node's saved state
         x, y = self.data_fn(context, config)
-        if label_flip_requested(msg, context):
-            y = self._flip(y, x, config)
+        x, y = self._data_attack(msg, context, config, x, y)
         arrays = msg.content.array_records
         size, seed = int(config.get(BATCH_SIZE_KEY, 0)), int(config.get(BATCH_SEED_KEY, 0))
         batch = _batch(len(y), size, seed)
@@ -315,6 +327,30 @@ class GradientClient:
         return d[0]
 
     # --- helpers ---------------------------------------------------------------------------------
+    def _data_attack(
+        self,
+        msg: Message,
+        context: Context,
+        config: dict[str, Any],
+        x: torch.Tensor,
+        y: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` as the node's data attack (:func:`data_attack_of`) leaves them."""
+        attack = data_attack_of(msg, context)
+        if isinstance(attack, LabelFlip):
+            return x, self._flip(y, x, config)
+        if not isinstance(attack, BadNets):
+            return x, y
+        if getattr(attack, "fedavg_only", False):
+            raise ValueError(
+                f"GradientClient: {type(attack).__name__} needs FedAvg-like local training; "
+                "a method strategy's op takes badnets or dba"
+            )
+        partition = context.node_config.get(PARTITION_ID_KEY)
+        node = partition if isinstance(partition, int) else int(context.node_id)
+        reference = x if self.reference_fn is None else self.reference_fn(config)
+        return attack.poison(x, y, reference, node=node, server_round=server_round_of(msg))
+
     def _flip(self, y: torch.Tensor, x: torch.Tensor, config: dict[str, Any]) -> torch.Tensor:
         classes = self.num_classes
         if classes is None:

@@ -17,6 +17,7 @@ Unbound, or bound to a strategy without a surface (Flower's), the surface is the
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterable, Sequence
 from logging import INFO, WARNING
@@ -27,14 +28,24 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from ..attacks import Attack, LabelFlip, SurfaceAttack, get_attack
+from ..attacks import (
+    DBA,
+    Attack,
+    BadNets,
+    LabelFlip,
+    ModelReplacement,
+    SurfaceAttack,
+    get_attack,
+)
 from ..methods.surface import AttackSurface, as_surface
 from .injection import (
     Target,
     apply_attack,
-    mark_label_flip,
+    data_attack_mark,
+    mark_data_attack,
     model_sent,
     model_update_surface,
+    server_round_of,
     target_of,
     write_back,
 )
@@ -65,9 +76,9 @@ class ByzantineGrid(GridWrapper):
     ----------
     grid : Grid
         The Grid handed to the ServerApp.
-    attack : Attack | LabelFlip | str
+    attack : Attack | LabelFlip | BadNets | str
         An attack of ``flwr_byz.attacks`` or a spec string (``"alie"``, ``"sign-flip:10"``,
-        ``"gaussian:sigma=1"``, ``"label-flip"``, ...).
+        ``"gaussian:sigma=1"``, ``"label-flip"``, ``"badnets:target=0"``, ...).
     num_byzantine : int | None
         Choose this many Byzantine nodes among the connected ones (seeded, at the first round).
     node_ids : Iterable[int] | None
@@ -82,15 +93,21 @@ class ByzantineGrid(GridWrapper):
     Per-node attacks rewrite each Byzantine reply from its own content; omniscient attacks
     also read the round's valid honest replies (those with the same array layout and finite
     values; when there is none, the Byzantine nodes' own vectors stand in). Error replies of
-    Byzantine nodes are left as they are. ``LabelFlip`` leaves replies alone and puts
-    ``"byzantine-attack": "label-flip"`` in the Byzantine nodes' ConfigRecord: the ClientApp
-    flips its labels when :func:`flwr_byz.clients.label_flip_requested` says so.
+    Byzantine nodes are left as they are. A data attack (``LabelFlip``, the backdoors
+    ``BadNets``, ``DBA``, ``ModelReplacement``, ``Neurotoxin``) puts ``"byzantine-attack":
+    <its full spec>`` (``attacks.attack_spec``, seed included) in the Byzantine nodes'
+    ConfigRecord: the ClientApp corrupts its training data as
+    :func:`flwr_byz.clients.data_attack_of` says. Data attacks leave the replies alone,
+    except ``ModelReplacement``, which then boosts the Byzantine updates (its ``boost``, else
+    ``n / (eta k)`` for the ``n`` train messages and ``k`` Byzantine replies of the round) as
+    a per-node attack. DBA's i-th Byzantine node (by node ID) poisons with local trigger
+    ``i mod parts``.
     """
 
     def __init__(
         self,
         grid: Grid,
-        attack: Attack | LabelFlip | str,
+        attack: Attack | LabelFlip | BadNets | str,
         num_byzantine: int | None = None,
         node_ids: Iterable[int] | None = None,
         seed: int = 0,
@@ -114,6 +131,8 @@ class ByzantineGrid(GridWrapper):
         """The bound strategy's attack surface (None: the model-update surface)."""
         self.attacked_replies = 0
         """Number of replies rewritten so far."""
+        self._round_clients: int | None = None  # train messages of the last push
+        self._round = 0  # their server round
         if strategy is not None:
             self.bind(strategy)
 
@@ -149,7 +168,7 @@ class ByzantineGrid(GridWrapper):
 
     @property
     def is_data_attack(self) -> bool:
-        """True for attacks applied by the client to its data (LabelFlip)."""
+        """True for attacks applied by the client to its data (LabelFlip, the backdoors)."""
         return bool(getattr(self.attack, "data_attack", False))
 
     # --- Grid API: delegated (GridWrapper), with the attack in between -----------------
@@ -173,11 +192,24 @@ class ByzantineGrid(GridWrapper):
         out = []
         for msg in messages:
             if self.is_data_attack and self._targets(msg):
-                msg = mark_label_flip(msg)
+                msg = mark_data_attack(msg, self._mark(int(msg.metadata.dst_node_id)))
             if self._attacked_type(msg):
                 self._sent[int(msg.metadata.dst_node_id)] = msg.content
             out.append(msg)
+        attacked = [msg for msg in out if self._attacked_type(msg)]
+        if attacked:
+            self._round_clients = len(attacked)
+            self._round = server_round_of(attacked[0])
         return out
+
+    def _mark(self, node: int) -> str:
+        """The data attack's mark for Byzantine node ``node``: DBA's i-th Byzantine node (by
+        node ID) gets local trigger ``i mod parts`` unless the spec fixes ``part``."""
+        attack = self.attack
+        if isinstance(attack, DBA) and attack.part is None:
+            rank = sorted(self.byzantine_node_ids).index(node)
+            attack = dataclasses.replace(attack, part=rank % attack.parts)
+        return data_attack_mark(attack)
 
     def _attacked_type(self, msg: Message) -> bool:
         """``"train"`` matches ``"train"`` and ``"train.<action>"``."""
@@ -187,7 +219,8 @@ class ByzantineGrid(GridWrapper):
         return self._attacked_type(msg) and int(msg.metadata.dst_node_id) in self.byzantine_node_ids
 
     def _attack(self, replies: list[Message]) -> list[Message]:
-        if self.is_data_attack or not replies:
+        forges = isinstance(self.attack, ModelReplacement) and self.attack.active(self._round)
+        if (self.is_data_attack and not forges) or not replies:
             return replies
         byzantine = self.byzantine_node_ids
         cache: dict[int, torch.Tensor] = {}
@@ -216,6 +249,9 @@ class ByzantineGrid(GridWrapper):
                 own.append((reply, node, target, row))
             elif bool(torch.isfinite(target.vector).all()):
                 honest.append((target, row))
+        attack = self.attack
+        if isinstance(attack, ModelReplacement):  # n of this round, k = its Byzantine replies
+            attack = attack.for_round(self._round_clients, attackers=len(own))
         # one attack call per reply layout (e.g. EF21's dense resets, then its payloads), in a
         # fixed order: a random attack's draws do not depend on the process's string hashing
         for records in sorted({t.records for _, _, t, _ in own}, key=repr):
@@ -224,9 +260,9 @@ class ByzantineGrid(GridWrapper):
             own_rows = torch.stack([row for *_, row in group])
             honest_rows = torch.stack(peers) if peers else own_rows[:0]
             try:
-                forged = apply_attack(self.attack, honest_rows, own_rows)  # type: ignore[arg-type]
+                forged = apply_attack(attack, honest_rows, own_rows)  # type: ignore[arg-type]
             except ValueError as exc:
-                log(WARNING, "ByzantineGrid: attack %s failed, replies kept: %s", self.attack, exc)
+                log(WARNING, "ByzantineGrid: attack %s failed, replies kept: %s", attack, exc)
                 continue
             for (reply, node, target, _), row in zip(group, forged, strict=True):
                 vector = row.to(target.vector.dtype)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
-from ..attacks import Attack
+from ..attacks import Attack, LabelFlip, attack_spec
 from ..compressors import Compressor, get_compressor
 from ..methods.surface import OffsetSurface
 from ..protocol.keys import (
@@ -34,6 +34,7 @@ from ..protocol.keys import (
     OP_KEY,
     PAYLOAD_KEY,
     POINT_KEY,
+    SERVER_ROUND_KEY,
 )
 from ..protocol.records import (
     Layout,
@@ -47,10 +48,13 @@ from ..protocol.records import (
 __all__ = [
     "Target",
     "apply_attack",
+    "data_attack_mark",
+    "mark_data_attack",
     "mark_label_flip",
     "model_sent",
     "model_update_surface",
     "no_shift_back",
+    "server_round_of",
     "target_of",
     "write_back",
 ]
@@ -121,6 +125,15 @@ def model_sent(
     return base
 
 
+def server_round_of(msg: Message) -> int:
+    """The ``server-round`` of ``msg``'s ConfigRecords (0 when none has one)."""
+    for cfg in msg.content.config_records.values():
+        value = cfg.get(SERVER_ROUND_KEY)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return 0
+
+
 def no_shift_back(mult: float | None) -> torch.Tensor:
     """The ShiftBack target of a surface that does not know x^0: an error."""
     raise ValueError(
@@ -181,8 +194,22 @@ def apply_attack(attack: Attack, honest: torch.Tensor, own: torch.Tensor) -> tor
     return out
 
 
+def data_attack_mark(attack: object) -> str:
+    """What a data attack's mark says: ``"label-flip"`` for LabelFlip (the ClientApp knows
+    its classes), else the attack's full spec (``attacks.attack_spec``, seed included)."""
+    return LABEL_FLIP if isinstance(attack, LabelFlip) else attack_spec(attack)
+
+
 def mark_label_flip(msg: Message, in_place: bool = False) -> Message:
-    """``msg`` with ``byzantine-attack = "label-flip"`` in its ConfigRecord.
+    """``msg`` with ``byzantine-attack = "label-flip"`` in its ConfigRecord
+    (:func:`mark_data_attack`)."""
+    return mark_data_attack(msg, LABEL_FLIP, in_place)
+
+
+def mark_data_attack(msg: Message, spec: str, in_place: bool = False) -> Message:
+    """``msg`` with ``byzantine-attack = spec`` in its ConfigRecord: the data attack the
+    ClientApp applies to its training data (``flwr_byz.clients.data_attack_of``; ``spec``
+    from ``attacks.attack_spec``, so the node rebuilds the same attack, seed included).
 
     Server side (``in_place=False``) the content is copied into a new Message, since FedAvg
     shares one RecordDict between all nodes' messages; client side (``in_place=True``) the
@@ -195,7 +222,7 @@ def mark_label_flip(msg: Message, in_place: bool = False) -> Message:
     if config is None:
         config = ConfigRecord(dict(configs[key].items()) if key in configs else {})
         content[key] = config
-    config[ATTACK_KEY] = LABEL_FLIP
+    config[ATTACK_KEY] = spec
     if in_place:
         return msg
     return Message(

@@ -30,9 +30,13 @@ round's count, Flower's need ``train_metrics_aggr_fn=flwr_byz.protocol.sum_byzan
 
 Omniscient attacks (IPM, ALIE, MinMax, MinSum, Mimic, ShiftBack) need the round's honest
 replies, which a node does not see: the mod raises a ValueError naming ByzantineGrid, which
-Flower returns to the server as an error reply (rejected there as ``error-reply``). LabelFlip is
-a data attack: the mod puts ``byzantine-attack = "label-flip"`` in the message's ConfigRecord
-and the ClientApp's data loading asks :func:`label_flip_requested`.
+Flower returns to the server as an error reply (rejected there as ``error-reply``). LabelFlip and
+the backdoors (``badnets``, ``dba``, ``model-replacement``, ``neurotoxin``) are data attacks: the
+mod puts ``byzantine-attack = <the attack's full spec>`` in the message's ConfigRecord and the
+ClientApp's data loading asks :func:`data_attack_of` (``label_flip_requested`` for LabelFlip).
+Model replacement also forges the reply: the node's update times the boost (``boost=`` of the
+spec or ``byzantine-scale``, else ``num-partitions`` of the node config: a node does not know
+how many nodes the round sampled), clipped to ``norm=``.
 
 Like ByzantineGrid, the mod forges the vector the server aggregates and sends it back through
 an attack surface (``flwr_byz.methods.surface``: ``aggregated`` / ``to_wire``), but a node has
@@ -57,7 +61,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.supercore import log
 
-from ..attacks import Attack, LabelFlip, get_attack
+from ..attacks import Attack, BadNets, LabelFlip, ModelReplacement, get_attack
 from ..methods.surface import AttackSurface, OffsetSurface
 from ..protocol.keys import (
     ATTACK_KEY,
@@ -70,19 +74,21 @@ from ..protocol.keys import (
     CONFIG_KEY,
     EF21_VERSION_KEY,
     NUM_PARTITIONS_KEY,
+    OP_KEY,
     PARTITION_ID_KEY,
     PAYLOAD_KEY,
-    SERVER_ROUND_KEY,
     VECTOR_KEY,
 )
 from ..protocol.records import flatten, record_payload
 from .injection import (
     Target,
     apply_attack,
-    mark_label_flip,
+    data_attack_mark,
+    mark_data_attack,
     model_sent,
     model_update_surface,
     no_shift_back,
+    server_round_of,
     target_of,
     write_back,
 )
@@ -91,13 +97,14 @@ from .state import EF21_G, EF21_G_PREV, load_vector, save_run_state, store_vecto
 __all__ = [
     "byzantine_app",
     "byzantine_mod",
+    "data_attack_of",
     "label_flip_requested",
     "make_byzantine_mod",
     "node_attack",
     "node_surface",
 ]
 
-_MAGNITUDE = ("scale", "s", "sigma")  # the field byzantine-scale sets: the first one present
+_MAGNITUDE = ("scale", "s", "sigma", "boost")  # byzantine-scale sets the first one present
 
 
 _NODE_KEYS = (ATTACK_KEY, ATTACK_SCALE_KEY, ATTACK_SEED_KEY)  # a node config's own settings
@@ -272,16 +279,20 @@ def _report(reply: Message, byzantine: bool) -> None:
         records[0][BYZANTINE_REPLIES_KEY] = int(byzantine)
 
 
+DataAttack = LabelFlip | BadNets
+"""An attack the ClientApp applies to its training data (``data_attack = True``)."""
+
+
 def node_attack(
     context: Context, server_round: int = 0, defaults: Mapping[str, Any] | None = None
-) -> Attack | LabelFlip | None:
+) -> Attack | DataAttack | None:
     """The attack this node is configured with (None when it is honest)."""
     return _attack_of(node_settings(context, defaults), context.node_id, server_round)
 
 
 def _attack_of(
     settings: Mapping[str, Any], node_id: int, server_round: int
-) -> Attack | LabelFlip | None:
+) -> Attack | DataAttack | None:
     spec = _spec(settings)
     if not spec:
         return None
@@ -297,20 +308,30 @@ def _attack_of(
 
 
 def label_flip_requested(msg: Message, context: Context) -> bool:
-    """Whether this node should train on flipped labels: its node config or the message's
-    ConfigRecord (set by ByzantineGrid or the mod) names ``label-flip``."""
-    specs: list[object] = [context.node_config.get(ATTACK_KEY)]
-    specs += [cfg.get(ATTACK_KEY) for cfg in msg.content.config_records.values()]
-    return any(_is_label_flip(spec) for spec in specs)
+    """Whether this node should train on flipped labels (:func:`data_attack_of` is a
+    LabelFlip)."""
+    return isinstance(data_attack_of(msg, context), LabelFlip)
 
 
-def _is_label_flip(spec: object) -> bool:
-    if not isinstance(spec, str) or not spec.strip():
-        return False
-    try:
-        return isinstance(get_attack(spec), LabelFlip)
-    except ValueError:
-        return False
+def data_attack_of(msg: Message, context: Context) -> DataAttack | None:
+    """The data attack this node applies to its training data for ``msg`` (None: honest):
+    the spec in the message's ConfigRecord (put there by ByzantineGrid or the mod, seed
+    included), else the one in the node config (seeded by its ``byzantine-seed``)."""
+    specs: list[tuple[object, int]] = [
+        (cfg.get(ATTACK_KEY), 0) for cfg in msg.content.config_records.values()
+    ]
+    seed = context.node_config.get(ATTACK_SEED_KEY, 0)
+    specs.append((context.node_config.get(ATTACK_KEY), int(seed)))
+    for spec, spec_seed in specs:
+        if not isinstance(spec, str) or not spec.strip():
+            continue
+        try:
+            attack = get_attack(spec, seed=spec_seed)
+        except ValueError:
+            continue
+        if getattr(attack, "data_attack", False):
+            return attack  # type: ignore[return-value]
+    return None
 
 
 def make_byzantine_mod(
@@ -355,16 +376,39 @@ def _byzantine_step(
     _announce(context, settings, where)
     if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN:
         return call_next(msg, context)
-    attack = _attack_of(settings, context.node_id, _server_round(msg))
+    server_round = server_round_of(msg)
+    attack = _attack_of(settings, context.node_id, server_round)
     if attack is None:
         reply = call_next(msg, context)
-    elif isinstance(attack, LabelFlip):
-        reply = call_next(mark_label_flip(msg, in_place=True), context)
+    elif isinstance(attack, (LabelFlip, BadNets)):  # data attacks: the ClientApp applies them
+        marked = mark_data_attack(msg, data_attack_mark(attack), in_place=True)
+        if isinstance(attack, ModelReplacement) and attack.active(server_round):  # boosted
+            reply = _forged_reply(marked, context, call_next, _boosted(attack, msg, context))
+        else:
+            reply = call_next(marked, context)
     else:
         reply = _forged_reply(msg, context, call_next, attack)
     if _reports(context, defaults):
         _report(reply, attack is not None)
     return reply
+
+
+def _boosted(attack: ModelReplacement, msg: Message, context: Context) -> ModelReplacement:
+    """``attack`` with its boost fixed: ``boost=`` if set, else ``num-partitions`` of the
+    node config over ``eta``; a ValueError (an error reply) for a method's op message."""
+    config = msg.content.config_records.get(CONFIG_KEY)
+    if config is not None and OP_KEY in config:
+        raise ValueError(
+            "model-replacement scales a FedAvg-like model update; this message asks for op "
+            f"{config[OP_KEY]!r} of a method strategy (use badnets or dba there)"
+        )
+    clients = context.node_config.get(NUM_PARTITIONS_KEY)
+    if attack.boost is None and not isinstance(clients, int):
+        raise ValueError(
+            f"model-replacement: this node does not know how many nodes a round has: set "
+            f"boost= in {ATTACK_KEY} or {NUM_PARTITIONS_KEY} in the node config"
+        )
+    return attack.for_round(clients if isinstance(clients, int) else None)
 
 
 def _forged_reply(
@@ -459,14 +503,6 @@ def byzantine_app(
     """``app``, unchanged, behind the Byzantine mod (defaults as in :func:`make_byzantine_mod`);
     every message type and named action reaches ``app`` as before."""
     return _ByzantineApp(app, make_byzantine_mod(attack, partitions, num_nodes, scale, seed))
-
-
-def _server_round(msg: Message) -> int:
-    for cfg in msg.content.config_records.values():
-        value = cfg.get(SERVER_ROUND_KEY)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return 0
 
 
 def _derived_seed(seed: int, node_id: int, server_round: int) -> int:

@@ -43,10 +43,12 @@ __all__ = [
 ]
 
 #: Run defaults of the local-SGD methods (``flwr_byz.methods.defaults``; chosen by
-#: ``flwr-byz defaults-sweep``, docs/DEFAULTS.md). The flower-* strategies fix their own rule.
+#: ``flwr-byz defaults-sweep``, docs/DEFAULTS.md). The flower-* strategies and fltrust (whose
+#: server trains on its root data set with these same options) fix their own rule.
 DEFAULTS: dict[str, RunDefaults] = {
     "fedavg": RunDefaults(),
     "robust-fedavg": RunDefaults(aggregator="nnm+cwtm"),
+    "fltrust": RunDefaults(),
     "flower-krum": RunDefaults(),
     "flower-multikrum": RunDefaults(lr=0.1),
     "flower-bulyan": RunDefaults(),

@@ -1,10 +1,12 @@
 """``flwr-byz reproduce``: regenerate docs/RESULTS.md, offline, from scratch.
 
 Targets (``targets.TARGETS``): every claim of the four papers (``c1.1`` ... ``c4.2``: one
-``Claim`` each, one module per paper under ``papers/``), the attack x defence ``matrix`` and
-the ``performance`` report; ``all`` is every one of them. Each target writes its section
-(``<work>/<full|quick>/sections/<key>.json``) and its figures (``<docs>/img``), then RESULTS.md
-is assembled from every section there (``document``), so one target can be redone alone.
+``Claim`` each, one module per paper under ``papers/``), the dense-reset check
+``ef21-resets``, the attack x defence ``matrix``, the ``backdoor`` matrix (clean accuracy and
+attack success rate) and the ``performance`` report; ``all`` is every one of them. Each target
+writes its section (``<work>/<full|quick>/sections/<key>.json``) and its figures
+(``<docs>/img``), then RESULTS.md is assembled from every section there (``document``), so one
+target can be redone alone.
 Nothing is written outside the two folders it is given.
 """
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..files import write_text
 from ..methods.defaults import LEGACY, RunDefaults
+from ..simulations.batched.engine import DRIVERS
 from ..simulations.config import ExperimentConfig
 from ..simulations.defaults import METHOD_DEFAULTS
 from ..simulations.result import Result
@@ -78,6 +79,7 @@ _EF21 = {"compressor": "topk:0.1"}
 GRIDS: dict[str, Grid] = {
     "fedavg": _LOCAL_SGD,
     "robust-fedavg": dataclasses.replace(_LOCAL_SGD, aggregators=("median", "nnm+cwtm")),
+    "fltrust": _LOCAL_SGD,
     "flower-krum": _LOCAL_SGD,
     "flower-multikrum": _LOCAL_SGD,
     "flower-bulyan": _LOCAL_SGD,
@@ -206,7 +208,7 @@ def sweep(
             [c for cfgs in grid.values() for c in cfgs.values()],
             jobs,
             progress=lambda i, n, out: None,
-            engine=engine,
+            engine=engine if engine != "batched" or method in DRIVERS else "local",  # fltrust
         )
         results = {i: {a: Result.load(str(c.out)) for a, c in grid[i].items()} for i in grid}
         scores = [
@@ -251,7 +253,8 @@ def markdown(choices: Sequence[Choice], engine: str = "batched") -> str:
         "",
         "## How they were chosen",
         "",
-        f"`{COMMAND}` (engine `{engine}`; finished runs in `<work>/runs/` are reused). For "
+        f"`{COMMAND}` (engine `{engine}`, `local` for the methods the batched engine does "
+        "not run: fltrust; finished runs in `<work>/runs/` are reused). For "
         f"each method, every candidate of a small grid (below) runs on `{DATASET}` for "
         f"{ROUNDS} rounds with {CLIENTS} clients, seed {SEED}: without attack and without "
         f"Byzantine clients, and under each attack ({', '.join(ATTACKS[1:])}) with "
@@ -262,7 +265,7 @@ def markdown(choices: Sequence[Choice], engine: str = "batched") -> str:
         "sweep's horizon) for the methods that take one server step per round. "
         "Candidate settings not named use the previous defaults (aggregator median, lr 0.05, "
         "batch 32, local epochs 2, momentum 0.9, compressor none). "
-        "The local-SGD methods (fedavg, robust-fedavg, flower-*) use `local_epochs` and a "
+        "The local-SGD methods (fedavg, robust-fedavg, fltrust, flower-*) use `local_epochs` and a "
         "client `lr`; the others take one server step of size `lr` per round, and "
         "`momentum` is their worker momentum (byz-ef21-sgdm: eta = 1 - momentum).",
         "",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..specs import unknown
+from .backdoor import backdoor_matrix
 from .matrix import attack_matrix
 from .papers import CLAIMS
 from .performance import performance_report
@@ -20,6 +21,7 @@ TARGETS: dict[str, Callable[[Workspace], Section]] = {
     **{k: c.run for k, c in CLAIMS.items()},
     "ef21-resets": ef21_resets,
     "matrix": attack_matrix,
+    "backdoor": backdoor_matrix,
     "performance": performance_report,
 }
 

@@ -7,8 +7,10 @@ app directory ``flwr-byz deploy`` writes for the installed package
   strategies' ops (an ``"op"`` in the ConfigRecord) with ``GradientClient`` on the same data
   and model, and answers the runner's partition query. It computes on the device the message
   names (the run's ``--device``) unless the node config names one (``device='cuda:1'``). Data
-  attacks (LabelFlip) are honoured; ``byzantine_mod`` is installed, so a SuperNode started with
-  ``--node-config "byzantine-attack='sign-flip'"`` corrupts its own replies in a deployment.
+  attacks (LabelFlip, the backdoors; ``flwr_byz.clients.data_attack_of``) are honoured;
+  ``byzantine_mod`` is installed, so a SuperNode started with
+  ``--node-config "byzantine-attack='sign-flip'"`` (or ``'badnets:target=0'``) corrupts its own
+  replies in a deployment.
 - ``server_app``: reads the run config (``[tool.flwr.app.config]`` plus ``--run-config``
   overrides; keys are ExperimentConfig's options in kebab-case, ``num-byzantine`` for the
   Byzantine count), runs ``train_on_grid`` on the connected nodes, logs every round and writes
@@ -36,8 +38,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 from torch import Tensor
 
-from ..attacks import LabelFlip
-from ..clients import GradientClient, byzantine_mod, label_flip_requested
+from ..attacks import BadNets, LabelFlip, Neurotoxin
+from ..clients import GradientClient, byzantine_mod, data_attack_of
 from ..protocol.keys import (
     BATCH_SIZE_KEY,
     CONFIG_KEY,
@@ -65,7 +67,7 @@ from ..protocol.records import to_state_dict
 from .datasets import Dataset, client_data, load_dataset
 from .devices import resolve_device
 from .models import build_model_for
-from .training import derive_seed, objective, train_epochs
+from .training import derive_seed, gradient_masks, objective, train_epochs
 
 if TYPE_CHECKING:
     from .config import ExperimentConfig
@@ -118,6 +120,11 @@ def _device(cfg: dict[str, Any], context: Context) -> torch.device:
     return resolve_device(str(name))
 
 
+def _reference(cfg: dict[str, Any]) -> Tensor:
+    """The training split's inputs: a backdoor's trigger value comes from them."""
+    return load_dataset(str(cfg[DATASET_KEY])).x_train
+
+
 @functools.lru_cache(maxsize=8)
 def _gradient_client(weight_decay: float, device: torch.device) -> GradientClient:
     """The GradientClient of the method strategies' ops (the loss: ``objective``) on
@@ -127,26 +134,41 @@ def _gradient_client(weight_decay: float, device: torch.device) -> GradientClien
         loss_fn=lambda model, x, y: objective(model, x, y, weight_decay),
         data_fn=_data,
         device=device,
+        reference_fn=_reference,
     )
 
 
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local SGD epochs on this node's partition, from the global model in the message, on
-    the node's device (:func:`_device`); an ``op`` message goes to ``GradientClient``."""
+    the node's device (:func:`_device`); an ``op`` message goes to ``GradientClient``.
+
+    A data attack (:func:`~flwr_byz.clients.data_attack_of`) corrupts the partition first:
+    LabelFlip its labels; a backdoor (BadNets, DBA, ...) poisons a fraction of it with its
+    trigger (seeded by partition and round); Neurotoxin also projects every step off the
+    top coordinates of the gradient on the clean partition at the received model."""
     cfg = _config(msg)
     device = _device(cfg, context)
+    weight_decay = float(cfg.get(WEIGHT_DECAY_KEY, 0.0))
     if OP_KEY in cfg:
-        weight_decay = float(cfg.get(WEIGHT_DECAY_KEY, 0.0))
         return _gradient_client(weight_decay, device).handle(msg, context)
     partition_id, _ = _partition(context)
-    seed = int(cfg[SEED_KEY])
+    seed, server_round = int(cfg[SEED_KEY]), int(cfg.get(SERVER_ROUND_KEY, 0))
     dataset, x, y = _local_data(cfg, context)
-    if label_flip_requested(msg, context):
+    clean = x, y  # the attacks return new tensors
+    attack = data_attack_of(msg, context)
+    if isinstance(attack, LabelFlip):
         y = LabelFlip(num_classes=dataset.num_classes)(y)
+    elif isinstance(attack, BadNets):
+        x, y = attack.poison(x, y, dataset.x_train, node=partition_id, server_round=server_round)
     model = build_model_for(str(cfg[MODEL_KEY]), dataset)
     model.load_state_dict(to_state_dict(msg.content.array_records[POINT_KEY]))  # bytes checked
-    model, x, y = model.to(device), x.to(device), y.to(device)  # once, not per batch
+    model = model.to(device)
+    mask = None
+    if isinstance(attack, Neurotoxin) and attack.active(server_round):  # top coordinates stay
+        x_clean, y_clean = (t.to(device) for t in clean)
+        mask = gradient_masks(model, x_clean, y_clean, attack.ratio, weight_decay)
+    x, y = x.to(device), y.to(device)  # once, not per batch
     loss = train_epochs(
         model,
         x,
@@ -155,8 +177,9 @@ def train(msg: Message, context: Context) -> Message:
         batch_size=int(cfg[BATCH_SIZE_KEY]),
         lr=float(cfg[LR_KEY]),
         momentum=float(cfg.get(MOMENTUM_KEY, 0.0)),
-        weight_decay=float(cfg.get(WEIGHT_DECAY_KEY, 0.0)),
-        seed=derive_seed(seed, int(cfg.get(SERVER_ROUND_KEY, 0)), partition_id),
+        weight_decay=weight_decay,
+        seed=derive_seed(seed, server_round, partition_id),
+        grad_mask=mask,
     )
     metrics = MetricRecord(
         {TRAIN_LOSS_KEY: loss if math.isfinite(loss) else 0.0, NUM_EXAMPLES_KEY: len(y)}
@@ -206,11 +229,12 @@ def main(grid: Grid, context: Context) -> None:
     def on_round(cfg: ExperimentConfig, r: RoundRecord) -> None:
         log(
             INFO,
-            "[flwr-byz] round %d/%d  accuracy %.4f  loss %.4f  rejected %d  "
+            "[flwr-byz] round %d/%d  accuracy %.4f%s  loss %.4f  rejected %d  "
             "up %d B  down %d B  %.2f s",
             r.round,
             cfg.rounds,
             r.accuracy,
+            "" if math.isnan(r.asr) else f"  asr {r.asr:.4f}",  # under a backdoor attack
             r.loss,
             r.rejected,
             r.bytes_up,

@@ -2,12 +2,16 @@
 
 Every strategy samples ``clients_per_round`` of the ``clients`` nodes per round and does no
 federated evaluation (the runner evaluates the global model centrally on the test split).
-FedAvg-like methods (fedavg, robust-fedavg, flower-*) train locally for ``local_epochs``;
+FedAvg-like methods (fedavg, robust-fedavg, fltrust, flower-*) train locally for ``local_epochs``;
 the method strategies (robust-momentum, byz-vr-marina-pp, byz-ef21-sgdm, byz-ef21, br-csgd,
 mu2sgd, byzsgd) take server steps of size ``lr`` from the clients' ops (``GradientClient``). For
 byz-ef21-sgdm, ``momentum`` is beta = 1 - eta (``--param eta=...`` sets eta directly).
-``config.params`` are passed to the strategy's constructor by name, after the defaults below,
-so any of its arguments can be overridden (``--param weighted=true``). Each method's run
+fltrust (``strategies.FLTrust``) trains locally too, and the server trains the model it sends
+on a root data set of ``root_size`` training examples (``--param root_size=100``, the paper's
+default; ``simulations.root``) with the same options. ``config.params`` are passed to the
+strategy's constructor by name, after the defaults below, so any of its arguments can be
+overridden (``--param weighted=true``); the method's own ones (``RUN_PARAMS``: root_size) are
+read by the runner instead. Each method's run
 defaults (aggregator, lr, batch size, ...: ``METHOD_DEFAULTS``) live next to its algorithm in
 ``flwr_byz.methods`` and are filled in by ``ExperimentConfig.resolved()``.
 """
@@ -35,6 +39,7 @@ from ..strategies import (
     ByzEF21SGDM,
     ByzSGD,
     ByzVRMarinaPP,
+    FLTrust,
     MethodStrategy,
     Mu2SGD,
     RobustFedAvg,
@@ -42,11 +47,13 @@ from ..strategies import (
 )
 from .config import METHOD_OPTIONS, ExperimentConfig
 from .defaults import METHOD_DEFAULTS
+from .root import ROOT_SIZE, root_trainer
 
 __all__ = [
     "COMPRESSED_METHODS",
     "METHODS",
     "METHOD_DEFAULTS",
+    "RUN_PARAMS",
     "build_strategy",
     "uses_aggregator",
 ]
@@ -116,10 +123,16 @@ def _ef21_sgdm(cfg: ExperimentConfig) -> dict[str, Any]:
     return _compressed(cfg) | {"eta": 1.0 - cfg.momentum}
 
 
+def _fltrust(cfg: ExperimentConfig) -> dict[str, Any]:
+    # the root data set: --param root_size (RUN_PARAMS), drawn and trained on in simulations.root
+    return {"root_train_fn": root_trainer(cfg, cfg.params.get("root_size", ROOT_SIZE))}
+
+
 #: name -> (strategy class, extra constructor defaults from the config)
 METHODS: dict[str, tuple[type[Strategy], Callable[[ExperimentConfig], dict[str, Any]]]] = {
     "fedavg": (FedAvg, lambda cfg: {}),
     "robust-fedavg": (RobustFedAvg, _robust_fedavg),
+    "fltrust": (FLTrust, _fltrust),
     "robust-momentum": (RobustMomentum, _momentum),
     "byz-vr-marina-pp": (ByzVRMarinaPP, _marina),
     "byz-ef21-sgdm": (ByzEF21SGDM, _ef21_sgdm),
@@ -134,13 +147,17 @@ METHODS: dict[str, tuple[type[Strategy], Callable[[ExperimentConfig], dict[str, 
     "flower-trimmedavg": (FedTrimmedAvg, _trimmed),
 }
 
+#: The ``config.params`` a method's builder reads itself (not its strategy's arguments).
+RUN_PARAMS: dict[str, tuple[str, ...]] = {"fltrust": ("root_size",)}
+
 #: Methods whose strategy takes a ``compressor``.
 COMPRESSED_METHODS = ("byz-vr-marina-pp", "byz-ef21-sgdm", "byz-ef21", "br-csgd")
 
 
 def uses_aggregator(method: str) -> bool:
-    """Whether the method takes the ``aggregator`` option (Flower's built-ins fix their own)."""
-    return method not in ("fedavg",) and not method.startswith("flower-")
+    """Whether the method takes the ``aggregator`` option (Flower's built-ins and FLTrust fix
+    their own)."""
+    return method not in ("fedavg", "fltrust") and not method.startswith("flower-")
 
 
 def check_method(method: str) -> None:
@@ -158,10 +175,12 @@ def build_strategy(cfg: ExperimentConfig) -> Strategy:
         cfg = cfg.resolved()
     cls, extra = METHODS[cfg.method]
     base = {} if issubclass(cls, MethodStrategy) else _fedavg_kwargs(cfg)
-    kwargs = {**base, **extra(cfg), **cfg.params}
+    own = RUN_PARAMS.get(cfg.method, ())
+    params = {k: v for k, v in cfg.params.items() if k not in own}
+    kwargs = {**base, **extra(cfg), **params}
     accepted = set(inspect.signature(cls.__init__).parameters)
     if "kwargs" not in accepted:
-        unknown = sorted(set(cfg.params) - accepted)
+        unknown = sorted(set(params) - accepted)
         if unknown:
             raise ValueError(
                 f"{cfg.method} ({cls.__name__}) has no parameter(s) {unknown}; it takes "

@@ -11,7 +11,7 @@ A preset has two parts:
   split, the evaluation subset (``eval_samples``); for every method;
 * ``local_sgd``: the local-training recipe (lr, batch size, local epochs, momentum) of the
   paper the setup comes from; for the methods that train locally (fedavg, robust-fedavg,
-  flower-*: ``trains_locally``). The other methods take server steps from their clients'
+  fltrust, flower-*: ``trains_locally``). The other methods take server steps from their clients'
   gradients, where ``lr`` and ``momentum`` mean something else: they keep their own defaults
   (docs/DEFAULTS.md).
 

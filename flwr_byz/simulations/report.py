@@ -1,34 +1,47 @@
-"""Tables from experiment result files: run labels, accuracy grids and per-run summaries.
+"""Tables from experiment result files: run labels, accuracy and ASR grids and per-run
+summaries.
 
 A result is the JSON an experiment writes::
 
     {"config": {"method": ..., "aggregator": ..., "attack": ..., "byzantine": ..., ...},
-     "rounds": [{"round": 1, "loss": ..., "accuracy": ..., "rejected": ..., "bytes_up": ...,
-                 "bytes_down": ..., "seconds": ...}, ...],
-     "final": {"accuracy": ..., "loss": ...}}
+     "rounds": [{"round": 1, "loss": ..., "accuracy": ..., "asr": ..., "rejected": ...,
+                 "bytes_up": ..., "bytes_down": ..., "seconds": ...}, ...],
+     "final": {"accuracy": ..., "asr": ..., "loss": ...}}
 
 ``loss``/``accuracy`` may be NaN or ``null`` (a diverged model); both read as NaN here.
+``asr`` (attack success rate) is ``null`` unless the attack is a backdoor; a file written
+before it was recorded has none, which reads as NaN as well.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..specs import unknown
+
 __all__ = [
+    "GRID_METRICS",
     "Cell",
     "Grid",
     "byzantine_heading",
     "cell_grids",
     "cells_from_results",
     "grid_markdown",
+    "has_asr",
     "run_label",
     "summary_rows",
 ]
 
 MISSING = "—"
+
+#: What a grid cell may show -> (its title, whether a higher value is the better one).
+GRID_METRICS = {
+    "accuracy": ("final accuracy (%)", True),
+    "asr": ("final attack success rate (%)", False),
+}
 
 # Flower's built-in strategies, by the suffix after "flower-", as Flower spells them.
 _FLOWER_NAMES = {
@@ -50,6 +63,8 @@ def run_label(config: Mapping[str, Any]) -> str:
     method = str(config["method"])
     if method == "fedavg":
         label = "FedAvg"
+    elif method == "fltrust":  # its own rule: the aggregator option plays no part
+        label = "FLTrust"
     elif method.startswith("flower-"):
         suffix = method.removeprefix("flower-")
         name = _FLOWER_NAMES.get(suffix)
@@ -67,12 +82,14 @@ def run_label(config: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    """Final accuracy of one defence against one attack with a given number of Byzantine clients."""
+    """Final accuracy (and, under a backdoor attack, attack success rate) of one defence
+    against one attack with a given number of Byzantine clients."""
 
     defence: str  # run_label
     attack: str  # attack spec, "none" for no attack
     byzantine: int
     accuracy: float  # final accuracy in [0, 1], may be nan
+    asr: float = math.nan  # final attack success rate in [0, 1]; nan: not a backdoor attack
 
 
 @dataclass(frozen=True)
@@ -83,10 +100,23 @@ class Grid:
     defences: list[str]
     attacks: list[str]
     accuracy: dict[tuple[str, str], float]  # (defence, attack) -> accuracy; absent = missing
+    asr: dict[tuple[str, str], float] = field(default_factory=dict)  # the same for ASR
 
-    def value(self, defence: str, attack: str) -> float:
-        """Accuracy of a cell, NaN when it is missing."""
-        return self.accuracy.get((defence, attack), math.nan)
+    def value(self, defence: str, attack: str, metric: str = "accuracy") -> float:
+        """``metric`` (``accuracy`` or ``asr``) of a cell, NaN when it is missing."""
+        _check_metric(metric)
+        values = self.accuracy if metric == "accuracy" else self.asr
+        return values.get((defence, attack), math.nan)
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in GRID_METRICS:
+        raise unknown("grid metric", metric, list(GRID_METRICS))
+
+
+def has_asr(cells: Iterable[Cell]) -> bool:
+    """Whether any cell has an attack success rate (a run under a backdoor attack)."""
+    return any(not math.isnan(cell.asr) for cell in cells)
 
 
 def _as_float(value: Any) -> float:
@@ -100,10 +130,11 @@ def _attack(config: Mapping[str, Any]) -> str:
 
 
 def cells_from_results(results: Iterable[Mapping[str, Any]]) -> list[Cell]:
-    """One cell per result: run label, ``config["attack"]``/``["byzantine"]``, final accuracy.
+    """One cell per result: run label, ``config["attack"]``/``["byzantine"]``, final accuracy
+    and ASR.
 
     A missing attack reads as ``"none"``, a missing Byzantine count as 0 and a missing final
-    accuracy as NaN.
+    accuracy or ASR as NaN.
     """
     cells = []
     for result in results:
@@ -115,18 +146,22 @@ def cells_from_results(results: Iterable[Mapping[str, Any]]) -> list[Cell]:
                 attack=_attack(config),
                 byzantine=int(config.get("byzantine") or 0),
                 accuracy=_as_float(final.get("accuracy")),
+                asr=_as_float(final.get("asr")),
             )
         )
     return cells
 
 
-def cell_grids(cells: Sequence[Cell]) -> list[Grid]:
+def cell_grids(cells: Sequence[Cell], metric: str = "accuracy") -> list[Grid]:
     """Group cells into one grid per Byzantine count, ascending.
 
     Defences and attacks keep their order of first appearance in ``cells`` (with ``"none"``
     first among attacks); each grid holds only the defences and attacks present at its count.
-    Raises ValueError on a duplicate (defence, attack, byzantine) cell.
+    With ``metric="asr"`` only the attacks with an ASR (the backdoor attacks) are columns, and
+    a Byzantine count without any is left out. Raises ValueError on a duplicate (defence,
+    attack, byzantine) cell.
     """
+    _check_metric(metric)
     seen: dict[tuple[str, str, int], float] = {}
     for cell in cells:
         key = (cell.defence, cell.attack, cell.byzantine)
@@ -146,12 +181,17 @@ def cell_grids(cells: Sequence[Cell]) -> list[Grid]:
         here = [cell for cell in cells if cell.byzantine == byzantine]
         rows = {cell.defence for cell in here}
         cols = {cell.attack for cell in here}
+        if metric == "asr":
+            cols = {cell.attack for cell in here if not math.isnan(cell.asr)}
+            if not cols:
+                continue
         grids.append(
             Grid(
                 byzantine=byzantine,
                 defences=[d for d in defences if d in rows],
                 attacks=[a for a in attacks if a in cols],
                 accuracy={(cell.defence, cell.attack): cell.accuracy for cell in here},
+                asr={(cell.defence, cell.attack): cell.asr for cell in here},
             )
         )
     return grids
@@ -170,18 +210,19 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _grid_table(grid: Grid) -> list[str]:
+def _grid_table(grid: Grid, metric: str = "accuracy") -> list[str]:
     lines = [
         "| defence | " + " | ".join(_escape(a) for a in grid.attacks) + " |",
         "|---|" + "---:|" * len(grid.attacks),
     ]
     shown = {
-        (d, a): _percent(grid.value(d, a)) for d in grid.defences for a in grid.attacks
+        (d, a): _percent(grid.value(d, a, metric)) for d in grid.defences for a in grid.attacks
     }  # compare what is shown, so values that print equal are all bold
+    pick = max if GRID_METRICS[metric][1] else min
     best = {}
     for a in grid.attacks:
         numbers = [float(shown[d, a]) for d in grid.defences if shown[d, a] != MISSING]
-        best[a] = max(numbers, default=math.nan)
+        best[a] = pick(numbers, default=math.nan)
     for d in grid.defences:
         row = []
         for a in grid.attacks:
@@ -191,18 +232,20 @@ def _grid_table(grid: Grid) -> list[str]:
     return lines
 
 
-def grid_markdown(cells: Sequence[Cell], title: str | None = None) -> str:
-    """Markdown: per Byzantine count a section with a defence x attack table of final accuracy.
+def grid_markdown(cells: Sequence[Cell], title: str | None = None, metric: str = "accuracy") -> str:
+    """Markdown: per Byzantine count a section with a defence x attack table of ``metric``
+    (final ``accuracy``, or ``asr``: the attack success rate, backdoor attacks only).
 
-    Cells are accuracy in percent with one decimal, ``—`` when missing or NaN; the best defence
-    of each attack column is bold (all of them on a tie). Raises ValueError on duplicate cells.
+    Cells are percent with one decimal, ``—`` when missing or NaN; the best defence of each
+    attack column (highest accuracy, lowest ASR) is bold (all of them on a tie). Raises
+    ValueError on duplicate cells or an unknown metric.
     """
     lines: list[str] = []
     if title is not None:
         lines += [f"## {title}", ""]
-    for grid in cell_grids(cells):
+    for grid in cell_grids(cells, metric):
         lines += [f"### {byzantine_heading(grid.byzantine)}", ""]
-        lines += _grid_table(grid)
+        lines += _grid_table(grid, metric)
         lines.append("")
     return "\n".join(lines)
 
@@ -219,25 +262,34 @@ def _loss(loss: float) -> str:
 def summary_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     """One row of strings per run, for a terminal table.
 
-    Keys: run, attack, byzantine, accuracy (final, percent, 1 decimal), loss (final, 3 decimals),
-    s/round (mean of the rounds' seconds), MB up / MB down (total over rounds / 1e6, 2 decimals,
-    3 significant digits below 0.01) and rejected (total over rounds). NaN prints as ``nan``;
-    a value the result lacks (no final metrics, no rounds) as ``—``.
+    Keys: run, attack, byzantine, accuracy (final, percent, 1 decimal), ASR (only when a run
+    has one, i.e. a backdoor attack: final attack success rate, percent, 1 decimal; ``—`` in
+    the other runs' rows), loss (final, 3 decimals), s/round (mean of the rounds' seconds),
+    MB up / MB down (total over rounds / 1e6, 2 decimals, 3 significant digits below 0.01) and
+    rejected (total over rounds). NaN prints as ``nan``; a value the result lacks (no final
+    metrics, no rounds) as ``—``.
     """
+    asr = [_as_float((result.get("final") or {}).get("asr")) for result in results]
+    with_asr = any(not math.isnan(a) for a in asr)
     rows = []
-    for result in results:
+    for result, run_asr in zip(results, asr, strict=True):
         config = result["config"]
         final = result.get("final") or {}
         rounds = result.get("rounds") or []
         seconds = [_as_float(r["seconds"]) for r in rounds if "seconds" in r]
         accuracy = _as_float(final["accuracy"]) if "accuracy" in final else None
         loss = _as_float(final["loss"]) if "loss" in final else None
+        row = {
+            "run": run_label(config),
+            "attack": _attack(config),
+            "byzantine": str(int(config.get("byzantine") or 0)),
+            "accuracy": MISSING if accuracy is None else f"{100 * accuracy:.1f}",
+        }
+        if with_asr:
+            row["ASR"] = _percent(run_asr)
         rows.append(
-            {
-                "run": run_label(config),
-                "attack": _attack(config),
-                "byzantine": str(int(config.get("byzantine") or 0)),
-                "accuracy": MISSING if accuracy is None else f"{100 * accuracy:.1f}",
+            row
+            | {
                 "loss": MISSING if loss is None else _loss(loss),
                 "s/round": f"{sum(seconds) / len(seconds):.2f}" if seconds else MISSING,
                 "MB up": _megabytes(sum(r.get("bytes_up") or 0 for r in rounds))

@@ -23,7 +23,10 @@ class RoundRecord:
     sampled nodes that sent no reply before the round's timeout (e.g. a lost node); the training
     objective ``train_loss`` (whole training set, with the weight decay) and, for convex
     models, the optimality gap ``f(x) - f*``; ``metrics``: the strategy's own numeric train
-    metrics of the round (e.g. ByzSGD's replica ``diameter``)."""
+    metrics of the round (e.g. ByzSGD's replica ``diameter``); ``asr``: under a backdoor
+    attack, the attack success rate (the share of the triggered test inputs of the other
+    classes that the model classifies as the target), NaN otherwise. The JSON file lists
+    ``asr`` right after ``accuracy``."""
 
     round: int
     loss: float
@@ -36,12 +39,13 @@ class RoundRecord:
     gap: float = math.nan
     metrics: dict[str, float] = field(default_factory=dict)
     missing: int = 0
+    asr: float = math.nan
 
 
 @dataclass
 class Result:
-    """``config`` (resolved, JSON-ready), ``rounds`` and ``final`` (last round's accuracy
-    and loss, plus totals)."""
+    """``config`` (resolved, JSON-ready), ``rounds`` and ``final`` (last round's accuracy,
+    ASR and loss, plus totals)."""
 
     config: dict[str, Any]
     rounds: list[RoundRecord] = field(default_factory=list)
@@ -53,6 +57,7 @@ class Result:
         seconds = [r.seconds for r in self.rounds]
         self.final = {
             "accuracy": last.accuracy if last else math.nan,
+            "asr": last.asr if last else math.nan,
             "loss": last.loss if last else math.nan,
             "train_loss": last.train_loss if last else math.nan,
             "gap": last.gap if last else math.nan,
@@ -71,12 +76,19 @@ class Result:
         value = self.final.get("accuracy")
         return math.nan if value is None else float(value)
 
+    @property
+    def asr(self) -> float:
+        """Final attack success rate (NaN without a backdoor attack, or in a file written
+        before ASR was recorded)."""
+        value = self.final.get("asr")
+        return math.nan if value is None else float(value)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; NaN/Inf become ``null`` so the file is strict JSON."""
         return _finite(
             {
                 "config": self.config,
-                "rounds": [dataclasses.asdict(r) for r in self.rounds],
+                "rounds": [_round_dict(r) for r in self.rounds],
                 "final": self.final,
             }
         )
@@ -102,10 +114,24 @@ class Result:
 _ROUND_FIELDS = {f.name for f in dataclasses.fields(RoundRecord)}
 
 
+def _round_dict(record: RoundRecord) -> dict[str, Any]:
+    """``record`` as a dict with ``asr`` right after ``accuracy`` (the dataclass keeps it
+    last, so positional construction stays as it was)."""
+    fields = dataclasses.asdict(record)
+    asr = fields.pop("asr")
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        out[key] = value
+        if key == "accuracy":
+            out["asr"] = asr
+    return out
+
+
 def _round_fields(r: dict[str, Any]) -> dict[str, Any]:
-    """The RoundRecord fields of a round dict; ``null`` metrics read back as NaN."""
+    """The RoundRecord fields of a round dict; ``null`` metrics read back as NaN (a file
+    written before a field existed, e.g. ``asr``, reads as the field's default)."""
     out = {k: v for k, v in r.items() if k in _ROUND_FIELDS}
-    for key in ("loss", "accuracy", "train_loss", "gap"):
+    for key in ("loss", "accuracy", "train_loss", "gap", "asr"):
         if out.get(key) is None:
             out[key] = math.nan
     return out

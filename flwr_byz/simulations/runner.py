@@ -36,7 +36,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from .. import statetree
-from ..attacks import get_attack
+from ..attacks import check_attack_method, get_attack
 from ..clients import ByzantineGrid
 from ..compressors import get_compressor
 from ..protocol.keys import (
@@ -57,6 +57,7 @@ from ..protocol.keys import (
 )
 from ..strategies import MethodStrategy, RobustFedAvg
 from ..strategies.sample_check import log_skipped
+from .asr import attack_success_rate, backdoor_eval_set
 from .checkpoint import Checkpoint, client_state_dir
 from .config import ExperimentConfig
 from .datasets import check_partition, eval_split, load_dataset
@@ -113,7 +114,7 @@ def _check(config: ExperimentConfig) -> ExperimentConfig:
     loads, the model, compressor, attack and strategy build, the rule takes ``per_round``
     clients)."""
     cfg = config.resolved()
-    get_attack(cfg.attack, seed=cfg.seed)
+    attack = get_attack(cfg.attack, seed=cfg.seed)
     dataset = load_dataset(cfg.dataset)
     check_partition(cfg.partition, dataset, cfg.clients)  # natural:<col>: the column, its ids
     build_model_for(cfg.model, dataset)
@@ -123,8 +124,11 @@ def _check(config: ExperimentConfig) -> ExperimentConfig:
         raise ValueError(f"method {cfg.method!r} takes no compressor, got {cfg.compressor!r}")
     with _flower_logging(verbose=False, level=logging.ERROR):  # no fraction_evaluate warning
         strategy = build_strategy(cfg)  # constructor errors (bad spec, unknown param) surface now
+    check_attack_method(attack, cfg.method, not isinstance(strategy, MethodStrategy))
     rule = getattr(strategy, "aggregator", None)
-    if callable(rule):  # n = clients per round must satisfy the rule's f (e.g. Krum n >= 2f+3)
+    # n = clients per round must satisfy the rule's f (e.g. Krum n >= 2f+3); FLTrust's rule
+    # (needs_reference) runs on any n >= 1
+    if callable(rule) and not getattr(rule, "needs_reference", False):
         rule(torch.randn(cfg.per_round, 4, generator=torch.Generator().manual_seed(0)))
         getattr(rule, "reset", lambda: None)()
     return cfg
@@ -224,7 +228,9 @@ def _train(
     if isinstance(strategy, (MethodStrategy, RobustFedAvg)):  # after a restore: this run's
         strategy.device = None if device.type == "cpu" else device  # the robust rule there
     model = model.to(device)  # the central evaluation (x^0 was taken on the CPU: arrays)
-    x_test, y_test = (t.to(device) for t in eval_split(dataset, cfg.eval_samples))
+    x_eval, y_eval = eval_split(dataset, cfg.eval_samples)
+    triggered = backdoor_eval_set(cfg, dataset, x_eval, y_eval, device)  # None: no backdoor
+    x_test, y_test = x_eval.to(device), y_eval.to(device)
     if isinstance(strategy_grid, ByzantineGrid):
         strategy_grid.bind(strategy)  # ShiftBack reads x^0, x^k, lr; EF21 the copies g_i
         if saved is not None and saved.attack is not None:  # after bind: the surface is set
@@ -255,6 +261,7 @@ def _train(
         model.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = evaluate(model, x_test, y_test)
         record = RoundRecord(server_round, loss, accuracy, 0, up, down, seconds, missing=lost)
+        record.asr = attack_success_rate(model, triggered)  # NaN without a backdoor attack
         record.train_loss, record.gap = _objective(objective, model)
         if metrics is not None:
             if REJECTED_KEY in metrics:

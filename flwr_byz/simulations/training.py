@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..attacks.backdoor import neurotoxin_mask
 
 __all__ = [
     "TrainingObjective",
@@ -18,6 +20,7 @@ __all__ = [
     "evaluate",
     "float_dtype",
     "float_precision",
+    "gradient_masks",
     "objective",
     "train_epochs",
 ]
@@ -62,8 +65,13 @@ def train_epochs(
     seed: int,
     momentum: float = 0.0,
     weight_decay: float = 0.0,
+    grad_mask: Sequence[torch.Tensor] | None = None,
 ) -> float:
     """Train ``model`` in place with minibatch SGD on cross-entropy; mean loss of the last epoch.
+
+    ``grad_mask`` (one 0/1 or bool tensor per ``model.parameters()``, e.g.
+    :func:`gradient_masks`): every step's gradient, weight decay included, is multiplied by
+    it, so the masked-out coordinates never move (Neurotoxin's projection).
 
     Each epoch visits every sample once in an order drawn from a CPU ``torch.Generator`` seeded
     with ``seed`` (the last batch may be smaller), so the same model, data and seed give
@@ -85,7 +93,10 @@ def train_epochs(
         return math.nan
     device = _device(model)
     gen = torch.Generator().manual_seed(int(seed))
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    params = list(model.parameters())
+    masks = None if grad_mask is None else _masks(params, grad_mask)
+    decay = weight_decay if masks is None else 0.0  # masked: added to the gradient below
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=decay)
     model.train()
     total = torch.zeros((), dtype=torch.float64, device=device)
     there = x.device == device and y.device == device  # moved once (the ClientApp does)
@@ -100,9 +111,71 @@ def train_epochs(
             loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if masks is not None:
+                _project(params, masks, weight_decay)
             opt.step()
             total += loss.detach().to(torch.float64) * len(idx)  # no sync per batch on a GPU
     return float(total) / n
+
+
+def _masks(params: list[nn.Parameter], grad_mask: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    if len(grad_mask) != len(params):
+        raise ValueError(f"grad_mask has {len(grad_mask)} tensors, the model {len(params)}")
+    out = []
+    for p, m in zip(params, grad_mask, strict=True):
+        if m.shape != p.shape:
+            raise ValueError(f"grad_mask shape {tuple(m.shape)} != parameter {tuple(p.shape)}")
+        out.append(m.to(device=p.device, dtype=p.dtype))
+    return out
+
+
+def _project(params: list[nn.Parameter], masks: list[torch.Tensor], weight_decay: float) -> None:
+    """``grad <- mask * (grad + weight_decay * p)``: SGD's decayed gradient, projected."""
+    for p, m in zip(params, masks, strict=True):
+        if p.grad is None:
+            continue
+        if weight_decay:
+            p.grad.add_(p.detach(), alpha=weight_decay)
+        p.grad.mul_(m)
+
+
+def gradient_masks(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ratio: float,
+    weight_decay: float = 0.0,
+    batch_size: int = 1024,
+) -> list[torch.Tensor]:
+    """Neurotoxin's masks (Zhang et al., ICML 2022, Alg. 1): the gradient of ``objective`` on
+    all of ``(x, y)`` at ``model`` (eval mode, in batches of ``batch_size``), then False on the
+    ``ceil(ratio * d)`` coordinates of largest magnitude over all ``d`` parameters
+    (``attacks.backdoor.neurotoxin_mask``), True elsewhere; one bool tensor per
+    ``model.parameters()``."""
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(
+            f"gradient_masks needs matching, non-empty x and y, got {len(x)}, {len(y)}"
+        )
+    params = list(model.parameters())
+    device = _device(model)
+    model.zero_grad(set_to_none=True)
+    was_training = model.training
+    model.eval()  # BatchNorm's running statistics stay as received; no dropout draws
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
+        (F.cross_entropy(model(xb), yb, reduction="sum") / len(x)).backward()
+    model.train(was_training)
+    grads = [
+        (p.grad if p.grad is not None else torch.zeros_like(p)).detach()
+        + (weight_decay * p.detach() if weight_decay else 0.0)
+        for p in params
+    ]
+    model.zero_grad(set_to_none=True)
+    flat = neurotoxin_mask(torch.cat([g.flatten() for g in grads]), ratio)
+    return [
+        m.reshape(p.shape)
+        for m, p in zip(flat.split([p.numel() for p in params]), params, strict=True)
+    ]
 
 
 def evaluate(

@@ -1,4 +1,4 @@
-"""Flower strategies (the Flower edge): RobustFedAvg (drop-in), the method strategies
+"""Flower strategies (the Flower edge): RobustFedAvg and FLTrust (drop-in), the method strategies
 (RobustMomentum, ByzVRMarinaPP, ByzEF21SGDM with its baselines ByzEF21 and BRCSGD, Mu2SGD,
 ByzSGD), reply validation, and the check of the sample size against the rule's f
 (``SampleTooSmallError``)."""
@@ -6,6 +6,7 @@ ByzSGD), reply validation, and the check of the sample size against the rule's f
 from .byz_ef21_sgdm import BRCSGD, RESET_REASONS, ByzEF21, ByzEF21SGDM
 from .byz_vr_marina import ByzVRMarinaPP
 from .byzsgd import ByzSGD
+from .fltrust import FLTrust
 from .method import MethodStrategy
 from .mu2sgd import Mu2SGD
 from .robust_fedavg import RobustFedAvg
@@ -22,6 +23,7 @@ __all__ = [
     "ByzSGD",
     "ByzVRMarinaPP",
     "CheckedReplies",
+    "FLTrust",
     "MethodStrategy",
     "Mu2SGD",
     "Rejection",

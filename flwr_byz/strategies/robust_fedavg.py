@@ -15,7 +15,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from ..aggregators import Aggregator
+from ..aggregators import Aggregator, set_client_ids
 from ..aggregators.base import min_inputs
 from ..methods import fedavg
 from ..methods.fedavg import FedAvgState
@@ -255,6 +255,7 @@ class RobustFedAvg(RunSummary, FedAvg):
         kept) if the rule cannot run."""
 
         def aggregate(updates: torch.Tensor) -> torch.Tensor | None:
+            set_client_ids(self.aggregator, checked.node_ids)  # row i: node_ids[i] (FoolsGold)
             try:
                 if self.weighted:
                     assert checked.weights is not None

@@ -373,3 +373,222 @@ def smea_subset(x: object, f: int) -> tuple[int, ...]:
 def smea(x: object, f: int) -> np.ndarray:
     x = rows(x)
     return mean_of(x, smea_subset(x, f))
+
+
+# ----------------------------------------------------------------------------- backdoor defences
+#
+# The clustering steps (HDBSCAN, MeanShift) are scikit-learn's, called here on features
+# computed by explicit loops; the random draws are the implementation's seeded torch streams,
+# reproduced call by call.
+
+
+def dot(a: np.ndarray, b: np.ndarray) -> float:
+    return sum(float(a[k]) * float(b[k]) for k in range(len(a)))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = norm(a), norm(b)
+    if na == 0 or nb == 0:
+        return 0.0
+    return max(-1.0, min(1.0, dot(a, b) / (na * nb)))
+
+
+def clipped_mean_of(x: np.ndarray, idx: list[int], bound: float) -> np.ndarray:
+    """``(1/|idx|) sum_{i in idx} x_i min(1, bound / ||x_i||)`` (zero for an empty ``idx``)."""
+    out = np.zeros(x.shape[1])
+    for i in idx:
+        ni = norm(x[i])
+        scale = 1.0 if ni <= bound else (bound / ni if ni > 0 else 0.0)
+        for k in range(x.shape[1]):
+            out[k] += scale * x[i][k]
+    return out / max(len(idx), 1)
+
+
+def normclip(x: object, bound: float | None = None) -> np.ndarray:
+    x = rows(x)
+    m = median_of([norm(r) for r in x]) if bound is None else bound
+    return clipped_mean_of(x, list(range(len(x))), m)
+
+
+def largest_label(labels: list[int]) -> list[int] | None:
+    """Indices of the most frequent label >= 0 (ties: the smaller label); None if none."""
+    counts: dict[int, int] = {}
+    for lab in labels:
+        if lab >= 0:
+            counts[lab] = counts.get(lab, 0) + 1
+    if not counts:
+        return None
+    best = min(counts, key=lambda lab: (-counts[lab], lab))
+    return [i for i, lab in enumerate(labels) if lab == best]
+
+
+def flame_cluster(x: object, min_cluster_size: int | None = None) -> list[int]:
+    from sklearn.cluster import HDBSCAN
+
+    x = rows(x)
+    n = len(x)
+    if n < 2:
+        return list(range(n))
+    dist = np.array([[0.0 if i == j else 1.0 - cosine(x[i], x[j]) for j in range(n)]
+                     for i in range(n)])  # fmt: skip
+    size = n // 2 + 1 if min_cluster_size is None else min_cluster_size
+    labels = HDBSCAN(min_cluster_size=min(size, n), min_samples=1, metric="precomputed",
+                     allow_single_cluster=True, copy=True).fit(dist).labels_  # fmt: skip
+    kept = largest_label([int(v) for v in labels])
+    return list(range(n)) if kept is None else kept
+
+
+class FLAME:
+    """Reference FLAME: cluster, clip the kept to the median of all norms, average, plus
+    ``lam S`` times the seeded ``torch.randn(d)`` draw of the call."""
+
+    def __init__(self, lam: float = 0.001, seed: int = 0) -> None:
+        self.lam, self.seed = lam, seed
+        self.reset()
+
+    def reset(self) -> None:
+        import torch
+
+        self.gen = torch.Generator().manual_seed(self.seed)
+
+    def __call__(self, x: object, dtype: object = None) -> np.ndarray:
+        import torch
+
+        x = rows(x)
+        s = median_of([norm(r) for r in x])
+        out = clipped_mean_of(x, flame_cluster(x), s)
+        if self.lam > 0:
+            noise = torch.randn(x.shape[1], generator=self.gen, dtype=dtype or torch.float64)
+            out = out + self.lam * s * noise.double().numpy()
+        return out
+
+
+def foolsgold_weights(h: np.ndarray, kappa: float = 1.0) -> list[float]:
+    """FoolsGold's weights from the histories ``h``, as the authors' code (loops)."""
+    n = len(h)
+    cs = [[0.0 if i == j else cosine(h[i], h[j]) for j in range(n)] for i in range(n)]
+    v = [max(cs[i]) for i in range(n)]
+    for i in range(n):
+        for j in range(n):
+            if i != j and v[i] < v[j]:
+                cs[i][j] = cs[i][j] * v[i] / v[j]
+    wv = [min(1.0, max(0.0, 1.0 - max(cs[i]))) for i in range(n)]
+    top = max(wv)
+    if top == 0:
+        return [0.0] * n
+    out = []
+    for w in wv:
+        w = w / top
+        w = 0.99 if w == 1.0 else w
+        a = -math.inf if w == 0 else kappa * (math.log(w / (1.0 - w)) + 0.5)
+        out.append(min(1.0, max(0.0, a)))
+    return out
+
+
+class FoolsGold:
+    """Reference FoolsGold: a dict of per-client summed updates."""
+
+    def __init__(self, kappa: float = 1.0) -> None:
+        self.kappa = kappa
+        self.history: dict[int, np.ndarray] = {}
+
+    def __call__(self, x: object, ids: list[int] | None = None) -> np.ndarray:
+        x = rows(x)
+        n, d = x.shape
+        ids = list(range(n)) if ids is None else ids
+        for i, key in enumerate(ids):
+            self.history[key] = self.history.get(key, np.zeros(d)) + x[i]
+        w = foolsgold_weights(np.array([self.history[k] for k in ids]), self.kappa)
+        total = sum(w)
+        out = np.zeros(d)
+        for i in range(n):
+            for k in range(d):
+                out[k] += (w[i] / total if total > 0 else 0.0) * x[i][k]
+        return out
+
+
+class DnC:
+    """Reference DnC (Alg. 2): the same seeded ``torch.randperm(d)[:b]`` draws, the top
+    right singular vector from ``numpy.linalg.svd`` of the centred subset."""
+
+    def __init__(self, f: int, c: float = 1.0, iters: int = 1, b: int = 10000, seed: int = 0):
+        self.f, self.c, self.iters, self.b, self.seed = f, c, iters, b, seed
+        self.reset()
+
+    def reset(self) -> None:
+        import torch
+
+        self.gen = torch.Generator().manual_seed(self.seed)
+
+    def good(self, x: object) -> list[int]:
+        import torch
+
+        x = rows(x)
+        n, d = x.shape
+        b = min(self.b, d)
+        keep_count = n - math.floor(self.c * self.f)
+        good = set(range(n))
+        last: set[int] = good
+        for _ in range(self.iters):
+            cols = sorted(torch.randperm(d, generator=self.gen)[:b].tolist())
+            sub = np.array([[x[i][k] for k in cols] for i in range(n)])
+            mu = [sum(sub[i][j] for i in range(n)) / n for j in range(b)]
+            cen = np.array([[sub[i][j] - mu[j] for j in range(b)] for i in range(n)])
+            v = np.linalg.svd(cen)[2][0]
+            scores = [dot(cen[i], v) ** 2 for i in range(n)]
+            last = set(sorted(range(n), key=lambda i: (scores[i], i))[:keep_count])
+            good &= last
+        return sorted(good if good else last)
+
+    def __call__(self, x: object) -> np.ndarray:
+        x = rows(x)
+        return mean_of(x, self.good(x))
+
+
+class SignGuard:
+    """Reference SignGuard: the same seeded ``torch.randint`` block start; sign shares by
+    loops; scikit-learn's MeanShift as the implementation."""
+
+    def __init__(
+        self, lower: float = 0.1, upper: float = 3.0, fraction: float = 0.1, seed: int = 0
+    ) -> None:
+        self.lower, self.upper, self.fraction, self.seed = lower, upper, fraction, seed
+        self.reset()
+
+    def reset(self) -> None:
+        import torch
+
+        self.gen = torch.Generator().manual_seed(self.seed)
+
+    def kept(self, x: object) -> list[int]:
+        import torch
+        from sklearn.cluster import MeanShift, estimate_bandwidth
+
+        x = rows(x)
+        n, d = x.shape
+        norms = [norm(r) for r in x]
+        m = median_of(norms)
+        s1 = {i for i in range(n) if self.lower * m < norms[i] < self.upper * m}
+        k = max(1, int(self.fraction * d))
+        start = int(torch.randint(0, d - k + 1, (1,), generator=self.gen))
+        shares = []
+        for i in range(n):
+            block = [x[i][j] for j in range(start, start + k)]
+            shares.append([sum(v > 0 for v in block) / k, sum(v == 0 for v in block) / k,
+                           sum(v < 0 for v in block) / k])  # fmt: skip
+        tops = [max(shares[i][c] for i in range(n)) for c in range(3)]
+        feats = np.array([[shares[i][c] / (tops[c] + 1e-8) for c in range(3)] for i in range(n)])
+        s2 = set(range(n))
+        if n >= 2:
+            bw = float(estimate_bandwidth(feats, quantile=0.5))
+            if bw > 0:
+                labels = MeanShift(bandwidth=bw, bin_seeding=True, cluster_all=False).fit(feats)
+                found = largest_label([int(v) for v in labels.labels_])
+                s2 = s2 if found is None else set(found)
+        both = s1 & s2
+        return sorted(both if both else s1)
+
+    def __call__(self, x: object) -> np.ndarray:
+        x = rows(x)
+        m = median_of([norm(r) for r in x])
+        return clipped_mean_of(x, self.kept(x), m)

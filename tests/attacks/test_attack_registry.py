@@ -26,6 +26,7 @@ from flwr_byz.specs import build, parse_value, split_part
 NAMES = [
     "none", "sign-flip", "bit-flip", "scale", "gaussian", "non-finite", "ipm", "alie",
     "min-max", "min-sum", "mimic", "shift-back", "label-flip",
+    "badnets", "dba", "model-replacement", "neurotoxin",
 ]  # fmt: skip
 
 
@@ -78,7 +79,7 @@ def test_seed_goes_to_seeded_attacks() -> None:
 @pytest.mark.parametrize(
     "spec,message",
     [
-        ("foo", "unknown attack 'foo'; known: attacks: alie, bit-flip"),
+        ("foo", "unknown attack 'foo'; known: attacks: alie, badnets, bit-flip"),
         ("shift-back:mult=1,x=2", "unknown parameter 'x'"),
         ("", "unknown attack"),
         ("alie:q=1", r"attack spec 'alie:q=1': unknown parameter 'q' \(has \['z'\]\)"),

@@ -67,7 +67,7 @@ def test_targets_and_cli_errors() -> None:
     from flwr_byz.reproduce import resolve_targets
 
     assert list(TARGETS)[:8] == list(CLAIMS)
-    assert list(TARGETS)[8:] == ["ef21-resets", "matrix", "performance"]
+    assert list(TARGETS)[8:] == ["ef21-resets", "matrix", "backdoor", "performance"]
     assert resolve_targets([]) == list(TARGETS) == resolve_targets(["c1.1", "all"])
     assert resolve_targets(["C4.2", "c4.2"]) == ["c4.2"]
     with pytest.raises(ValueError, match=r"known: all, c1\.1"):

@@ -34,7 +34,7 @@ def test_quick_pipeline_end_to_end(tmp_path: Path) -> None:
     assert re.search(r"dense resets as an attack path.*\n[\s\S]*\*\*(holds|fails)\*\*", doc)
     for s in matrix_mod.SETTINGS:
         assert f"### {s.label} (2 rounds)" in doc or f"### {s.label} (3 rounds)" in doc
-    matrix = doc[doc.index("## Attack x defence matrix") : doc.index("## Performance")]
+    matrix = doc[doc.index("## Attack x defence matrix") : doc.index("## Backdoor matrix")]
     for d in matrix_mod.DEFENCES:  # a row per defence, 2 fractions x (accuracy, MB) x settings
         assert matrix.count(f"| {d.label} |") == 4 * len(matrix_mod.SETTINGS), d.label
     assert "## Performance" in doc and "| FedAvg (Flower) |" in doc and "Scale run" in doc

@@ -447,6 +447,9 @@ EVERY_METHOD = {
     "flower-krum": pytest.param(
         {"method": "flower-krum", "clients": 6, "byzantine": 1, "attack": "sign-flip"}
     ),
+    "fltrust-sign-flip": pytest.param(  # the root training: seeded per round, no state
+        {"method": "fltrust", "byzantine": 1, "attack": "sign-flip", "params": {"root_size": 40}}
+    ),
     "robust-momentum-ipm": pytest.param(
         {"method": "robust-momentum", "byzantine": 1, "attack": "ipm"}
     ),

@@ -113,3 +113,44 @@ def test_plot_heatmap_rejects_empty_and_duplicates(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="duplicate"):
         plot_heatmap([Cell("A", "x", 1, 0.5), Cell("A", "x", 1, 0.6)], tmp_path / "h.png")
     assert not (tmp_path / "h.png").exists()
+
+
+def _with_asr(n: int = 3) -> dict[str, Any]:
+    result = _result(n)
+    for entry in result["rounds"]:
+        entry["asr"] = 0.25 * entry["round"]
+    result["rounds"][0]["asr"] = None  # e.g. round 1 of a run of a file without it
+    return result
+
+
+def test_curve_series_asr_in_percent_and_nan_without_it() -> None:
+    _, ys = curve_series(_with_asr(3), "asr")
+    assert math.isnan(ys[0]) and ys[1:] == pytest.approx([50.0, 75.0])
+    _, ys = curve_series(_result(2), "asr")  # no backdoor (or an old file): no numbers
+    assert len(ys) == 2 and all(math.isnan(y) for y in ys)
+
+
+def test_plot_curves_of_asr(tmp_path: Path) -> None:
+    out = plot_curves([("badnets", _with_asr()), ("alie", _result())], tmp_path / "a.png", "asr")
+    assert _pixels(out)[0] > 100
+    with pytest.raises(ValueError, match="no result has an attack success rate"):
+        plot_curves([("alie", _result())], tmp_path / "none.png", metric="asr")
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_plot_heatmap_of_asr_shows_the_backdoor_columns_only(tmp_path: Path) -> None:
+    cells = [
+        Cell(f"defence-{d}", attack, b, 0.9, asr=0.3 * d if attack == "badnets" else NAN)
+        for b in (2, 4)
+        for d in range(3)
+        for attack in ("none", "alie", "badnets", "ipm")
+        if attack == "none" or b == 2 or attack != "badnets"
+    ]  # 4 Byzantine: no badnets, so no ASR panel
+    accuracy = _pixels(plot_heatmap(cells, tmp_path / "acc.png"))
+    asr = _pixels(plot_heatmap(cells, tmp_path / "asr.png", metric="asr"))
+    assert asr[1] < accuracy[1]  # one panel of one column against 2 panels of 4 and 3
+    with pytest.raises(ValueError, match="no cells with asr"):
+        plot_heatmap([c for c in cells if c.attack != "badnets"], tmp_path / "x.png", metric="asr")
+    with pytest.raises(ValueError, match="unknown grid metric"):
+        plot_heatmap(cells, tmp_path / "x.png", metric="loss")
+    assert not (tmp_path / "x.png").exists()

@@ -11,6 +11,7 @@ from flwr_byz.simulations.report import (
     cell_grids,
     cells_from_results,
     grid_markdown,
+    has_asr,
     run_label,
     summary_rows,
 )
@@ -189,3 +190,58 @@ def test_summary_rows_nan_and_missing() -> None:
     assert first["s/round"] == first["MB up"] == first["rejected"] == "—"
     assert second["accuracy"] == second["loss"] == second["s/round"] == "—"
     assert second["MB up"] == second["MB down"] == "0.00" and second["rejected"] == "0"
+
+
+# --- the attack success rate (backdoor attacks) --------------------------------------------
+ASR_CELLS = [
+    Cell("FedAvg", "none", 2, 0.95),
+    Cell("FedAvg", "badnets", 2, 0.93, asr=0.9),
+    Cell("FedAvg", "alie", 2, 0.4),  # not a backdoor: no ASR
+    Cell("robust [normclip]", "none", 2, 0.94),
+    Cell("robust [normclip]", "badnets", 2, 0.92, asr=0.1004),
+    Cell("robust [flame]", "badnets", 2, 0.9, asr=0.1),  # prints 10.0 too: both bold
+    Cell("robust [flame]", "dba", 2, NAN, asr=NAN),  # a missing number
+    Cell("FedAvg", "dba", 2, 0.9, asr=0.5),
+    Cell("FedAvg", "alie", 4, 0.3),  # no backdoor at 4 Byzantine: no ASR section
+]
+
+
+def test_grid_markdown_of_asr_exact() -> None:
+    expected = """\
+## ASR
+
+### 2 Byzantine
+
+| defence | badnets | dba |
+|---|---:|---:|
+| FedAvg | 90.0 | **50.0** |
+| robust [normclip] | **10.0** | — |
+| robust [flame] | **10.0** | — |
+"""
+    assert grid_markdown(ASR_CELLS, title="ASR", metric="asr") == expected  # lowest is best
+    accuracy = grid_markdown(ASR_CELLS)  # unchanged: every attack, highest is best
+    assert "| FedAvg | **95.0** | **93.0** | **40.0** | **90.0** |" in accuracy
+    assert "### 4 Byzantine" in accuracy
+
+
+def test_asr_grid_keeps_the_backdoor_columns_and_checks_the_metric() -> None:
+    (grid,) = cell_grids(ASR_CELLS, metric="asr")
+    assert (grid.byzantine, grid.attacks) == (2, ["badnets", "dba"])
+    assert grid.value("FedAvg", "dba", "asr") == 0.5 and grid.value("FedAvg", "dba") == 0.9
+    assert math.isnan(grid.value("robust [normclip]", "dba", "asr"))  # absent
+    assert has_asr(ASR_CELLS) and not has_asr(CELLS)
+    assert cell_grids(CELLS, metric="asr") == []
+    with pytest.raises(ValueError, match=r"unknown grid metric 'f1'.*accuracy, asr"):
+        grid_markdown(ASR_CELLS, metric="f1")
+
+
+def test_cells_and_summary_rows_read_the_final_asr() -> None:
+    backdoor = _result(attack="badnets", final={"accuracy": 0.9, "asr": 0.8125, "loss": 0.3})
+    clean = _result(final={"accuracy": 0.9, "asr": None, "loss": 0.3})  # null: no backdoor
+    old = _result(final={"accuracy": 0.9, "loss": 0.3})  # written before asr existed
+    cells = cells_from_results([backdoor, clean, old])
+    assert cells[0].asr == 0.8125 and math.isnan(cells[1].asr) and math.isnan(cells[2].asr)
+    rows = summary_rows([backdoor, clean, old])
+    assert list(rows[0])[:5] == ["run", "attack", "byzantine", "accuracy", "ASR"]
+    assert [r["ASR"] for r in rows] == ["81.2", "—", "—"]
+    assert all("ASR" not in r for r in summary_rows([clean, old]))  # no backdoor: no column

@@ -18,9 +18,11 @@ ROUND_KEYS = {
     "train_loss", "gap",  # the training objective and the optimality gap (NaN: not measured)
     "metrics",  # the strategy's own numeric metrics of the round (e.g. ByzSGD's diameter)
     "missing",  # sampled nodes that did not reply within the round's timeout
+    "asr",  # the attack success rate under a backdoor attack (NaN: no backdoor attack)
 }  # fmt: skip
 FINAL_KEYS = {
     "accuracy",
+    "asr",
     "loss",
     "train_loss",
     "gap",
@@ -143,6 +145,7 @@ def test_to_dict_keeps_finite_values_and_types() -> None:
         "round": 2,
         "loss": 1.7,
         "accuracy": 0.42,
+        "asr": None,  # no backdoor attack
         "rejected": 0,
         "bytes_up": 1100,
         "bytes_down": 2100,
@@ -219,3 +222,29 @@ def test_from_dict_ignores_unknown_round_keys_and_missing_parts() -> None:
     assert record.missing == 0  # a result file written before ``missing`` existed
     assert math.isnan(record.accuracy)
     assert result.final == {} and math.isnan(result.accuracy)
+
+
+def test_asr_sits_beside_accuracy_and_round_trips_with_null(tmp_path: Path) -> None:
+    rounds = _rounds()
+    rounds[0].asr, rounds[2].asr = 0.25, 0.875  # round 2: NaN (not measured)
+    result = Result(config={"seed": 0}, rounds=rounds).finish()
+    assert result.final["asr"] == 0.875 == result.asr
+    path = result.save(tmp_path / "r.json")
+    data = json.loads(path.read_text(), parse_constant=_reject_constant)
+    keys = list(data["rounds"][0])
+    assert keys.index("asr") == keys.index("accuracy") + 1
+    assert [r["asr"] for r in data["rounds"]] == [0.25, None, 0.875]
+    back = Result.load(path)
+    assert _same(back.rounds, rounds) and back.asr == 0.875
+    assert math.isnan(back.rounds[1].asr)
+    assert math.isnan(RoundRecord(1, 0.5, 0.5, 0, 1, 2, 0.1).asr)  # the default: no backdoor
+
+
+def test_a_file_written_before_asr_loads_with_nan() -> None:
+    data = Result(config={"seed": 0}, rounds=_rounds()).finish().to_dict()
+    for record in data["rounds"]:
+        del record["asr"]
+    del data["final"]["asr"]
+    old = Result.from_dict(data)
+    assert all(math.isnan(r.asr) for r in old.rounds) and math.isnan(old.asr)
+    assert [r.accuracy for r in old.rounds] == [0.11, 0.42, 0.73]

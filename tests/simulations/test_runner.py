@@ -59,7 +59,7 @@ def test_the_model_learns_and_the_result_follows_the_schema() -> None:
     assert set(result) == {"config", "rounds", "final"}
     assert [r["round"] for r in result["rounds"]] == [1, 2, 3, 4]
     keys = {"round", "loss", "accuracy", "rejected", "bytes_up", "bytes_down", "seconds",
-            "train_loss", "gap", "metrics", "missing"}  # fmt: skip
+            "train_loss", "gap", "metrics", "missing", "asr"}  # fmt: skip
     assert all(set(r) == keys for r in result["rounds"])
     assert [r["missing"] for r in result["rounds"]] == [0, 0, 0, 0]  # every node replied
     assert result["final"]["missing"] == 0

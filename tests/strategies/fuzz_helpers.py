@@ -76,6 +76,7 @@ from flwr_byz.strategies import (
     ByzEF21SGDM,
     ByzSGD,
     ByzVRMarinaPP,
+    FLTrust,
     Mu2SGD,
     RobustFedAvg,
     RobustMomentum,
@@ -155,21 +156,33 @@ class FedAvgNodes:
 
     def handle(self, ins: Message, context: Context) -> Message:
         node = int(ins.metadata.dst_node_id)
-        sent = ins.content.array_records["arrays"]
-        w, b = sent["weight"].numpy(), sent["bias"].numpy()
-        point = torch.from_numpy(np.concatenate([w.ravel(), b.ravel()]).astype(np.float64))
         x, y = self.data[node]
-        grad = model_grad(point, x, y).numpy()
-        new = point.numpy() - self.lr * grad
-        arrays = ArrayRecord(
-            {
-                "weight": Array(new[: w.size].reshape(w.shape).astype(w.dtype)),
-                "bias": Array(new[w.size :].astype(b.dtype)),
-                "count": sent["count"],
-            }
-        )
+        arrays = sgd_step(ins.content.array_records["arrays"], x, y, self.lr)
         metrics = MetricRecord({"train_loss": 1.0, "num-examples": len(y)})
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=ins)
+
+
+def sgd_step(sent: ArrayRecord, x: torch.Tensor, y: torch.Tensor, lr: float) -> ArrayRecord:
+    """``sent`` after one gradient step of size ``lr`` on ``(x, y)`` (the counter kept)."""
+    w, b = sent["weight"].numpy(), sent["bias"].numpy()
+    point = torch.from_numpy(np.concatenate([w.ravel(), b.ravel()]).astype(np.float64))
+    new = point.numpy() - lr * model_grad(point, x, y).numpy()
+    return ArrayRecord(
+        {
+            "weight": Array(new[: w.size].reshape(w.shape).astype(w.dtype)),
+            "bias": Array(new[w.size :].astype(b.dtype)),
+            "count": sent["count"],
+        }
+    )
+
+
+def _fltrust(n: int = 9) -> Callable[[], Strategy]:
+    """FLTrust whose root set is one more honest node's data (one gradient step, as the
+    nodes take)."""
+    x, y = local_data(100, 24)
+    return lambda: FLTrust(
+        lambda server_round, arrays, config: sgd_step(arrays, x, y, 0.5), min_available_nodes=n
+    )
 
 
 # --- profiles -----------------------------------------------------------------------------------
@@ -205,6 +218,7 @@ def _profiles() -> list[Profile]:
         for agg in ("median", "krum", "nnm+krum", "trimmedmean", "geomed", "cc:tau=0.1")
     ]
     out += [
+        Profile("FLTrust", _fltrust(), dense, nodes=9, fedavg=True, rounds=60),
         Profile(
             "RobustFedAvg[median, clip_alpha=1]",
             _fedavg("median", clip_alpha=1.0),

@@ -70,7 +70,7 @@ def test_every_method_strategy_is_fuzzed() -> None:
     names = {p.name.split("[")[0] for p in PROFILES}
     expected = {
         "RobustFedAvg", "RobustMomentum", "ByzVRMarinaPP", "ByzEF21SGDM", "ByzEF21", "BRCSGD",
-        "Mu2SGD", "ByzSGD",
+        "Mu2SGD", "ByzSGD", "FLTrust",
     }  # fmt: skip
     assert names == expected
     exported = {n for n in strategies.__all__ if isinstance(getattr(strategies, n), type)}

@@ -19,7 +19,8 @@ models agree to rounding), without a Message per client:
 ``RoundOutcome``, ``Driver``) live in ``setup``, which imports no driver (no cycle).
 
 Not supported (a clear error names ``--engine local``): ``injection="nodes"`` (a deployment's
-SuperNodes attack), checkpoints.
+SuperNodes attack), checkpoints, backdoor attacks (their poisoned data are drawn per node and
+round by the ClientApp).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from ..training import TrainingObjective, derive_seed, evaluate
 from .byzsgd import ByzSGDDriver
 from .fedavg import FedAvgDriver, RobustFedAvgDriver
 from .methods import METHOD_DRIVERS
-from .setup import Driver, RoundOutcome, Setup, resolve_device
+from .setup import Driver, RoundOutcome, Setup, batched_attack, resolve_device
 
 __all__ = [
     "DRIVERS",
@@ -88,6 +89,7 @@ def check_batched(cfg: ExperimentConfig) -> None:
         raise ValueError(
             f"method {cfg.method!r} does not run on the batched engine; use --engine local"
         )
+    batched_attack(cfg)  # a backdoor attack: its error
     resolve_device(cfg.device)
 
 

@@ -25,6 +25,7 @@ from flwr.app import Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from ...aggregators import set_client_ids
 from ...attacks import SurfaceAttack
 from ...clients import ByzantineGrid
 from ...clients.injection import mark_label_flip
@@ -214,6 +215,8 @@ class RobustFedAvgDriver:
         accepted = finite & usable if s.weighted else finite
         metrics = self._metrics(accepted, finite, usable, reported, sizes)
         aggregate = self._aggregate(weights[accepted])
+        ids = [c for c, ok in zip(chosen, accepted.tolist(), strict=True) if ok]
+        set_client_ids(s.aggregator, ids)  # a per-client rule (FoolsGold): row i is ids[i]
         self.state, stats = fedavg.server_step(
             self.state,
             models[accepted],

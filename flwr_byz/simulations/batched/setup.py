@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 from flwr.app import ArrayRecord
 
-from ...attacks import Attack, LabelFlip, get_attack
+from ...attacks import Attack, LabelFlip, get_attack, is_backdoor
 from ...protocol.records import Layout, flatten, layout_of
 from ..config import ExperimentConfig
 from ..datasets import Dataset, load_dataset
@@ -24,7 +24,22 @@ from ..training import derive_seed
 from .data import StackedData
 from .grads import FunctionalModel
 
-__all__ = ["Driver", "RoundOutcome", "Setup", "resolve_device"]
+__all__ = ["Driver", "RoundOutcome", "Setup", "batched_attack", "resolve_device"]
+
+
+def batched_attack(cfg: ExperimentConfig) -> Attack | LabelFlip | None:
+    """The attack the batched engine applies in ``cfg``'s run (None: no attack); a
+    ``ValueError`` for a backdoor attack (its poisoned data are drawn per node and round by
+    the ClientApp, which the batched engine has not)."""
+    if cfg.byzantine <= 0 or cfg.attack.strip().lower() in ("none", ""):
+        return None
+    attack = get_attack(cfg.attack, seed=cfg.seed)
+    if is_backdoor(attack):
+        raise ValueError(
+            f"the batched engine runs no backdoor attack ({cfg.attack!r}); use --engine local "
+            "or simulation"
+        )
+    return cast(Attack | LabelFlip, attack)
 
 
 @dataclass
@@ -83,8 +98,7 @@ class Setup:
         """Load the data, seed and build the model as ``train_on_grid`` does."""
         device = resolve_device(cfg.device)
         byz = byzantine_partitions(cfg)
-        attacked = cfg.byzantine > 0 and cfg.attack.strip().lower() not in ("none", "")
-        attack = get_attack(cfg.attack, seed=cfg.seed) if attacked else None
+        attack = batched_attack(cfg)
         flipped = byz if isinstance(attack, LabelFlip) else []
         dataset = load_dataset(cfg.dataset)
         data = StackedData.load(
