@@ -153,8 +153,19 @@ class BadNets:
             raise ValueError(f"{name}: fraction must be in [0, 1], got {self.fraction!r}")
         if self.size is not None and (isinstance(self.size, bool) or int(self.size) < 1):
             raise ValueError(f"{name}: size must be a positive integer, got {self.size!r}")
-        if isinstance(self.start, bool) or not isinstance(self.start, int):
-            raise ValueError(f"{name}: start must be a round number, got {self.start!r}")
+        if isinstance(self.start, bool) or not isinstance(self.start, int) or self.start < 0:
+            raise ValueError(f"{name}: start must be a round number >= 0, got {self.start!r}")
+
+    def check_data(self, shape: tuple[int, ...], num_classes: int) -> None:
+        """``ValueError`` naming the fix, before any round, when the attack cannot run on
+        inputs of ``shape`` with ``num_classes`` classes: a target that is no class, a trigger
+        that does not fit, or (DBA) more parts than the trigger has positions."""
+        if self.target >= num_classes:
+            raise ValueError(
+                f"{type(self).__name__}: target must be a class below {num_classes} (the data "
+                f"set's number of classes), got {self.target}"
+            )
+        self.local_mask(tuple(shape), 0)
 
     def active(self, server_round: int) -> bool:
         """Whether the node attacks in ``server_round`` (``server_round >= start``)."""

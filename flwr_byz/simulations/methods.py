@@ -179,12 +179,13 @@ def build_strategy(cfg: ExperimentConfig) -> Strategy:
     params = {k: v for k, v in cfg.params.items() if k not in own}
     kwargs = {**base, **extra(cfg), **params}
     accepted = set(inspect.signature(cls.__init__).parameters)
-    if "kwargs" not in accepted:
-        unknown = sorted(set(params) - accepted)
-        if unknown:
-            raise ValueError(
-                f"{cfg.method} ({cls.__name__}) has no parameter(s) {unknown}; it takes "
-                f"{sorted(accepted - {'self'})}"
-            )
+    if "kwargs" in accepted:  # RobustFedAvg, FLTrust: the other arguments are Flower FedAvg's
+        accepted = (accepted - {"kwargs"}) | set(inspect.signature(FedAvg.__init__).parameters)
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise ValueError(
+            f"{cfg.method} ({cls.__name__}) has no parameter(s) {unknown}; it takes "
+            f"{sorted((accepted - {'self', 'args'}) | set(own))}"
+        )
     factory: Callable[..., Strategy] = cls
     return factory(**kwargs)

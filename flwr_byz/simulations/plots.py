@@ -118,6 +118,8 @@ def plot_curves(
             "no result has an attack success rate (asr is recorded under backdoor attacks "
             "only, e.g. --attack badnets)"
         )
+    if metric == "asr":  # a run without a backdoor attack has no ASR: no line, no legend entry
+        series = [(label, s) for label, s in series if not all(math.isnan(y) for y in s[1])]
     fig = Figure(figsize=(7.0, 4.5), layout="constrained")
     ax = fig.add_subplot()
     for label, (xs, ys) in series:

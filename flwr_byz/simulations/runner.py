@@ -36,7 +36,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from .. import statetree
-from ..attacks import check_attack_method, get_attack
+from ..attacks import DBA, BadNets, check_attack_method, get_attack
 from ..clients import ByzantineGrid
 from ..compressors import get_compressor
 from ..protocol.keys import (
@@ -125,6 +125,17 @@ def _check(config: ExperimentConfig) -> ExperimentConfig:
     with _flower_logging(verbose=False, level=logging.ERROR):  # no fraction_evaluate warning
         strategy = build_strategy(cfg)  # constructor errors (bad spec, unknown param) surface now
     check_attack_method(attack, cfg.method, not isinstance(strategy, MethodStrategy))
+    if isinstance(attack, BadNets):  # the backdoors: target and trigger fit the data set
+        attack.check_data(dataset.input_shape, dataset.num_classes)
+        if isinstance(attack, DBA) and 0 < cfg.byzantine < attack.parts:
+            log(
+                WARNING,
+                "dba: %d Byzantine client(s) for %d trigger parts: the full trigger is never "
+                "trained whole (set dba:parts=%d or fewer)",
+                cfg.byzantine,
+                attack.parts,
+                cfg.byzantine,
+            )
     rule = getattr(strategy, "aggregator", None)
     # n = clients per round must satisfy the rule's f (e.g. Krum n >= 2f+3); FLTrust's rule
     # (needs_reference) runs on any n >= 1

@@ -58,6 +58,35 @@ def test_trigger_mask_is_the_corner(shape: tuple[int, ...], size: int, default: 
     assert torch.equal(trigger_mask(shape), brute_mask(shape, default))
 
 
+def test_a_run_whose_backdoor_cannot_fit_the_data_is_refused_before_round_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """runner.prepare checks the target against the classes and the trigger against the
+    inputs (digits: 10 classes, 64 features, a trigger of 8), and warns when DBA has more
+    parts than attackers."""
+    from flwr_byz.simulations.config import ExperimentConfig
+    from flwr_byz.simulations.runner import prepare
+
+    base = {"method": "fedavg", "dataset": "digits", "clients": 10, "byzantine": 2, "rounds": 1}
+    bad = {
+        "badnets:target=10": "target must be a class below 10",
+        "dba:parts=100": "8 positions, fewer than parts=100",
+        "badnets:size=100": r"size must be in \[1, 64\]",
+        "badnets:start=-1": "start must be a round number >= 0",
+    }
+    for spec, match in bad.items():
+        with pytest.raises(ValueError, match=match):
+            prepare(ExperimentConfig(**base, attack=spec))
+    BadNets(target=9).check_data((64,), 10)
+    with caplog.at_level("WARNING"):
+        prepare(ExperimentConfig(**base, attack="dba:parts=4"))
+    assert "2 Byzantine client(s) for 4 trigger parts" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        prepare(ExperimentConfig(**base, attack="dba:parts=2"))
+    assert "trigger parts" not in caplog.text
+
+
 def test_trigger_mask_errors() -> None:
     with pytest.raises(ValueError, match="size must be in"):
         trigger_mask((5,), 6)

@@ -6,6 +6,7 @@ from typing import Any
 
 import matplotlib.image
 import pytest
+from matplotlib.axes import Axes
 
 from flwr_byz.simulations.plots import curve_series, plot_curves, plot_heatmap
 from flwr_byz.simulations.report import Cell
@@ -130,9 +131,15 @@ def test_curve_series_asr_in_percent_and_nan_without_it() -> None:
     assert len(ys) == 2 and all(math.isnan(y) for y in ys)
 
 
-def test_plot_curves_of_asr(tmp_path: Path) -> None:
+def test_plot_curves_of_asr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[str] = []
+    plot = Axes.plot
+    monkeypatch.setattr(
+        Axes, "plot", lambda ax, *a, **k: drawn.append(k["label"]) or plot(ax, *a, **k)
+    )
     out = plot_curves([("badnets", _with_asr()), ("alie", _result())], tmp_path / "a.png", "asr")
     assert _pixels(out)[0] > 100
+    assert drawn == ["badnets"]  # a run without an ASR gets no line and no legend entry
     with pytest.raises(ValueError, match="no result has an attack success rate"):
         plot_curves([("alie", _result())], tmp_path / "none.png", metric="asr")
     assert not (tmp_path / "none.png").exists()

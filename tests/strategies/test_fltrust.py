@@ -263,6 +263,12 @@ def test_method_builds_with_root_size_and_trains_deterministically() -> None:
     assert not np.array_equal(vector_of(one), vector_of(other))  # another root set
     with pytest.raises(ValueError, match="root_size must be an int"):
         build_strategy(dataclasses.replace(TINY, params={"root_size": 10**6}).resolved())
+    for method in ("fltrust", "robust-fedavg"):  # a misspelt parameter: one line, not FedAvg's
+        cfg = dataclasses.replace(TINY, method=method, params={"rootsize": 5}).resolved()
+        with pytest.raises(
+            ValueError, match=r"has no parameter\(s\) \['rootsize'\].*fraction_train"
+        ):
+            build_strategy(cfg)
 
 
 @pytest.mark.slow
