@@ -103,6 +103,8 @@ def stop_pool(pool: ProcessPoolExecutor, grace: float = 5.0) -> None:
     the jobs not started; the jobs in progress are lost (their futures end with
     ``BrokenProcessPool`` before this returns)."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    # taken now: ``shutdown(wait=False)`` drops the executor's reference to its thread
+    manager = getattr(pool, "_executor_manager_thread", None)
     for process in processes:
         if process.is_alive():
             process.terminate()
@@ -114,7 +116,6 @@ def stop_pool(pool: ProcessPoolExecutor, grace: float = 5.0) -> None:
             process.kill()
         _reap(process, 2.0)
     # the executor's own thread marks the jobs that were running as failed, then ends
-    manager = getattr(pool, "_executor_manager_thread", None)
     if manager is not None:
         manager.join(grace)
 
