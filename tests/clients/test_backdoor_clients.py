@@ -6,7 +6,6 @@ engine."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +32,7 @@ from flwr_byz.simulations.engines import run_experiment
 from flwr_byz.simulations.local import LocalGrid
 from flwr_byz.simulations.models import build_model_for
 from flwr_byz.simulations.training import derive_seed, gradient_masks, objective, train_epochs
+from tests.quiet import quiet_run
 
 from .nodes import honest_client, model, shifted, train_reply, update_for, vector_of
 
@@ -293,13 +293,8 @@ def test_runner_refuses_neurotoxin_for_a_method_strategy() -> None:
 
 @pytest.fixture
 def quiet() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with runner._flower_logging(False, logging.ERROR):
-            yield
-    finally:
-        torch.set_num_threads(before)
+    with quiet_run():
+        yield
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from typer.testing import CliRunner
 
@@ -24,7 +22,6 @@ from flwr_byz.cli import app as cli_app
 from flwr_byz.protocol.records import layout_of
 from flwr_byz.simulations import app as client_side
 from flwr_byz.simulations import engines as engine_module
-from flwr_byz.simulations import runner
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.engines import ENGINES, run_experiment, run_experiments
 from flwr_byz.simulations.local import CLIENT_EXCEPTION, LocalGrid, run_local
@@ -32,6 +29,7 @@ from flwr_byz.simulations.metering import discover_partitions
 from flwr_byz.simulations.result import RoundRecord
 from flwr_byz.simulations.runner import train_on_grid
 from flwr_byz.strategies.validation import validate_replies
+from tests.quiet import quiet_run
 
 from ..clients.nodes import ShuffledGrid
 
@@ -56,13 +54,8 @@ CONFIGS = {
 
 @pytest.fixture(autouse=True)
 def quiet() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with runner._flower_logging(False, logging.ERROR):
-            yield
-    finally:
-        torch.set_num_threads(before)
+    with quiet_run():
+        yield
 
 
 def rounds_of(result: Any) -> list[tuple[float, float, int]]:

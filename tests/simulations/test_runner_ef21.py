@@ -9,18 +9,16 @@ is RobustMomentum and Byz-EF21 is BR-CSGD (plain robust SGD)."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from collections.abc import Iterator
 
 import pytest
-import torch
 
-from flwr_byz.simulations import runner
 from flwr_byz.simulations.config import ExperimentConfig
 from flwr_byz.simulations.methods import COMPRESSED_METHODS, build_strategy
 from flwr_byz.simulations.runner import prepare, train_on_grid
 from flwr_byz.strategies import BRCSGD, ByzEF21, ByzEF21SGDM
+from tests.quiet import quiet_run
 
 from ..clients.nodes import ShuffledGrid
 
@@ -32,13 +30,8 @@ BASE = ExperimentConfig(
 
 @pytest.fixture(autouse=True)
 def quiet() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with runner._flower_logging(False, logging.ERROR):
-            yield
-    finally:
-        torch.set_num_threads(before)
+    with quiet_run():
+        yield
 
 
 _RUNS: dict[str, list[dict]] = {}  # several tests compare the same runs: run each once
