@@ -868,7 +868,14 @@ def reproduce(
     ),
     jobs: int = typer.Option(2, min=1, help="Parallel processes running the experiments."),
     engine: str = typer.Option(
-        "local", help="local (in-process) or batched (every client of a round at once)."
+        "batched",
+        help="batched (every client of a round at once) or local (in-process); the backdoor "
+        "matrix and FLTrust always run on local.",
+    ),
+    device: str = typer.Option(
+        "cpu",
+        help="cpu or cuda[:N]: every run computes there; GPU runs are stored apart and get "
+        "their own section of RESULTS.md.",
     ),
     work: Path = typer.Option(
         Path("results/reproduce"), help="Where the runs and sections are kept (resumable)."
@@ -885,6 +892,12 @@ def reproduce(
     from .reproduce import reproduce as run_reproduce
 
     _check_name("engine", engine, POOL_ENGINES)
+    from .simulations.devices import resolve_device
+
+    try:
+        resolve_device(device)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
     try:
         names = resolve_targets(targets or [])
     except ValueError as exc:
@@ -896,7 +909,7 @@ def reproduce(
     INTERRUPT_HINT = f"finished runs are kept in {work}; the same command continues from them"
     path = run_reproduce(
         names,
-        Budget.make(quick=quick, jobs=jobs, engine=engine),
+        Budget.make(quick=quick, jobs=jobs, engine=engine, device=device),
         work,
         out_docs,
         echo=console.print,

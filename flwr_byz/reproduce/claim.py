@@ -16,6 +16,7 @@ from ..simulations.config import ExperimentConfig
 from ..simulations.result import Result
 from .pool import TAIL, mean_std, tail_acc
 from .section import VERDICTS, Budget, Section, line_figure
+from .stats import Check, Interval, interval, plateau_gain, verdict_of
 from .workspace import Workspace
 
 __all__ = ["NO_NUMBER", "Claim", "Evidence", "Figure", "Outcome", "Panels", "verdict"]
@@ -39,6 +40,16 @@ class Evidence:
         """Seed mean of run ``name``'s last-``tail``-rounds accuracy."""
         return mean_std([tail_acc(r, tail=tail) for r in self.runs[name]])[0]
 
+    def iv(self, name: str, tail: int = TAIL) -> Interval:
+        """Seed mean and 95% interval of run ``name``'s last-``tail``-rounds accuracy."""
+        return interval([tail_acc(r, tail=tail) for r in self.runs[name]])
+
+    def plateau(self, name: str) -> float:
+        """Seed mean of the points run ``name`` gained in its last 10% of rounds over the 10%
+        before (``stats.plateau_gain``); the plateau rule asks for less than 1."""
+        gains = [plateau_gain([rec.accuracy for rec in r.rounds]) for r in self.runs[name]]
+        return mean_std(gains)[0]
+
     def curve(self, name: str, field: str = "accuracy") -> tuple[list[float], list[float]]:
         """Seed-mean curve of a per-round field of run ``name`` (accuracy in %)."""
         rs = self.runs[name]
@@ -58,11 +69,12 @@ class Evidence:
         return f"seed{s} {', '.join(map(str, seeds))} (numbers are seed means)"
 
 
-def verdict(checks: Sequence[bool]) -> str:
-    """All checks pass: reproduced; some: partly; none: not reproduced."""
-    if all(checks):
-        return VERDICTS[0]
-    return VERDICTS[1] if any(checks) else VERDICTS[2]
+def verdict(checks: Sequence[Check | bool]) -> str:
+    """``stats.verdict_of``: all hold: reproduced; none fails but some are within noise:
+    within noise; some hold, some fail: partly; none holds: not reproduced."""
+    out = verdict_of(checks)
+    assert out in VERDICTS
+    return out
 
 
 @dataclass(frozen=True)
@@ -72,7 +84,7 @@ class Outcome:
     measured figures) shown before the rule, and the ``caveat`` (the most likely reason a
     check failed) shown after the figure."""
 
-    checks: Sequence[bool]
+    checks: Sequence[Check | bool]
     summary: str
     setup: str
     results: Sequence[str]

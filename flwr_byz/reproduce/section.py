@@ -22,7 +22,7 @@ from ..files import atomic_write, write_text
 __all__ = ["VERDICTS", "Budget", "Section", "line_figure", "table"]
 
 #: The one-line verdicts a claim can get.
-VERDICTS = ("reproduced", "partly", "not reproduced")
+VERDICTS = ("reproduced", "within noise", "partly", "not reproduced")
 
 
 @dataclass(frozen=True)
@@ -30,21 +30,25 @@ class Budget:
     """How much to run: ``quick`` (CI's pipeline test) or the documented full budget.
 
     ``rounds(full, quick)`` picks the round count of a run; ``seeds`` are the matrix's seeds,
-    ``claim_seeds`` those of the claims; ``jobs`` parallel processes of the ``engine``
-    (``local`` or ``batched``) run them.
+    ``claim_seeds`` those of the claims (two in quick mode, so that intervals exist); ``jobs``
+    parallel processes of the ``engine`` (``batched``, or ``local`` for what the batched engine
+    does not run: backdoors, FLTrust) run them on ``device`` (``cpu`` or ``cuda[:N]``).
     """
 
     quick: bool = False
     jobs: int = 2
     seeds: tuple[int, ...] = (0, 1, 2)
-    claim_seeds: tuple[int, ...] = (0, 1)
-    engine: str = "local"
+    claim_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    engine: str = "batched"
+    device: str = "cpu"
 
     @classmethod
-    def make(cls, quick: bool, jobs: int, engine: str = "local") -> Budget:
+    def make(cls, quick: bool, jobs: int, engine: str = "batched", device: str = "cpu") -> Budget:
         if quick:
-            return cls(quick=True, jobs=jobs, seeds=(0,), claim_seeds=(0,), engine=engine)
-        return cls(jobs=jobs, engine=engine)
+            return cls(
+                quick=True, jobs=jobs, seeds=(0,), claim_seeds=(0, 1), engine=engine, device=device
+            )
+        return cls(jobs=jobs, engine=engine, device=device)
 
     def rounds(self, full: int, quick: int = 3) -> int:
         return quick if self.quick else full
@@ -53,7 +57,8 @@ class Budget:
 @dataclass
 class Section:
     """One part of RESULTS.md: ``markdown`` body (figures referenced relative to docs/),
-    ``verdict`` (claims only); ``seconds`` this build took, running ``new_runs`` and reusing
+    ``verdict`` (claims only); ``data``: the numbers RESULTS.md's opening summary reads
+    (JSON values; ``document``); ``seconds`` this build took, running ``new_runs`` and reusing
     ``reused_runs`` stored ones; ``scratch_seconds``: the time of the last build that reused
     nothing (None until one has run)."""
 
@@ -68,6 +73,7 @@ class Section:
     scratch_seconds: float | None = None
     quick: bool = False
     figures: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)  # numbers the summary reads (JSON)
 
     def __post_init__(self) -> None:
         if self.verdict is not None and self.verdict not in VERDICTS:

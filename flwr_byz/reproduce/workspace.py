@@ -51,7 +51,9 @@ class Workspace:
         return self.work / ("quick" if self.budget.quick else "full")
 
     def out_path(self, cfg: ExperimentConfig) -> Path:
-        """Where the run of ``cfg`` (pinned) is stored: a hash of its config."""
+        """Where the run of ``cfg`` (pinned, on the budget's device) is stored: a hash of its
+        config. Runs on another device are other files (float rounding differs)."""
+        cfg = dataclasses.replace(cfg, device=self.budget.device)
         values = dataclasses.replace(pinned(cfg), out=None).to_dict()
         if values.get("device") == "cpu":  # the default: keys of earlier runs stay valid
             del values["device"]
@@ -59,15 +61,23 @@ class Workspace:
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         return self.root / "runs" / f"{cfg.method}-{digest}.json"
 
-    def run(self, configs: Mapping[str, ExperimentConfig]) -> dict[str, Result]:
-        """Run (or reuse) every config (pinned); name -> its Result."""
+    def run(
+        self, configs: Mapping[str, ExperimentConfig], engine: str | None = None
+    ) -> dict[str, Result]:
+        """Run (or reuse) every config (pinned, on the budget's device) on ``engine`` (default:
+        the budget's); name -> its Result."""
+        device = self.budget.device
         placed = {
-            k: dataclasses.replace(pinned(c), out=str(self.out_path(c))) for k, c in configs.items()
+            k: dataclasses.replace(pinned(c), device=device, out=str(self.out_path(c)))
+            for k, c in configs.items()
         }
         for out in {str(c.out) for c in placed.values()}:
             self.stored(Path(out))
         run_all(
-            list(placed.values()), self.budget.jobs, progress=_progress, engine=self.budget.engine
+            list(placed.values()),
+            self.budget.jobs,
+            progress=_progress,
+            engine=engine or self.budget.engine,
         )
         return {k: Result.load(str(c.out)) for k, c in placed.items()}
 
