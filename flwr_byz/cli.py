@@ -864,7 +864,7 @@ def reproduce(
         "backdoor matrix, the performance report; 'all' is every one. \\[default: all]",
     ),
     quick: bool = typer.Option(
-        False, help="One seed and a few rounds: checks the pipeline, gives no results."
+        False, help="A few rounds and seeds: checks the pipeline, gives no results."
     ),
     jobs: int = typer.Option(2, min=1, help="Parallel processes running the experiments."),
     engine: str = typer.Option(

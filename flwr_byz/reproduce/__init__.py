@@ -6,7 +6,14 @@ Targets (``targets.TARGETS``): every claim of the four papers (``c1.1`` ... ``c4
 attack success rate) and the ``performance`` report; ``all`` is every one of them. Each target
 writes its section (``<work>/<full|quick>/sections/<key>.json``) and its figures
 (``<docs>/img``), then RESULTS.md is assembled from every section there (``document``), so one
-target can be redone alone.
+target can be redone alone. RESULTS.md opens with a "Which method when" summary built from the
+sections' ``data`` and the claims' verdicts. The statistics behind every table and verdict
+(seed intervals, "within noise", the plateau and tuning rules) are in ``stats``.
+
+A ``cuda`` budget (``--device cuda``) keeps its runs, sections and figures apart
+(``<work>/<full|quick>-cuda/``, ``<docs>/img/cuda``); RESULTS.md keeps the CPU sections in its
+body and adds a GPU section (each section's time beside the CPU's, and its tables) whenever
+GPU sections are saved.
 Nothing is written outside the two folders it is given.
 """
 

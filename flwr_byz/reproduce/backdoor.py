@@ -1,14 +1,18 @@
-"""The backdoor matrix: every backdoor attack against FedAvg, the robust rules and the backdoor
-defences, on the digits images (8x8, flattened to 64 features), IID and Dirichlet(0.5), at 10%
-and 20% Byzantine clients of 20, several seeds.
+"""The backdoor matrix: backdoor attacks against FedAvg, robust rules and the backdoor
+defences, in the attack matrix's MNIST-1D setting (its CNN, 20 clients, IID, 4
+Byzantine; ``setting``), at the matrix's horizon and tuned FedAvg lr, on several seeds.
 
-Each cell is the mean +- std over the seeds of the final clean accuracy and the final attack
-success rate (ASR: the share of triggered test inputs of the non-target classes that the
-model classifies as the target). The 'none' column is the run where the Byzantine clients
-run BadNets with a poisoned fraction of 0 (honest training, the same f for every rule), so its
-ASR is the trigger's success on a model trained without a backdoor: the floor the other ASRs
-are measured against. The rules of the section (``ACC_MARGIN``, ``ASR_MARGIN``, ``WORKS``) are
-computed from these numbers, never typed by hand.
+Each cell gives the clean accuracy and the attack success rate (ASR: the share of triggered
+test inputs of the non-target classes that the model classifies as the target), each the mean
+of the last 10% of a run's rounds (``tuning.TAIL_FRACTION``), as the mean over the seeds and
+its 95% interval (``stats.interval``). The 'none' run is FedAvg with the Byzantine clients
+running BadNets with a poisoned fraction of 0 (honest training): its accuracy is the
+attack-free reference and its ASR the trigger's success on a model trained without a backdoor
+(the floor the other ASRs are measured against); its plateau gain is the horizon's check. The
+rules (``ACC_MARGIN``, ``ASR_MARGIN``, ``WORKS``) are applied to the intervals through
+``stats.Check``: in each cell a defence holds, fails or is within noise.
+
+The runs need the local engine (the batched engine runs neither backdoors nor FLTrust).
 """
 
 from __future__ import annotations
@@ -23,110 +27,130 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ..attacks import DBA, BadNets, Neurotoxin, get_attack
+from ..attacks import DBA, BadNets, get_attack
 from ..files import atomic_write
 from ..simulations.config import ExperimentConfig
 from ..simulations.plots import plot_heatmap
 from ..simulations.report import Cell
 from ..simulations.result import Result
 from ..simulations.root import ROOT_SIZE
+from . import matrix
 from .matrix import Defence
-from .pool import mean_std
-from .section import Budget, Section, table
+from .section import Section, table
+from .stats import (
+    PLATEAU_FRACTION,
+    PLATEAU_POINTS,
+    Check,
+    Interval,
+    interval,
+    plateau_gain,
+    verdict_of,
+)
+from .tuning import TAIL_FRACTION
 from .workspace import Workspace
 
 __all__ = [
     "ATTACKS",
     "CLAIMS",
     "DEFENCES",
-    "FRACTIONS",
-    "PARTITIONS",
+    "ENGINE",
     "PaperClaim",
     "Setting",
     "Stats",
     "backdoor_matrix",
-    "settings",
+    "setting",
 ]
 
-#: FedAvg-like training: two local epochs of SGD (momentum 0.9, batch 32) per round.
-_LOCAL = {"local_epochs": 2, "lr": 0.1}
-
-
-def _rule(label: str, spec: str) -> Defence:
-    return Defence(label, "robust-fedavg", _LOCAL | {"aggregator": spec})
-
-
-#: The rows: FedAvg, the robust rules of the attack matrix (RobustFedAvg), the backdoor
-#: defences (RobustFedAvg with the rule) and FLTrust (its own strategy, 100 root samples).
-DEFENCES: tuple[Defence, ...] = (
-    Defence("FedAvg", "fedavg", _LOCAL),
-    _rule("Median", "median"),
-    _rule("Krum", "krum"),
-    _rule("NNM+Krum", "nnm+krum"),
-    _rule("CClip", "cc"),
-    _rule("NormClip", "normclip"),
-    _rule("FLAME", "flame"),
-    _rule("FoolsGold", "foolsgold"),
-    _rule("DnC", "dnc"),
-    _rule("SignGuard", "signguard"),
-    Defence("FLTrust", "fltrust", _LOCAL),
-)
-
-#: column -> attack spec, at the attacks' defaults (docs/ALGORITHMS.md, Backdoor attacks; the
-#: section's text reads them from the attack objects). 'none': BadNets poisoning nothing, so
-#: the run is clean and the server still measures the trigger.
-ATTACKS: dict[str, str] = {
-    "none": "badnets:fraction=0",
-    "badnets": "badnets",
-    "model-replacement": "model-replacement",
-    "dba": "dba",
-    "neurotoxin": "neurotoxin",
-}
-
-PARTITIONS: tuple[tuple[str, str], ...] = (("iid", "IID"), ("dirichlet:0.5", "Dirichlet(0.5)"))
-FRACTIONS: tuple[float, ...] = (0.1, 0.2)
-CLIENTS = 20
-ROUNDS = 30  # full budget: 660 runs, about 15 min on 2 cores (docs/EXPERIMENTS.md)
-QUICK_ROUNDS = 2  # the quick budget checks the pipeline (55 runs), not the numbers
-
-ACC_MARGIN = 0.05  # "keeps accuracy": at most 5 points below attack-free FedAvg's
-ASR_MARGIN = 0.10  # "stops the backdoor": ASR at most 10 points above the clean model's
-WORKS = 0.5  # an attack "works" in a setting when FedAvg's ASR under it is at least 50%
+ENGINE = "local"  # the batched engine runs neither backdoors nor FLTrust
 
 
 @dataclass(frozen=True)
 class Setting:
-    """A partition and a Byzantine fraction: the tables of one part of the section."""
+    """The data, model, partition, Byzantine count, local training and horizon of the matrix
+    (``label`` in words); ``setting(ws)`` takes them from the attack matrix."""
 
-    partition: str
     label: str
-    fraction: float
-
-    @property
-    def byzantine(self) -> int:
-        return round(self.fraction * CLIENTS)
-
-    @property
-    def key(self) -> str:
-        return f"{self.partition}|{self.fraction}"
+    dataset: str
+    model: str
+    partition: str
+    clients: int
+    byzantine: int
+    lr: float  # local SGD step size of every row (FedAvg-like training)
+    rounds: int
+    local_epochs: int = 1
+    batch_size: int = 32
+    eval_samples: int | None = None
 
     @property
     def title(self) -> str:
-        pct = round(100 * self.fraction)
-        return f"{self.label}, {pct}% Byzantine ({self.byzantine} of {CLIENTS})"
+        pct = round(100 * self.byzantine / self.clients)
+        return f"{self.label}, {pct}% Byzantine ({self.byzantine} of {self.clients})"
 
 
-def settings(budget: Budget) -> list[Setting]:
-    """Every partition x fraction; the quick budget: IID at 20% only."""
-    parts = PARTITIONS[:1] if budget.quick else PARTITIONS
-    fracs = FRACTIONS[-1:] if budget.quick else FRACTIONS
-    return [Setting(p, label, f) for p, label in parts for f in fracs]
+def setting(ws: Workspace) -> Setting:
+    """The attack matrix's MNIST-1D CNN setting (``matrix.MNIST1D_CNN``): its data, model,
+    partition, clients, Byzantine count, evaluation samples and FedAvg-family horizon, and the
+    lr the matrix tunes for its FedAvg row there (``matrix.fedavg_lr``: its tuning runs are
+    shared with the matrix section)."""
+    s = matrix.MNIST1D_CNN
+    fedavg = next(r for r in s.rows if r.method == "fedavg")
+    return Setting(
+        label=s.label,
+        dataset=s.dataset,
+        model=s.model,
+        partition=s.partition,
+        clients=matrix.CLIENTS,
+        byzantine=matrix.BYZANTINE,
+        lr=matrix.fedavg_lr(ws, s),
+        rounds=s.horizon(fedavg, ws.budget),
+        local_epochs=int(fedavg.fields.get("local_epochs", 1)),
+        batch_size=s.batch_size,
+        eval_samples=s.eval_samples,
+    )
+
+
+def _rule(label: str, spec: str) -> Defence:
+    return Defence(label, "robust-fedavg", {"aggregator": spec})
+
+
+#: The rows: FedAvg, a robust rule of the attack matrix (RobustFedAvg NNM + Krum), backdoor
+#: defences (RobustFedAvg with the rule) and FLTrust (its own strategy, ``ROOT_SIZE`` root
+#: samples). Left out to fit the time budget (each row costs 3 runs per attack and seed):
+#: CWMed, FoolsGold and DnC (``LEFT_OUT``).
+DEFENCES: tuple[Defence, ...] = (
+    Defence("FedAvg", "fedavg"),
+    _rule("NNM+Krum", "nnm+krum"),
+    _rule("NormClip", "normclip"),
+    _rule("FLAME", "flame"),
+    _rule("SignGuard", "signguard"),
+    Defence("FLTrust", "fltrust"),
+)
+
+#: column -> attack spec, at the attacks' defaults (the section's text reads them from the
+#: attack objects). 'none' (FedAvg only): BadNets poisoning nothing, so the run is clean and
+#: the server still measures the trigger.
+ATTACKS: dict[str, str] = {
+    "none": "badnets:fraction=0",
+    "badnets": "badnets",
+    "dba": "dba",
+    "model-replacement": "model-replacement",
+}
+
+#: Rows and attacks the library has but the section leaves out to fit the time budget (named
+#: in its text). Neurotoxin's point is a backdoor that outlasts the attackers' last round;
+#: here they attack every round.
+LEFT_OUT = {"rows": ("CWMed", "FoolsGold", "DnC"), "attacks": ("neurotoxin",)}
+
+ACC_MARGIN = 0.05  # "keeps accuracy": at most 5 points below attack-free FedAvg's
+ASR_MARGIN = 0.10  # "stops the backdoor": ASR at most 10 points above the clean model's
+WORKS = 0.5  # an attack "works" when FedAvg's mean ASR under it is at least 50%
+_EPS = 1e-9  # the bounds are inclusive: a value on one (up to rounding) keeps to it
 
 
 @dataclass(frozen=True)
 class PaperClaim:
-    """A published claim checked cell by cell: ``defence`` holds (``_holds``) against each of
-    ``attacks`` in every setting where the attack works."""
+    """A published claim checked cell by cell: ``defence`` holds against each of ``attacks``
+    where the attack works."""
 
     defence: str
     attacks: tuple[str, ...]
@@ -152,151 +176,160 @@ CLAIMS: tuple[PaperClaim, ...] = (
 )
 
 
-def _config(s: Setting, d: Defence, attack: str, seed: int, rounds: int) -> ExperimentConfig:
+def _config(d: Defence, attack: str, seed: int, s: Setting) -> ExperimentConfig:
     base = ExperimentConfig(
-        method=d.method, attack=ATTACKS[attack], byzantine=s.byzantine, clients=CLIENTS,
-        rounds=rounds, dataset="digits", partition=s.partition, model="mlp", batch_size=32,
-        seed=seed,
+        method=d.method, attack=ATTACKS[attack], byzantine=s.byzantine, clients=s.clients,
+        rounds=s.rounds, dataset=s.dataset, partition=s.partition, model=s.model,
+        batch_size=s.batch_size, local_epochs=s.local_epochs, lr=s.lr, seed=seed,
+        eval_samples=s.eval_samples,
     )  # fmt: skip
     return replace(base, **d.fields)
 
 
-def _setup_text(sets: Sequence[Setting]) -> str:
+def _cells(attacks: Sequence[str]) -> list[tuple[str, str]]:
+    """(row, column) of every cell: 'none' for FedAvg, the backdoors for every row."""
+    backdoors = [a for a in attacks if a != "none"]
+    return [("FedAvg", "none")] * ("none" in attacks) + [
+        (d.label, a) for d in DEFENCES for a in backdoors
+    ]
+
+
+def _setup_text(s: Setting) -> str:
     """The rows and the attacks' parameters, read from the objects the runs build."""
     bad = get_attack(ATTACKS["badnets"])
     dba = get_attack(ATTACKS["dba"])
-    toxin = get_attack(ATTACKS["neurotoxin"])
-    assert isinstance(bad, BadNets) and isinstance(dba, DBA) and isinstance(toxin, Neurotoxin)
-    size = int(bad.mask((64,)).sum())
-    counts = sorted({s.byzantine for s in sets})
-    boosts = ", ".join(f"x{CLIENTS / m:g} with {m} Byzantine" for m in counts)
+    assert isinstance(bad, BadNets) and isinstance(dba, DBA)
+    size = int(bad.mask((1, 40)).sum())
+    boost = s.clients / s.byzantine
     return (
-        "Rows: FedAvg, RobustFedAvg with Median, Krum, NNM + Krum, CClip and the backdoor "
-        "defences NormClip, FLAME, FoolsGold, DnC, SignGuard (at their defaults, f the "
-        f"Byzantine count), and the FLTrust strategy ({ROOT_SIZE} root samples the server "
-        f"trains on). Attacks at their defaults: target class {bad.target}, "
+        "Rows: FedAvg, RobustFedAvg with NNM + Krum (a rule of the attack matrix), the "
+        "backdoor defences NormClip, FLAME and SignGuard (RobustFedAvg with the rule, at their "
+        f"defaults, f the Byzantine count), and the FLTrust strategy ({ROOT_SIZE} root samples "
+        f"the server trains on). Attacks at their defaults: target class {bad.target}, "
         f"{100 * bad.fraction:g}% of each Byzantine client's data poisoned, the trigger on the "
-        f"last {size} of the 64 features (the last pixels, row-major) set to the 99th "
-        f"percentile of the training values; DBA splits it into {dba.parts} local triggers; "
-        "model replacement boosts each "
-        f"Byzantine update by n/(eta m) for m Byzantine clients of n, so that together they "
-        f"replace the model ({boosts}; no norm constraint), every round; Neurotoxin "
-        f"trains off the top {100 * toxin.ratio:g}% coordinates of the benign gradient. "
-        "'none': the Byzantine clients run BadNets with nothing poisoned (honest), so its ASR "
-        "is the trigger's success on a clean model."
+        f"last {size} of the 40 signal positions set to the 99th percentile of the training "
+        f"values; DBA splits it into {dba.parts} local triggers; model replacement boosts "
+        f"each Byzantine update by n/(eta m) for m Byzantine clients of n (x{boost:g} here), "
+        "so that together they replace the model (no norm constraint); every attack runs "
+        "every round. 'none': FedAvg with the Byzantine clients running BadNets with nothing "
+        "poisoned (honest), so its ASR is the trigger's success on a clean model. Left out to "
+        f"fit the time budget: the rows {', '.join(LEFT_OUT['rows'])} and the attack "
+        f"{', '.join(LEFT_OUT['attacks'])} (its point, a backdoor that outlasts the attackers' "
+        "last round, needs attackers that stop; here they never do)."
     )
 
 
-def _asr(r: Result) -> float:
-    value = r.final.get("asr")
-    return math.nan if value is None else float(value)
+def _tail(values: Sequence[float | None]) -> float:
+    """Mean of the last ``TAIL_FRACTION`` of the values (at least one; the attack matrix's
+    tail accuracy); NaN when one is unknown or there are none."""
+    k = max(1, int(len(values) * TAIL_FRACTION))
+    last = [math.nan if v is None else float(v) for v in values[-k:]]
+    return math.fsum(last) / len(last) if last else math.nan
 
 
 @dataclass(frozen=True)
 class Stats:
-    """One cell: clean accuracy and ASR, mean and std over the seeds."""
+    """One cell: clean accuracy and ASR (each a run's tail mean, ``_tail``), their seed means
+    and 95% intervals."""
 
-    acc: float
-    acc_std: float
-    asr: float
-    asr_std: float
+    acc: Interval
+    asr: Interval
 
     @classmethod
     def of(cls, results: Sequence[Result]) -> Stats:
-        acc = mean_std([r.accuracy for r in results])
-        asr = mean_std([_asr(r) for r in results])
-        return cls(acc[0], acc[1], asr[0], asr[1])
+        accs = [_tail([r.accuracy for r in res.rounds]) for res in results]
+        asrs = [_tail([r.asr for r in res.rounds]) for res in results]
+        return cls(interval(accs), interval(asrs))
 
 
-def _fmt(mean: float, std: float) -> str:
-    return "n/a" if math.isnan(mean) else f"{100 * mean:.1f} ± {100 * std:.1f}"
+def _checks(cell: Stats, clean: Stats) -> tuple[Check, Check]:
+    """A defence's two checks in a cell: clean accuracy at least attack-free FedAvg's minus
+    ``ACC_MARGIN`` (parity: it fails only when the intervals separate below), and ASR at most
+    the clean model's plus ``ASR_MARGIN`` (it holds when the ASR's interval lies wholly below
+    that bound, fails when wholly above, within noise otherwise)."""
+    return (
+        Check.at_least("clean accuracy", cell.acc, clean.acc, ACC_MARGIN + _EPS),
+        Check.above("ASR", clean.asr, cell.asr, -(ASR_MARGIN + _EPS)),
+    )
 
 
-def _holds(cell: Stats, clean: Stats) -> bool:
-    """Accuracy within ``ACC_MARGIN`` of attack-free FedAvg's and ASR within ``ASR_MARGIN`` of
-    the clean model's (False when either is unknown)."""
-    return cell.acc >= clean.acc - ACC_MARGIN - 1e-12 and cell.asr <= clean.asr + ASR_MARGIN + 1e-12
+def _state(cell: Stats, clean: Stats) -> bool | None:
+    """True: the defence holds in the cell; False: it fails; None: within noise (or a number
+    is unknown)."""
+    if math.isnan(cell.acc.mean) or math.isnan(cell.asr.mean):
+        return None
+    return {"reproduced": True, "within noise": None}.get(verdict_of(_checks(cell, clean)), False)
 
 
 def _pct(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{100 * x:.1f}%"
 
 
+_MARK = {True: "holds", False: "fails", None: "noise"}
+
+
 def backdoor_matrix(ws: Workspace) -> Section:
-    """The section: run (or reuse) every cell, then the tables, figures and rules."""
-    b = ws.budget
-    seeds = b.seeds
-    rounds = b.rounds(ROUNDS, QUICK_ROUNDS)
-    sets = settings(b)
+    """The section: run (or reuse) every cell, then the tables, figures, rules and data."""
+    s = setting(ws)
+    seeds = ws.budget.seeds
+    rounds = s.rounds
     attacks = list(ATTACKS)
     backdoors = attacks[1:]
-    keys = {
-        (s.key, d.label, a, seed): _config(s, d, a, seed, rounds)
-        for s in sets
-        for d in DEFENCES
-        for a in attacks
-        for seed in seeds
+    cells = _cells(attacks)
+    named = {
+        f"{d}|{a}|{seed}": _config(_defence(d), a, seed, s) for d, a in cells for seed in seeds
     }
-    named = {"|".join(map(str, k)): c for k, c in keys.items()}
-    results = ws.run(named)
-    stats = {
-        (s.key, d.label, a): Stats.of(
-            [results["|".join(map(str, (s.key, d.label, a, sd)))] for sd in seeds]
-        )
-        for s in sets
-        for d in DEFENCES
-        for a in attacks
-    }
-    clean = {s.key: stats[(s.key, "FedAvg", "none")] for s in sets}
-    holds = {k: _holds(v, clean[k[0]]) for k, v in stats.items() if k[2] != "none"}
+    results = ws.run(named, engine=ENGINE)
+    runs = {(d, a): [results[f"{d}|{a}|{seed}"] for seed in seeds] for d, a in cells}
+    stats = {k: Stats.of(v) for k, v in runs.items()}
+    clean = stats[("FedAvg", "none")]
+    gains = [plateau_gain([r.accuracy for r in res.rounds]) for res in runs[("FedAvg", "none")]]
+    states = {(d.label, a): _state(stats[(d.label, a)], clean) for d in DEFENCES for a in backdoors}
 
     body: list[str] = [
-        f"{len(DEFENCES)} defences x {len(attacks)} attacks ('none' and {len(backdoors)} "
-        f"backdoors) x {len(sets)} settings x {len(seeds)} seed(s) "
-        f"({', '.join(map(str, seeds))}) = {len(named)} runs, local engine, {rounds} rounds. "
-        f"Digits (scikit-learn's 8x8 images, flattened to 64 features, standardised), MLP, "
-        f"{CLIENTS} clients, all sampled every round; FedAvg-like training: "
-        f"{_LOCAL['local_epochs']} local epochs per round, lr {_LOCAL['lr']}, momentum 0.9, "
-        f"batch 32. {_setup_text(sets)}",
+        f"{len(DEFENCES)} rows x {len(backdoors)} backdoors, and attack-free FedAvg, x "
+        f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}) = {len(named)} runs, local "
+        f"engine, {rounds} rounds. {s.title}: the attack matrix's MNIST-1D setting, every "
+        f"client sampled every round; FedAvg-like training in every row: {s.local_epochs} "
+        f"local epoch{'s' * (s.local_epochs != 1)} per round, lr {s.lr:g} (the lr the attack "
+        f"matrix tuned for its FedAvg row in this setting), momentum 0.9, batch "
+        f"{s.batch_size}"
+        + (f", {s.eval_samples} test samples scored per round" if s.eval_samples else "")
+        + ". "
+        f"{_setup_text(s)}",
         "",
-        "Cells: clean accuracy and attack success rate (ASR: the share of triggered test "
-        "inputs of the classes other than the target classified as the target) after the "
-        "last round, in %, mean ± std over the seeds.",
+        _horizon_text(rounds, gains, seeds),
+        "",
+        f"Cells: clean accuracy and ASR, each the mean of a run's last "
+        f"{100 * TAIL_FRACTION:.0f}% of the rounds, in %: "
+        "mean ± 95% half-width over the seeds (Student t).",
+        "",
+        f"Attack-free FedAvg: clean accuracy {clean.acc.fmt()}, ASR of the trigger on the "
+        f"clean model {clean.asr.fmt()}.",
     ]
-    cells: dict[str, list[Cell]] = {}
-    for s in sets:
-        acc_rows, asr_rows = [], []
-        for d in DEFENCES:
-            row = [stats[(s.key, d.label, a)] for a in attacks]
-            acc_rows.append([d.label, *[_fmt(c.acc, c.acc_std) for c in row]])
-            asr_rows.append([d.label, *[_fmt(c.asr, c.asr_std) for c in row]])
-            cells.setdefault(s.partition, []).extend(
-                Cell(d.label, a, s.byzantine, c.acc, c.asr)
-                for a, c in zip(attacks, row, strict=True)
-            )
-        body += ["", f"### {s.title}", "",
-                 f"Attack-free FedAvg: accuracy {_pct(clean[s.key].acc)}, ASR of the trigger "
-                 f"{_pct(clean[s.key].asr)}.", "",
-                 "**Clean accuracy (%)**", "", table(["defence", *attacks], acc_rows), "",
-                 "**Attack success rate (%)**", "",
-                 table(["defence", *attacks], asr_rows)]  # fmt: skip
+    acc_rows = [[d.label, *[stats[(d.label, a)].acc.fmt() for a in backdoors]] for d in DEFENCES]
+    asr_rows = [[d.label, *[stats[(d.label, a)].asr.fmt() for a in backdoors]] for d in DEFENCES]
+    header = ["defence", *backdoors]
+    body += ["", "**Clean accuracy (%)**", "", table(header, acc_rows), "",
+             "**Attack success rate (%)**", "", table(header, asr_rows)]  # fmt: skip
 
     figures: list[str] = []
+    heat = [
+        Cell(d, a, s.byzantine, st.acc.mean, st.asr.mean)
+        for (d, a), st in stats.items()
+        if a != "none"
+    ]
     body += ["", "### Figures", ""]
-    for partition, label in PARTITIONS:
-        if partition not in cells:
-            continue
-        fig = ws.figure(f"backdoor_asr_{partition.split(':')[0]}")
-        if any(not math.isnan(c.asr) for c in cells[partition]):
-            plot_heatmap(
-                cells[partition], fig, metric="asr",
-                title=f"Digits, {label}: final ASR (%), mean of {len(seeds)} seed(s)",
-            )  # fmt: skip
-            figures.append(ws.link(fig))
-            body += [f"![ASR, {label}]({ws.link(fig)})", ""]
+    if any(not math.isnan(c.asr) for c in heat):
+        fig = ws.figure("backdoor_asr")
+        plot_heatmap(
+            heat, fig, metric="asr",
+            title=f"{s.label}: ASR (%), mean of {len(seeds)} seed(s)",
+        )  # fmt: skip
+        figures.append(ws.link(fig))
+        body += [f"![ASR]({ws.link(fig)})", ""]
     fig = scatter_figure(
-        {s.title: {(d.label, a): stats[(s.key, d.label, a)] for d in DEFENCES for a in backdoors}
-         for s in sets},
+        {s.title: {(d.label, a): stats[(d.label, a)] for d in DEFENCES for a in backdoors}},
         [d.label for d in DEFENCES], backdoors, ws.figure("backdoor_scatter"),
     )  # fmt: skip
     figures.append(ws.link(fig))
@@ -307,107 +340,135 @@ def backdoor_matrix(ws: Workspace) -> Section:
         "the good corner is the bottom right.",
     ]
 
-    rules, verdicts = _rules(sets, stats, clean, holds, backdoors)
+    rules, verdicts = _rules(stats, clean, states, backdoors)
     body += rules
-    summary = f"{len(named)} runs; {verdicts}"
     return Section(
         key="backdoor",
         title="Backdoor matrix: clean accuracy and attack success rate",
         markdown="\n".join(body),
-        summary=summary,
+        summary=f"{len(named)} runs; {verdicts}",
         figures=figures,
+        data=_data(stats, clean, backdoors, s),
     )
 
 
+def _defence(label: str) -> Defence:
+    return next(d for d in DEFENCES if d.label == label)
+
+
+def _horizon_text(rounds: int, gains: Sequence[float], seeds: Sequence[int]) -> str:
+    """The plateau rule applied to the attack-free FedAvg runs (one gain per seed)."""
+    window = f"{100 * PLATEAU_FRACTION:.0f}%"
+    shown = ", ".join("n/a" if math.isnan(g) else f"{g:.2f}" for g in gains)
+    text = (
+        f"Horizon: {rounds} rounds, the attack matrix's for its FedAvg-like rows. Plateau "
+        f"rule: a run has plateaued when its last {window} of the rounds gain less than "
+        f"{PLATEAU_POINTS:g} point over the {window} before them. Attack-free FedAvg gains "
+        f"{shown} points (seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}): "
+    )
+    flat = [not math.isnan(g) and g < PLATEAU_POINTS for g in gains]
+    if all(flat):
+        return text + "it has plateaued."
+    return text + (
+        f"**{len(flat) - sum(flat)} of {len(flat)} run(s) have not plateaued**: the cells "
+        "are those of a model still learning."
+    )
+
+
+def _data(
+    stats: Mapping[tuple[str, str], Stats],
+    clean: Stats,
+    backdoors: Sequence[str],
+    s: Setting,
+) -> dict[str, object]:
+    """The numbers RESULTS.md's summary reads: per row its lowest clean accuracy under the
+    backdoors and its highest ASR (seed means), and the attack that gave that ASR."""
+    rows: dict[str, dict[str, object]] = {}
+    for d in DEFENCES:
+        accs = [stats[(d.label, a)].acc.mean for a in backdoors]
+        asrs = {a: stats[(d.label, a)].asr.mean for a in backdoors}
+        known = {a: v for a, v in asrs.items() if not math.isnan(v)}
+        worst = max(known, key=lambda a: known[a]) if known else None
+        rows[d.label] = {
+            "clean": min((v for v in accs if not math.isnan(v)), default=math.nan),
+            "asr_worst": known[worst] if worst is not None else math.nan,
+            "worst_attack": worst or "",
+        }
+    return {
+        "label": s.title,
+        "fedavg_clean": clean.acc.mean,
+        "asr_floor": clean.asr.mean,
+        "rows": rows,
+    }
+
+
 def _rules(
-    sets: Sequence[Setting],
-    stats: Mapping[tuple[str, str, str], Stats],
-    clean: Mapping[str, Stats],
-    holds: Mapping[tuple[str, str, str], bool],
+    stats: Mapping[tuple[str, str], Stats],
+    clean: Stats,
+    states: Mapping[tuple[str, str], bool | None],
     backdoors: Sequence[str],
 ) -> tuple[list[str], str]:
     """The rules' lines (which attacks work, which defences hold where they do, the papers'
     claims) and the section's summary of them."""
-    n = len(sets)
     lines = [
         "",
         "### Rules",
         "",
-        f"An attack **works** in a setting when FedAvg's mean ASR under it is at least "
-        f"{100 * WORKS:.0f}%. A defence **holds** against an attack in a setting where it works "
-        f"when its mean clean accuracy is at most {100 * ACC_MARGIN:.0f} points below "
-        f"attack-free FedAvg's and its mean ASR at most {100 * ASR_MARGIN:.0f} points above "
-        "attack-free FedAvg's (the trigger's success on a clean model).",
+        f"An attack **works** when FedAvg's mean ASR under it is at least {100 * WORKS:.0f}%. "
+        "Where it works, a defence **holds** when (1) its clean accuracy is not below "
+        f"attack-free FedAvg's minus {100 * ACC_MARGIN:.0f} points (it fails only when the "
+        "95% intervals separate) and (2) its ASR is at most the clean model's plus "
+        f"{100 * ASR_MARGIN:.0f} points (its interval wholly below that bound); it **fails** "
+        "when an interval lies wholly on the wrong side, and is **within noise** otherwise.",
         "",
     ]
-    works = {a: [s for s in sets if stats[(s.key, "FedAvg", a)].asr >= WORKS] for a in backdoors}
+    works = [a for a in backdoors if stats[("FedAvg", a)].asr.mean >= WORKS]
     lines.append(
-        "FedAvg under each attack (ASR and clean accuracy, means over the settings; the "
-        "settings where the attack works): "
+        "FedAvg under each attack (ASR / clean accuracy): "
         + "; ".join(
-            f"{a} {_pct(_mean([stats[(s.key, 'FedAvg', a)].asr for s in sets]))} / "
-            f"{_pct(_mean([stats[(s.key, 'FedAvg', a)].acc for s in sets]))}, {len(works[a])}/{n}"
+            f"{a} {_pct(stats[('FedAvg', a)].asr.mean)} / {_pct(stats[('FedAvg', a)].acc.mean)}"
+            + ("" if a in works else " (does not work)")
             for a in backdoors
         )
         + "."
     )
-    tested = sum(len(w) for w in works.values())
     rows, every = [], []
     for d in DEFENCES[1:]:
-        counts = [sum(holds[(s.key, d.label, a)] for s in works[a]) for a in backdoors]
-        shown = [
-            f"{k}/{len(works[a])}" if works[a] else "—"
-            for k, a in zip(counts, backdoors, strict=True)
-        ]
-        rows.append([d.label, *shown, f"{sum(counts)}/{tested}"])
-        if tested and sum(counts) == tested:
+        shown = [_MARK[states[(d.label, a)]] if a in works else "—" for a in backdoors]
+        held = sum(states[(d.label, a)] is True for a in works)
+        rows.append([d.label, *shown, f"{held}/{len(works)}"])
+        if works and held == len(works):
             every.append(d.label)
-    lines += ["", "**Settings where each defence holds, of those where the attack works**", "",
-              table(["defence", *backdoors, "all"], rows), ""]  # fmt: skip
-    against = {
-        a: [d.label for d in DEFENCES[1:] if all(holds[(s.key, d.label, a)] for s in works[a])]
-        for a in backdoors
-        if works[a]
-    }
-    lines.append(
-        f"Hold wherever the attacks work: {', '.join(every) or 'none'}. "
-        + " ".join(f"Against {a}: {', '.join(d) or 'none'}." for a, d in against.items())
-    )
+    lines += ["", "**Each defence against each attack that works**", "",
+              table(["defence", *backdoors, "holds"], rows), ""]  # fmt: skip
+    lines.append(f"Hold against every attack that works: {', '.join(every) or 'none'}.")
     lines += ["", "**The papers' claims**", ""]
     matched = []
     for c in CLAIMS:
-        cells = [(s, a) for a in c.attacks for s in works[a]]
-        ok = [(s, a) for s, a in cells if holds[(s.key, c.defence, a)]]
-        missed = [
-            f"{a} in {s.title} (accuracy {_pct(stats[(s.key, c.defence, a)].acc)} vs "
-            f"{_pct(clean[s.key].acc)}, ASR {_pct(stats[(s.key, c.defence, a)].asr)})"
-            for s, a in cells
-            if not holds[(s.key, c.defence, a)]
-        ]
-        untested = len(c.attacks) * n - len(cells)
-        if not cells:
-            lines.append(
-                f"- {c.statement}. Here: **not tested**, the attack works in none of the "
-                f"{untested} cells."
-            )
-        else:
-            verdict = "matched" if ok == cells else "partly matched" if ok else "not matched"
-            lines.append(
-                f"- {c.statement}. Here (the rules above): **{verdict}**, in {len(ok)} of "
-                f"{len(cells)} cells where the attack works"
-                + (f" ({untested} where it does not)" if untested else "")
-                + (f"; not in: {'; '.join(missed)}." if missed else ".")
-            )
-        matched.append(f"{c.defence}'s in {len(ok)}/{len(cells)}")
+        tested = [a for a in c.attacks if a in works]
+        if not tested:
+            lines.append(f"- {c.statement}. Here: **not tested**, none of its attacks works.")
+            matched.append(f"{c.defence}'s not tested")
+            continue
+        verdict = verdict_of([Check(a, states[(c.defence, a)]) for a in tested])
+        detail = "; ".join(
+            f"{a}: {_MARK[states[(c.defence, a)]]} (accuracy "
+            f"{stats[(c.defence, a)].acc.fmt()} vs {clean.acc.fmt()}, ASR "
+            f"{stats[(c.defence, a)].asr.fmt()})"
+            for a in tested
+        )
+        skipped = [a for a in c.attacks if a not in works]
+        lines.append(
+            f"- {c.statement}. Here: **{verdict}** ({detail}"
+            + (f"; {', '.join(skipped)} does not work here" if skipped else "")
+            + ")."
+        )
+        matched.append(f"{c.defence}'s {verdict}")
     summary = (
-        f"{len(every)} of {len(DEFENCES) - 1} defences hold wherever the attacks work "
-        f"({tested} of {n * len(backdoors)} cells); claims matched: {', '.join(matched)}"
+        f"{len(every)} of {len(DEFENCES) - 1} defences hold against every attack that works "
+        f"({len(works)} of {len(backdoors)}); claims: {', '.join(matched)}"
     )
     return lines, summary
-
-
-def _mean(values: Sequence[float]) -> float:
-    return mean_std(values)[0]
 
 
 def scatter_figure(
@@ -417,7 +478,8 @@ def scatter_figure(
     out: Path,
 ) -> Path:
     """One panel per setting: clean accuracy (x, %) against ASR (y, %), a point per
-    (defence, attack) (colour: defence, marker: attack); NaN points are left out."""
+    (defence, attack) at its seed means (colour: defence, marker: attack); NaN points are
+    left out."""
     markers = ["o", "s", "^", "D", "v", "P", "X"]
     tab = [colormaps["tab20"](k) for k in range(20)]
     colours = [*tab[::2], *tab[1::2]]  # the ten dark hues first, then their light ones
@@ -430,10 +492,11 @@ def scatter_figure(
         for i, d in enumerate(defences):
             for j, a in enumerate(attacks):
                 st = points.get((d, a))
-                if st is None or math.isnan(st.acc) or math.isnan(st.asr):
+                if st is None or math.isnan(st.acc.mean) or math.isnan(st.asr.mean):
                     continue
-                ax.scatter(100 * st.acc, 100 * st.asr, color=colours[i % len(colours)],
-                           marker=markers[j % len(markers)], s=28, alpha=0.85)  # fmt: skip
+                ax.scatter(100 * st.acc.mean, 100 * st.asr.mean,
+                           color=colours[i % len(colours)], marker=markers[j % len(markers)],
+                           s=28, alpha=0.85)  # fmt: skip
         ax.set_title(title, fontsize="small")
         ax.set_ylim(-3, 103)
         ax.grid(True, alpha=0.3)

@@ -1,26 +1,53 @@
-"""RESULTS.md, assembled from every section saved in the workspace."""
+"""RESULTS.md, assembled from every section saved in the workspace.
+
+It opens with a header (machine, date, from-scratch time, engine, seeds, the interval and
+plateau rules) and a one-screen "Which method when" summary built only from the sections'
+``data`` and the claims' verdicts (a line whose numbers are missing is left out); then the
+claims table, every section, and, when ``--device cuda`` sections are saved, a GPU section
+(per-section times beside the CPU ones and the same tables).
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import platform
+import re
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..files import write_text
 from .papers import CLAIMS
-from .section import VERDICTS, Section, table
+from .section import VERDICTS, Budget, Section, table
+from .stats import CONFIDENCE, PLATEAU_FRACTION, PLATEAU_POINTS
 from .targets import TARGETS
 from .workspace import Workspace
 
-__all__ = ["write_document"]
+__all__ = ["BACKDOOR_CLEAN_MARGIN", "COMPRESSED", "write_document"]
+
+#: Backdoor line of the summary: only defences whose clean accuracy is at most this far below
+#: FedAvg's compete for the lowest worst-case ASR.
+BACKDOOR_CLEAN_MARGIN = 0.05
+#: Bandwidth line: a matrix row is "compressed" when it sends at most this fraction of
+#: FedAvg's megabytes per client and round.
+COMPRESSED = 0.5
+#: Matrix rows named per setting in the threat line.
+TOP = 3
+GPU = "cuda"
 
 
 def write_document(ws: Workspace) -> Path:
-    """Assemble RESULTS.md from every saved section (targets not run yet are listed)."""
-    sections = ws.sections()
+    """Assemble RESULTS.md from every saved section (targets not run yet are listed); the GPU
+    sections (``--device cuda``) get their own section at the end."""
+    if ws.budget.device != "cpu":  # what the GPU section names: the machine that ran them
+        _record_machine(ws)
+    sections = ws.sections("cpu")
+    gpu = ws.sections(GPU)
     lines = [
         "# Results",
         "",
@@ -30,22 +57,11 @@ def write_document(ws: Workspace) -> Path:
         "",
     ]
     if ws.budget.quick:
-        lines += ["**Quick budget** (`--quick`: one seed, a few rounds): a pipeline check, "
-                  "not results.", ""]  # fmt: skip
-    scratch = [s.scratch_seconds for s in sections.values() if s.scratch_seconds is not None]
-    took = (
-        f"from scratch the sections take {sum(scratch) / 60:.0f} min in all"
-        if sections and len(scratch) == len(sections)
-        else "no from-scratch time recorded for every section yet"
-    )
-    lines += [
-        f"Machine: {platform.machine()}, {_cores()} cores, Python {platform.python_version()}, "
-        f"torch {torch.__version__}; written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
-        f"{took}.",
-        "",
-        "## Claims",
-        "",
-    ]
+        lines += ["**Quick budget** (`--quick`: one or two seeds, a few rounds): a pipeline "
+                  "check, not results.", ""]  # fmt: skip
+    lines += [_header(sections, ws.budget), ""]
+    lines += _summary(sections, gpu)
+    lines += ["## Claims", ""]
     rows = []
     for key, claim in CLAIMS.items():
         s = sections.get(key)
@@ -59,13 +75,13 @@ def write_document(ws: Workspace) -> Path:
     lines += [", ".join(f"{n} {v}" for v, n in counts.items()) + f" of {len(CLAIMS)}.", ""]
     for key in TARGETS:
         s = sections.get(key)
-        heading = "###" if key in CLAIMS else "##"
         if s is None:
-            lines += [f"{heading} {key}", "", f"Not run yet: `flwr-byz reproduce {key}`.", ""]
+            lines += [f"{_level(key)} {key}", "", f"Not run yet: `flwr-byz reproduce {key}`.", ""]
             continue
-        verdict = f" — **{s.verdict}**" if s.verdict else ""
-        lines += [f"{heading} {s.title}{verdict}", ""]
+        lines += [_heading(s), ""]
         lines += [f"`flwr-byz reproduce {key}`: {_cost(s)}.", "", s.markdown, ""]
+    if gpu:
+        lines += _gpu_section(sections, gpu, ws)
     lines += [
         "## Earlier experiments",
         "",
@@ -77,6 +93,418 @@ def write_document(ws: Workspace) -> Path:
     return write_text(ws.docs / "RESULTS.md", "\n".join(lines))
 
 
+# -- header ---------------------------------------------------------------------------------
+
+
+def _header(sections: Mapping[str, Section], budget: Budget) -> str:
+    """Machine, date, from-scratch time, engine, seeds, and the rules every table shares."""
+    scratch = [s.scratch_seconds for s in sections.values() if s.scratch_seconds is not None]
+    took = (
+        f"from scratch the sections take {sum(scratch) / 60:.0f} min in all"
+        if sections and len(scratch) == len(sections)
+        else "no from-scratch time recorded for every section yet"
+    )
+    engine = (
+        "the batched engine (every client of a round at once; the backdoor matrix and FLTrust "
+        "on the local engine)"
+        if budget.engine == "batched"
+        else f"the {budget.engine} engine"
+    )
+    pct, frac = round(100 * CONFIDENCE), round(100 * PLATEAU_FRACTION)
+    return (
+        f"Machine: {_machine()}; written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        f"{took}. Runs: on the CPU, {engine}; the claims on {_seeds(budget.claim_seeds)}, "
+        f"the matrices on {_seeds(budget.seeds)}. Numbers "
+        f"are seed means, `mean ± h` with h the half-width of the {pct}% Student-t interval. "
+        f"Verdicts: a difference counts only when the {pct}% intervals separate, otherwise it "
+        f"is **within noise**. Plateau rule: a run has plateaued when the mean accuracy of its "
+        f"last {frac}% of rounds is less than {PLATEAU_POINTS:g} point above that of the "
+        f"{frac}% before; horizons are chosen so that the attack-free runs reach it."
+    )
+
+
+def _seeds(seeds: Sequence[int]) -> str:
+    """``seeds 0-4`` for a run of consecutive seeds, else ``seeds 0, 2`` (``seed 0``)."""
+    s = list(seeds)
+    if len(s) > 2 and s == list(range(s[0], s[0] + len(s))):
+        return f"seeds {s[0]}-{s[-1]}"
+    return ("seed " if len(s) == 1 else "seeds ") + ", ".join(map(str, s))
+
+
+def _machine() -> str:
+    return (
+        f"{platform.machine()}, {_cores()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}"
+    )
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# -- summary --------------------------------------------------------------------------------
+
+
+def _summary(sections: Mapping[str, Section], gpu: Mapping[str, Section]) -> list[str]:
+    """The "Which method when" lines: each names its numbers and links the section behind
+    them; a line whose data is missing is left out, and so is the whole summary when none is
+    left. A section run only on the GPU backs its lines from the GPU section."""
+    picked = {
+        k: (sections[k], False) if k in sections else (gpu[k], True) for k in {*sections, *gpu}
+    }
+    threat = _untargeted(picked.get("matrix")) + _backdoor(picked.get("backdoor"))
+    threat += _servers(picked.get("c4.1"), picked.get("matrix"))
+    participation = _participation(picked)
+    bandwidth = _bandwidth(picked.get("matrix"))
+    parts = [("Threat", threat), ("Participation", participation), ("Bandwidth", bandwidth)]
+    if not any(lines for _, lines in parts):
+        return []
+    out = [
+        "## Which method when",
+        "",
+        "From the sections below (each line links the one that backs it). Accuracies are seed "
+        "means; *worst case* is the lowest over the attacks of a setting.",
+        "",
+    ]
+    for name, lines in parts:
+        if lines:
+            out += [f"**{name}**", "", *lines, ""]
+    return out
+
+
+Picked = tuple[Section, bool] | None  # a section, and whether it is the GPU's
+
+
+def _untargeted(picked: Picked) -> list[str]:
+    """Byzantine clients: per setting, the matrix rows with the best worst-case accuracy."""
+    if picked is None:
+        return []
+    s, on_gpu = picked
+    lines = []
+    fedavg_clean = _dict(s.data.get("fedavg_clean"))
+    for key, setting in _dict(s.data.get("settings")).items():
+        rows = _rows(_dict(setting).get("rows"), "worst")
+        ranked = sorted(rows, key=lambda r: -float(rows[r]["worst"]))
+        fedavg_key = _fedavg(rows)
+        best = [r for r in ranked if r != fedavg_key][:TOP]
+        if not best:
+            continue
+        named = "; ".join(f"{r} {_val(rows[r], 'worst')} at worst{_under(rows[r])}" for r in best)
+        text = f"- Byzantine clients (untargeted), {_label(setting, key)}: {named}"
+        fedavg = rows.get(fedavg_key or "")
+        clean = _num(fedavg_clean, key)
+        if fedavg is not None:
+            text += f"; FedAvg {_val(fedavg, 'worst')} at worst"
+            text += f" ({_pct(clean)} attack-free)" if clean is not None else ""
+        lines.append(f"{text}. {_link(s, on_gpu)}")
+    return lines
+
+
+def _backdoor(picked: Picked) -> list[str]:
+    """Backdoors: the lowest worst-case ASR among the defences whose clean accuracy is within
+    ``BACKDOOR_CLEAN_MARGIN`` of FedAvg's."""
+    if picked is None:
+        return []
+    s, on_gpu = picked
+    rows = _rows(s.data.get("rows"), "clean", "asr_worst")
+    fedavg_key = _fedavg(rows)
+    if fedavg_key is None:
+        return []
+    fedavg = rows[fedavg_key]
+    keep = {r: v for r, v in rows.items() if r != fedavg_key}
+    # the reference: attack-free FedAvg when the section has it (FedAvg's own row holds its
+    # lowest accuracy under the backdoors, which model replacement can wreck)
+    ref = s.data.get("fedavg_clean")
+    ref_clean = float(ref) if isinstance(ref, int | float) else float(fedavg["clean"])
+    close = {r: v for r, v in keep.items() if v["clean"] >= ref_clean - BACKDOOR_CLEAN_MARGIN}
+    margin = f"{100 * BACKDOOR_CLEAN_MARGIN:.0f} points"
+    where = f", {s.data['label']}" if isinstance(s.data.get("label"), str) else ""
+    base = (
+        f"FedAvg's worst ASR {_val(fedavg, 'asr_worst')}{_under(fedavg)} at "
+        f"{_val(fedavg, 'clean')} clean"
+    )
+    if close:
+        r = min(close, key=lambda r: close[r]["asr_worst"])
+        text = (
+            f"- Backdoors{where}: {r}, worst ASR {_val(close[r], 'asr_worst')}"
+            f"{_under(close[r])} at {_val(close[r], 'clean')} clean (the lowest worst-case ASR "
+            f"among the defences within {margin} of FedAvg's clean accuracy; {base})"
+        )
+    elif keep:
+        text = (
+            f"- Backdoors{where}: no defence keeps its clean accuracy within {margin} of "
+            f"FedAvg's ({base})"
+        )
+    else:
+        return []
+    return [f"{text}. {_link(s, on_gpu)}"]
+
+
+def _servers(claim: Picked, matrix: Picked) -> list[str]:
+    """Byzantine servers: ByzSGD, as C4.1 judged it (and its matrix row where there is one)."""
+    if claim is None or claim[0].verdict is None:
+        return []
+    s, on_gpu = claim
+    text = f"- Byzantine servers: ByzSGD (replicated servers): C4.1 **{s.verdict}**"
+    text += f" ({s.summary})" if s.summary else ""
+    rows = _matrix_rows(matrix, "ByzSGD")
+    if rows:
+        label, row = rows[0]
+        text += f"; in the matrix {_val(row, 'worst')} at worst ({label})"
+        text += f" {_link(*matrix)}" if matrix else ""
+    return [f"{text}. {_link(s, on_gpu)}"]
+
+
+def _participation(picked: Mapping[str, tuple[Section, bool]]) -> list[str]:
+    """Partial participation: Byz-VR-MARINA-PP (C1.1, C1.2 and its matrix row); full: the
+    matrix's best worst-case row."""
+    lines = []
+    claims = [(k, picked[k]) for k in ("c1.1", "c1.2") if k in picked and picked[k][0].verdict]
+    rows = _matrix_rows(picked.get("matrix"), "MARINA")
+    if claims or rows:
+        parts = [f"{k.upper()} **{s.verdict}** {_link(s, g)}" for k, (s, g) in claims]
+        if rows:
+            label, row = rows[0]
+            matrix = picked["matrix"]
+            parts.append(f"in the matrix {_val(row, 'worst')} at worst ({label}) {_link(*matrix)}")
+        lines.append(
+            "- Partial (a few clients sampled per round): Byz-VR-MARINA-PP, made for it (its "
+            "clipping bounds a round whose sample has a Byzantine majority): "
+            + "; ".join(parts)
+            + "."
+        )
+    best = _best_rows(picked.get("matrix"))
+    if best:
+        s, on_gpu = picked["matrix"]
+        named = ", ".join(f"{row} ({label})" for label, row in best)
+        lines.append(f"- Full (every client every round): {named}, as above. {_link(s, on_gpu)}")
+    return lines
+
+
+def _bandwidth(picked: Picked) -> list[str]:
+    """Compressed methods: their MB per client and round against FedAvg's, per setting."""
+    if picked is None:
+        return []
+    s, on_gpu = picked
+    lines = []
+    for key, setting in _dict(s.data.get("settings")).items():
+        rows = _rows(_dict(setting).get("rows"), "mb_up_per_round")
+        fedavg = rows.get(_fedavg(rows) or "")
+        if fedavg is None or fedavg["mb_up_per_round"] <= 0:
+            continue
+        mb = fedavg["mb_up_per_round"]
+        small = [r for r, v in rows.items() if v["mb_up_per_round"] <= COMPRESSED * mb]
+        if not small:
+            continue
+        named = "; ".join(_bytes(r, rows[r], mb) for r in small)
+        lines.append(
+            f"- {_label(setting, key)}: {named} (FedAvg {mb:.3g} MB per client and round"
+            f"{_total(fedavg)}). {_link(s, on_gpu)}"
+        )
+    return lines
+
+
+def _bytes(row: str, v: Mapping[str, Any], fedavg_mb: float) -> str:
+    mb = v["mb_up_per_round"]
+    text = f"{row} {mb:.3g} MB ({fedavg_mb / mb:.0f}x less)" if mb > 0 else f"{row} 0 MB"
+    text += _total(v)
+    worst = _num(v, "worst")
+    return text + (f", {_val(v, 'worst')} at worst" if worst is not None else "")
+
+
+def _total(v: Mapping[str, Any]) -> str:
+    """`` over N rounds: X MB`` when the row says its rounds (the method strategies run
+    longer horizons than FedAvg)."""
+    rounds = _num(v, "rounds")
+    if rounds is None:
+        return ""
+    return f", {rounds * v['mb_up_per_round']:.3g} MB over its {rounds:.0f} rounds"
+
+
+def _matrix_rows(picked: Picked, name: str) -> list[tuple[str, dict[str, Any]]]:
+    """(setting label, row) of the matrix rows whose label holds ``name``, with a worst case."""
+    if picked is None:
+        return []
+    out = []
+    for key, setting in _dict(picked[0].data.get("settings")).items():
+        rows = _rows(_dict(setting).get("rows"), "worst")
+        out += [(_label(setting, key), v) for r, v in rows.items() if name in r]
+    return out
+
+
+def _best_rows(picked: Picked) -> list[tuple[str, str]]:
+    """(setting label, row) of each setting's best worst-case row that has every client
+    every round: not FedAvg, not MARINA-PP (it samples a few)."""
+    if picked is None:
+        return []
+    out = []
+    for key, setting in _dict(picked[0].data.get("settings")).items():
+        rows = _rows(_dict(setting).get("rows"), "worst")
+        ranked = sorted(
+            (r for r in rows if r != _fedavg(rows) and "MARINA" not in r),
+            key=lambda r: -rows[r]["worst"],
+        )
+        if ranked:
+            out.append((_label(setting, key), ranked[0]))
+    return out
+
+
+def _fedavg(rows: Mapping[str, Any]) -> str | None:
+    """The label of the FedAvg row: ``FedAvg``, else the first one starting so."""
+    if "FedAvg" in rows:
+        return "FedAvg"
+    return next((r for r in rows if r.startswith("FedAvg")), None)
+
+
+def _rows(value: Any, *needed: str) -> dict[str, dict[str, Any]]:
+    """The rows of ``value`` (row -> numbers) that have every ``needed`` number."""
+    return {
+        str(r): v
+        for r, v in _dict(value).items()
+        if isinstance(v, dict) and all(_num(v, n) is not None for n in needed)
+    }
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _num(d: Mapping[str, Any], key: str) -> float | None:
+    """``d[key]`` when it is a finite number, else None."""
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def _pct(frac: float | None) -> str:
+    return "n/a" if frac is None else f"{100 * frac:.1f}%"
+
+
+def _val(row: Mapping[str, Any], key: str) -> str:
+    """``row[key]`` as a percentage, ``± h`` when the row gives ``<key>_half``."""
+    value, half = _num(row, key), _num(row, f"{key}_half")
+    if value is None or half is None:
+        return _pct(value)
+    return f"{100 * value:.1f} ± {100 * half:.1f}%"
+
+
+def _under(row: Mapping[str, Any]) -> str:
+    attack = row.get("worst_attack")
+    return f" (under {attack})" if isinstance(attack, str) and attack else ""
+
+
+def _label(setting: Any, key: str) -> str:
+    label = _dict(setting).get("label")
+    return label if isinstance(label, str) and label else key
+
+
+def _link(s: Section, on_gpu: bool = False) -> str:
+    """``[→ key](#anchor)``: a link to the section's heading, or to the GPU section."""
+    name = s.key.upper() if s.key in CLAIMS else s.key
+    if on_gpu:
+        return f"[→ {name}, GPU](#gpu)"
+    return f"[→ {name}]({_anchor(_heading(s))})"
+
+
+def _heading(s: Section) -> str:
+    verdict = f" — **{s.verdict}**" if s.verdict else ""
+    return f"{_level(s.key)} {s.title}{verdict}"
+
+
+def _level(key: str) -> str:
+    return "###" if key in CLAIMS else "##"
+
+
+def _anchor(heading: str) -> str:
+    """The anchor GitHub gives ``heading``: its text, lower case, without punctuation (but
+    ``-`` and ``_``), spaces as ``-``."""
+    text = heading.lstrip("#").strip().replace("**", "").replace("`", "").lower()
+    return "#" + re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+# -- GPU ------------------------------------------------------------------------------------
+
+
+def _record_machine(ws: Workspace) -> None:
+    """Note the machine (and GPU) of the budget's device beside its sections."""
+    from ..simulations.devices import device_name
+
+    info = {"machine": _machine(), "gpu": device_name(ws.budget.device)}
+    write_text(ws.root / "machine.json", json.dumps(info) + "\n")
+
+
+def _gpu_section(
+    cpu: Mapping[str, Section], gpu: Mapping[str, Section], ws: Workspace
+) -> list[str]:
+    """Per-section times on the GPU beside the CPU's, then each GPU section's text (folded)."""
+    info_path = ws.root_of(GPU) / "machine.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    where = f"{info.get('gpu', 'a GPU')} ({info['machine']})" if "machine" in info else "a GPU"
+    folder = ws.root_of(GPU).relative_to(ws.work).as_posix()
+    lines = [
+        "## GPU",
+        "",
+        f"The sections regenerated on {where} by the same command with `--device cuda` "
+        f"(`flwr-byz reproduce all --device cuda`): same setups, seeds and rules; the runs and "
+        f"sections are kept apart (`{folder}/` of the work folder, figures under `img/cuda/`). "
+        "Float rounding differs on a GPU, so its numbers can differ slightly from the CPU's.",
+        "",
+    ]
+    rows: list[list[str]] = []
+    cpu_total = gpu_total = 0.0
+    keys = [k for k in TARGETS if k in gpu] + sorted(k for k in gpu if k not in TARGETS)
+    for key in keys:
+        g, c = gpu[key], cpu.get(key)
+        gs = g.scratch_seconds
+        cs = c.scratch_seconds if c is not None else None
+        ratio = "—"
+        if gs is not None and cs is not None:
+            cpu_total += cs
+            gpu_total += gs
+            ratio = f"{cs / gs:.1f}x" if gs > 0 else "—"
+        rows.append([
+            key, _secs(cs), _secs(gs), ratio,
+            (c.verdict or "") if c is not None else "not run", g.verdict or "",
+        ])  # fmt: skip
+    if gpu_total:
+        total = f"{cpu_total / gpu_total:.1f}x"
+        rows.append(["total (sections on both)", _secs(cpu_total), _secs(gpu_total), total, "", ""])
+    header = ["section", "CPU from scratch", "GPU from scratch", "CPU / GPU", "CPU verdict",
+              "GPU verdict"]  # fmt: skip
+    lines += [table(header, rows), ""]
+    for key in keys:
+        g = gpu[key]
+        verdict = f" — {g.verdict}" if g.verdict else ""
+        lines += [
+            f"<details><summary>GPU: {g.title}{verdict} ({_cost(g)})</summary>",
+            "",
+            _demoted(g.markdown),
+            "",
+            "</details>",
+            "",
+        ]
+    return lines
+
+
+def _secs(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _demoted(markdown: str) -> str:
+    """``markdown`` with every heading one level deeper (at most ``######``), outside code."""
+    out, code = [], False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            code = not code
+        elif not code and re.match(r"#{1,5} ", line):
+            line = "#" + line
+        out.append(line)
+    return "\n".join(out)
+
+
 def _cost(s: Section) -> str:
     """ "N runs, X min from scratch" plus this build's time when it reused runs."""
     runs = s.new_runs + s.reused_runs
@@ -86,7 +514,3 @@ def _cost(s: Section) -> str:
     if s.reused_runs:
         text += f" (this build {s.seconds / 60:.1f} min, {s.reused_runs} reused)"
     return text
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

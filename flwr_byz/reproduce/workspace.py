@@ -36,8 +36,8 @@ def pinned(cfg: ExperimentConfig) -> ExperimentConfig:
 
 @dataclass
 class Workspace:
-    """``work``: runs and sections (``<work>/<full|quick>/``); ``docs``: RESULTS.md's folder,
-    figures under ``docs/img``."""
+    """``work``: runs and sections (``<work>/<full|quick>/``, ``<work>/<full|quick>-cuda/``
+    on a GPU); ``docs``: RESULTS.md's folder, figures under ``docs/img`` (``docs/img/cuda``)."""
 
     budget: Budget
     work: Path
@@ -48,7 +48,15 @@ class Workspace:
 
     @property
     def root(self) -> Path:
-        return self.work / ("quick" if self.budget.quick else "full")
+        """The budget's folder: ``<work>/<full|quick>``, or ``<work>/<full|quick>-cuda`` for
+        a GPU budget (its runs, sections and measurements apart: RESULTS.md's GPU section)."""
+        return self.root_of(self.budget.device)
+
+    def root_of(self, device: str) -> Path:
+        """The folder of this budget's runs and sections on ``device`` (``cuda:N`` as ``cuda``)."""
+        kind = _kind(device)
+        name = "quick" if self.budget.quick else "full"
+        return self.work / (name if kind == "cpu" else f"{name}-{kind}")
 
     def out_path(self, cfg: ExperimentConfig) -> Path:
         """Where the run of ``cfg`` (pinned, on the budget's device) is stored: a hash of its
@@ -94,8 +102,9 @@ class Workspace:
         return exists
 
     def figure(self, name: str) -> Path:
-        """Path of a figure: ``<docs>/img/<name>.png``."""
-        return self.docs / "img" / f"{name}.png"
+        """Path of a figure: ``<docs>/img/<name>.png`` (``<docs>/img/cuda/`` on a GPU)."""
+        kind = _kind(self.budget.device)
+        return self.docs / "img" / ("" if kind == "cpu" else kind) / f"{name}.png"
 
     def link(self, path: Path) -> str:
         """``path`` relative to the docs folder, for a markdown image link."""
@@ -104,9 +113,15 @@ class Workspace:
     def section_path(self, key: str) -> Path:
         return self.root / "sections" / f"{key}.json"
 
-    def sections(self) -> dict[str, Section]:
-        folder = self.root / "sections"
+    def sections(self, device: str | None = None) -> dict[str, Section]:
+        """The saved sections of this budget on ``device`` (default: the budget's), by key."""
+        folder = self.root_of(device or self.budget.device) / "sections"
         return {p.stem: Section.load(p) for p in sorted(folder.glob("*.json"))}
+
+
+def _kind(device: str) -> str:
+    """``cpu`` or ``cuda`` (``cuda:1`` -> ``cuda``)."""
+    return device.split(":")[0]
 
 
 def _progress(done: int, total: int, out: str) -> None:

@@ -17,6 +17,12 @@ A dataset spec is ``name`` or ``name:key=value,...`` (see ``flwr_byz.specs``):
   Images become normalised ``(C, H, W)`` floats, text uint8 token ids (``vocab_size`` set);
   see ``flwr_byz.simulations.hub`` (loaded only for these specs).
 
+Every spec also takes ``validation=<fraction>`` (``mnist1d:validation=0.2``,
+``digits:validation=0.2``, ``local:<dir>,validation=0.2``): a fixed holdout of that share of
+the *training* split, stratified by label (``VALIDATION_SEED``, not the experiment seed),
+becomes the evaluation split (``x_test``/``y_test``) and training uses the rest, so
+hyperparameters can be tuned without the real test split ever being seen.
+
 The data never depend on the experiment seed: a dataset is the benchmark, only its options
 change it. The sklearn sets are split 80/20 (stratified, fixed seed) and standardised with the
 train split's statistics. ``groups_train`` is what label-skewed partitions are drawn over: the
@@ -38,7 +44,7 @@ import os
 import random
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +52,7 @@ import numpy as np
 import torch
 
 from ..files import write_npz_cache
-from ..specs import build, split_part, unknown
+from ..specs import build, parse_value, split_part, unknown
 from .training import derive_seed, float_dtype
 
 __all__ = [
@@ -59,6 +65,7 @@ __all__ = [
     "eval_split",
     "load_dataset",
     "partition_indices",
+    "split_validation",
 ]
 
 DATASETS: tuple[str, ...] = ("mnist1d", "digits", "breast-cancer", "synthetic-logreg")
@@ -75,6 +82,9 @@ _CACHE_VERSION = 1  # bump when the cached mnist1d arrays change meaning
 #: Seed of the evaluation subset (``eval_split``): fixed, not the experiment's seed, so every
 #: run and every round of a setup is scored on the same test samples.
 EVAL_SEED = 0
+#: Seed of the validation holdout (``validation=<fraction>``): fixed, so every run, process
+#: and engine holds out the same training rows.
+VALIDATION_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -162,24 +172,49 @@ _OPTIONS: dict[str, type] = {
 }
 
 
-def _parse_dataset(spec: str) -> tuple[str, Any]:
+def _validation_arg(args: list[str], spec: str, first: int) -> tuple[list[str], float | None]:
+    """``args`` without a ``validation=<fraction>`` option (searched from ``args[first]``:
+    an ``hf:``/``local:`` location is never an option), and the fraction (None: absent)."""
+    keep, fraction = list(args[:first]), None
+    for arg in args[first:]:
+        key, sep, value = arg.partition("=")
+        if not sep or key.strip().replace("-", "_").lower() != "validation":
+            keep.append(arg)
+            continue
+        if fraction is not None:
+            raise ValueError(f"dataset spec {spec.strip()!r}: validation= given twice")
+        number = parse_value(value.strip())
+        if isinstance(number, bool) or not isinstance(number, int | float) or not 0 < number < 1:
+            raise ValueError(
+                f"dataset spec {spec.strip()!r}: validation must be a fraction of the training "
+                f"split strictly between 0 and 1 (e.g. validation=0.2), got {value.strip()!r}"
+            )
+        fraction = float(number)
+    return keep, fraction
+
+
+def _parse_dataset(spec: str) -> tuple[str, Any, float | None]:
     name, args = split_part(spec)
     key = name.lower()
     if key in ("hf", "local"):
         from .hub import parse_source
 
-        return key, parse_source(key, args, spec)
+        args, validation = _validation_arg(args, spec, 1)
+        return key, parse_source(key, args, spec), validation
     if key not in _OPTIONS:
         raise unknown("dataset", name, [*DATASETS, *DATASET_SOURCES], spec)
-    return key, build(_OPTIONS[key], args, spec.strip(), "dataset")
+    args, validation = _validation_arg(args, spec, 0)
+    return key, build(_OPTIONS[key], args, spec.strip(), "dataset"), validation
 
 
 def canonical_spec(spec: str) -> str:
     """``spec`` as every process reads it alike: an ``hf:``/``local:`` directory made absolute
-    (options in a fixed order); other specs unchanged. Raises ``ValueError`` like
-    ``load_dataset`` for a bad spec (nothing is loaded)."""
-    key, options = _parse_dataset(spec)
-    return str(options.spec) if key in ("hf", "local") else spec
+    (options in a fixed order, ``validation=`` last); other specs unchanged. Raises
+    ``ValueError`` like ``load_dataset`` for a bad spec (nothing is loaded)."""
+    key, options, validation = _parse_dataset(spec)
+    if key not in ("hf", "local"):
+        return spec
+    return str(options.spec) + (f",validation={validation}" if validation is not None else "")
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -194,12 +229,47 @@ def load_dataset(spec: str, seed: int = 0) -> Dataset:
     is not cached, without network).
     """
     del seed
-    name, options = _parse_dataset(spec)
-    return _load(name, options)
+    return _load(*_parse_dataset(spec))
+
+
+def _held_out(full: Dataset, validation: float) -> Dataset:
+    """``full`` with a ``validation`` holdout of its training split as its evaluation split."""
+    train, held = split_validation(full.y_train, validation)
+    if len(train) == 0 or len(held) == 0:
+        raise ValueError(
+            f"dataset {full.name!r}: validation={validation} of its {len(full.y_train)} "
+            f"training samples leaves {len(held)} held out and {len(train)} to train on"
+        )
+    rows, out = torch.from_numpy(train), torch.from_numpy(held)
+    return replace(
+        full,
+        x_train=full.x_train[rows],
+        y_train=full.y_train[rows],
+        x_test=full.x_train[out],
+        y_test=full.y_train[out],
+        groups_train=full.groups_train[rows],
+        natural_ids={column: np.asarray(ids)[train] for column, ids in full.natural_ids.items()},
+    )
+
+
+def split_validation(labels: torch.Tensor, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, held_out)`` sorted int64 row indices of a ``fraction`` holdout of the rows
+    with ``labels``, stratified: of each label's ``n`` rows, ``round(fraction * n)`` chosen
+    at random (``VALIDATION_SEED``) are held out."""
+    y = np.asarray(labels.numpy() if isinstance(labels, torch.Tensor) else labels)
+    rng = np.random.default_rng(VALIDATION_SEED)
+    held = np.zeros(len(y), dtype=bool)
+    for label in np.unique(y):
+        rows = np.flatnonzero(y == label)
+        k = round(fraction * len(rows))
+        held[rng.permutation(rows)[:k]] = True
+    return np.flatnonzero(~held).astype(np.int64), np.flatnonzero(held).astype(np.int64)
 
 
 @functools.lru_cache(maxsize=16)
-def _load(name: str, options: Any) -> Dataset:
+def _load(name: str, options: Any, validation: float | None = None) -> Dataset:
+    if validation is not None:
+        return _held_out(_load(name, options), validation)
     if name == "mnist1d":
         return _mnist1d(options)
     if name == "synthetic-logreg":

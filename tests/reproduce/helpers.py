@@ -23,7 +23,9 @@ class FakeWorkspace(Workspace):
         self.make = make
         self.calls: list[ExperimentConfig] = []
 
-    def run(self, configs: Mapping[str, ExperimentConfig]) -> dict[str, Result]:
+    def run(
+        self, configs: Mapping[str, ExperimentConfig], engine: str | None = None
+    ) -> dict[str, Result]:
         self.calls += configs.values()
         return {k: self.make(k, c) for k, c in configs.items()}
 
