@@ -219,16 +219,19 @@ def _backdoor(picked: Picked) -> list[str]:
     close = {r: v for r, v in keep.items() if v["clean"] >= ref_clean - BACKDOOR_CLEAN_MARGIN}
     margin = f"{100 * BACKDOOR_CLEAN_MARGIN:.0f} points"
     where = f", {s.data['label']}" if isinstance(s.data.get("label"), str) else ""
+    # a row's "clean" is its lowest clean accuracy over the backdoors, not the one under its
+    # worst-ASR attack: said so, not "at"
     base = (
-        f"FedAvg's worst ASR {_val(fedavg, 'asr_worst')}{_under(fedavg)} at "
-        f"{_val(fedavg, 'clean')} clean"
+        f"FedAvg's worst ASR {_val(fedavg, 'asr_worst')}{_under(fedavg)}, lowest clean "
+        f"accuracy {_val(fedavg, 'clean')}"
     )
     if close:
         r = min(close, key=lambda r: close[r]["asr_worst"])
         text = (
             f"- Backdoors{where}: {r}, worst ASR {_val(close[r], 'asr_worst')}"
-            f"{_under(close[r])} at {_val(close[r], 'clean')} clean (the lowest worst-case ASR "
-            f"among the defences within {margin} of FedAvg's clean accuracy; {base})"
+            f"{_under(close[r])}, lowest clean accuracy {_val(close[r], 'clean')} (the lowest "
+            f"worst-case ASR among the defences within {margin} of FedAvg's attack-free clean "
+            f"accuracy; {base})"
         )
     elif keep:
         text = (

@@ -171,8 +171,9 @@ def test_summary_names_the_rows_and_verdicts_that_back_it(tmp_path: Path) -> Non
     assert "FedAvg 12.0% at worst (93.0% attack-free)" in cnn
     assert "MNIST copy, LeNet: RobustFedAvg GeoMed 90.0% at worst" in text
     # backdoors: the lowest worst ASR among the defences within 5 points of FedAvg's clean
-    assert "FLAME, worst ASR 3.0% (under dba) at 90.0% clean" in text and "CWMed, worst" not in text
-    assert "FedAvg's worst ASR 98.0% (under badnets) at 92.0% clean" in text
+    assert "FLAME, worst ASR 3.0% (under dba), lowest clean accuracy 90.0%" in text
+    assert "CWMed, worst" not in text
+    assert "FedAvg's worst ASR 98.0% (under badnets), lowest clean accuracy 92.0%" in text
     # servers, participation: the claims' verdicts and the matrix rows
     assert "C4.1 **within noise** (within 3 points in 4 of 4 cells)" in text
     assert "C1.1 **partly**" in text and "C1.2 **reproduced**" in text
