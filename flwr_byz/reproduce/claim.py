@@ -27,6 +27,7 @@ from .stats import (
     plateau_gain,
     verdict_of,
 )
+from .tuning import VALIDATION, with_validation
 from .workspace import Workspace
 
 __all__ = [
@@ -191,8 +192,6 @@ class Claim:
 
 #: Seeds of the tuning runs, apart from the claim seeds (the first one only in quick mode).
 TUNING_SEEDS = (100, 101)
-#: Share of the training split held out to score the tuning runs (``validation=``).
-VALIDATION = 0.2
 
 #: A claim's step-size grid: arm (what is compared) -> lr -> setting (e.g. attack) -> config.
 Grid = Mapping[str, Mapping[float, Mapping[str, ExperimentConfig]]]
@@ -201,8 +200,7 @@ Grid = Mapping[str, Mapping[float, Mapping[str, ExperimentConfig]]]
 def on_validation(cfg: ExperimentConfig) -> ExperimentConfig:
     """``cfg`` trained without, and scored on, a ``VALIDATION`` holdout of its training split:
     the test split is never seen."""
-    sep = "," if ":" in cfg.dataset else ":"
-    return replace(cfg, dataset=f"{cfg.dataset}{sep}validation={VALIDATION}")
+    return replace(cfg, dataset=with_validation(cfg.dataset))
 
 
 def tuning_text(lrs: Sequence[float], over: str) -> str:
