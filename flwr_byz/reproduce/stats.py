@@ -68,9 +68,6 @@ class Interval:
         m, h = self.mean * scale, self.half * scale
         return f"{m:.{digits}f} ± {h:.{digits}f}" if self.n > 1 else f"{m:.{digits}f}"
 
-    def __add__(self, shift: float) -> Interval:
-        return Interval(self.mean + shift, self.lo + shift, self.hi + shift, self.n)
-
 
 def interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
     """The mean of the finite ``values`` and its Student-t ``confidence`` interval."""
