@@ -41,7 +41,7 @@ def _tuning(cfg: ExperimentConfig) -> Result:
     lr the better under every attack, so the tuned lr is the grid's largest (a tie would pick
     the first)."""
     assert cfg.dataset.endswith("validation=0.2") and cfg.method == "fedavg"
-    return result(cfg, [0.5 + 0.1 * cfg.lr] * cfg.rounds)
+    return result(cfg, [0.5 + cfg.lr] * cfg.rounds)  # lrs 0.05 apart: beyond the tie margin
 
 
 def _fabricate(name: str, cfg: ExperimentConfig) -> Result:
@@ -138,8 +138,9 @@ def test_cells_rules_claims_and_data(tmp_path: Path) -> None:
     assert data["label"] == "MNIST-1D, CNN, IID, 20% Byzantine (4 of 20)"
     rows = data["rows"]
     assert set(rows) == {d.label for d in bd.DEFENCES}
-    assert rows["FedAvg"] == {"clean": 0.88, "asr_worst": 0.9, "worst_attack": "dba"}
-    assert rows["FLAME"] == {"clean": 0.9, "asr_worst": 0.5, "worst_attack": "dba"}
+    ap = pytest.approx  # the seed means of float tails
+    assert rows["FedAvg"] == {"clean": ap(0.88), "asr_worst": ap(0.9), "worst_attack": "dba"}
+    assert rows["FLAME"] == {"clean": ap(0.9), "asr_worst": ap(0.5), "worst_attack": "dba"}
     assert rows["FLTrust"]["clean"] == pytest.approx(0.8)
     assert rows["SignGuard"]["asr_worst"] == pytest.approx(0.6)
     assert rows["NormClip"]["asr_worst"] == pytest.approx(0.4 / 3)
