@@ -357,22 +357,26 @@ def _defence(label: str) -> Defence:
 
 
 def _horizon_text(rounds: int, gains: Sequence[float], seeds: Sequence[int]) -> str:
-    """The plateau rule applied to the attack-free FedAvg runs (one gain per seed)."""
+    """The plateau rule applied to the attack-free FedAvg runs (one gain per seed), judged on
+    their seed mean as in the attack matrix and the claims; a seed still above it is named."""
     window = f"{100 * PLATEAU_FRACTION:.0f}%"
     shown = ", ".join("n/a" if math.isnan(g) else f"{g:.2f}" for g in gains)
+    finite = [g for g in gains if not math.isnan(g)]
+    mean = math.fsum(finite) / len(finite) if finite else math.nan
     text = (
         f"Horizon: {rounds} rounds, the attack matrix's for its FedAvg-like rows. Plateau "
         f"rule: a run has plateaued when its last {window} of the rounds gain less than "
-        f"{PLATEAU_POINTS:g} point over the {window} before them. Attack-free FedAvg gains "
-        f"{shown} points (seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}): "
+        f"{PLATEAU_POINTS:g} point over the {window} before them; as in the attack matrix, it "
+        "is applied to the seed mean. Attack-free FedAvg gains "
+        f"{shown} points (seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}), "
+        + ("n/a" if math.isnan(mean) else f"{mean:+.2f}")
+        + " on average: "
     )
-    flat = [not math.isnan(g) and g < PLATEAU_POINTS for g in gains]
-    if all(flat):
-        return text + "it has plateaued."
-    return text + (
-        f"**{len(flat) - sum(flat)} of {len(flat)} run(s) have not plateaued**: the cells "
-        "are those of a model still learning."
-    )
+    if math.isnan(mean) or not mean < PLATEAU_POINTS:
+        return text + "**it has not plateaued**: the cells are those of a model still learning."
+    late = [f"seed {s} gains {g:+.2f}" for s, g in zip(seeds, gains, strict=True)
+            if math.isnan(g) or not g < PLATEAU_POINTS]  # fmt: skip
+    return text + "it has plateaued" + (f" (on its own, {', '.join(late)})." if late else ".")
 
 
 def _data(

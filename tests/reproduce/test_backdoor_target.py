@@ -103,7 +103,10 @@ def test_cells_rules_claims_and_data(tmp_path: Path) -> None:
     md = section.markdown
     assert "local engine" in md and f"{HORIZON} rounds" in md and f"lr {TUNED_LR:g} (" in md
     assert "Attack-free FedAvg: clean accuracy 90.0 ± 0.0, ASR of the trigger on the clean " in md
-    assert "Attack-free FedAvg gains 0.00, 0.00, 0.00 points" in md and "it has plateaued." in md
+    assert (
+        "Attack-free FedAvg gains 0.00, 0.00, 0.00 points (seeds 0, 1, 2), +0.00 on average: "
+        "it has plateaued." in md
+    )
     assert "| FedAvg | 88.0 ± 0.0 | 88.0 ± 0.0 | 88.0 ± 0.0 |" in md
     assert "| FLTrust | 89.0 ± 0.0 | 89.0 ± 0.0 | 80.0 ± 0.0 |" in md
     # seeds 0, 1, 2 at ASR 50, 60, 70%: mean 60, half-width t(0.975, 2) * 10 / sqrt(3) = 24.8
@@ -174,7 +177,7 @@ def test_quick_budget_registration_and_rules(tmp_path: Path) -> None:
     flame = next(line for line in md.splitlines() if line.startswith("- FLAME"))
     assert "Here: **not reproduced** (dba: fails" in flame  # its one tested cell
     assert "model-replacement does not work here" in flame
-    assert "**1 of 1 run(s) have not plateaued**" in md
+    assert "on average: **it has not plateaued**: the cells are those of a model" in md
 
     # an unknown number is never a hold; the bounds are inclusive
     def st(acc: float, asr: float) -> bd.Stats:
@@ -223,3 +226,13 @@ def test_quick_budget_end_to_end(tmp_path: Path) -> None:
     for link in section.figures:
         assert (tmp_path / "docs" / link).read_bytes()[:8] == PNG_MAGIC
     assert set(section.data["rows"]) == {d.label for d in bd.DEFENCES}
+
+
+def test_horizon_judged_on_the_seed_mean() -> None:
+    """As in the attack matrix: the seed mean gain decides; a seed above 1 point is named, a
+    diverged seed (NaN) is left out of the mean."""
+    text = bd._horizon_text(100, [-0.1, 0.94, 1.3], [0, 1, 2])
+    assert "+0.71 on average: it has plateaued (on its own, seed 2 gains +1.30)." in text
+    text = bd._horizon_text(100, [2.0, 0.5, math.nan], [0, 1, 2])
+    assert "+1.25 on average: **it has not plateaued**" in text
+    assert bd._horizon_text(100, [0.2, 0.3], [0, 1]).endswith("+0.25 on average: it has plateaued.")
