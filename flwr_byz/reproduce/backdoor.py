@@ -374,7 +374,8 @@ def _horizon_text(rounds: int, gains: Sequence[float], seeds: Sequence[int]) -> 
     )
     if math.isnan(mean) or not mean < PLATEAU_POINTS:
         return text + "**it has not plateaued**: the cells are those of a model still learning."
-    late = [f"seed {s} gains {g:+.2f}" for s, g in zip(seeds, gains, strict=True)
+    late = [f"seed {s} " + ("diverged" if math.isnan(g) else f"gains {g:+.2f}")
+            for s, g in zip(seeds, gains, strict=True)
             if math.isnan(g) or not g < PLATEAU_POINTS]  # fmt: skip
     return text + "it has plateaued" + (f" (on its own, {', '.join(late)})." if late else ".")
 

@@ -3,7 +3,7 @@ setting by the worst case over the attacks.
 
 Two settings: MNIST-1D with its CNN, and a "Real workloads" data set (MNIST's hub format) read
 from a locally prepared copy with LeNet (``localcopy.prepared_copy``). 20 clients, 4 of them
-Byzantine. Every row (FedAvg, RobustFedAvg with seven aggregators, the four method strategies)
+Byzantine. Every row (FedAvg, RobustFedAvg with six aggregators, the four method strategies)
 first has its learning rate, and its key hyperparameter where it has one, chosen on a
 validation holdout of the training split with a tuning seed (``tuning``: the best worst-case
 tail accuracy over the attacks); the cells are then measured with the chosen values on the test

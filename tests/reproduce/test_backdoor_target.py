@@ -236,3 +236,5 @@ def test_horizon_judged_on_the_seed_mean() -> None:
     text = bd._horizon_text(100, [2.0, 0.5, math.nan], [0, 1, 2])
     assert "+1.25 on average: **it has not plateaued**" in text
     assert bd._horizon_text(100, [0.2, 0.3], [0, 1]).endswith("+0.25 on average: it has plateaued.")
+    text = bd._horizon_text(100, [0.2, math.nan], [0, 1])
+    assert text.endswith("+0.20 on average: it has plateaued (on its own, seed 1 diverged).")
