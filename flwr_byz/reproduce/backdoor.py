@@ -361,8 +361,7 @@ def _horizon_text(rounds: int, gains: Sequence[float], seeds: Sequence[int]) -> 
     their seed mean as in the attack matrix and the claims; a seed still above it is named."""
     window = f"{100 * PLATEAU_FRACTION:.0f}%"
     shown = ", ".join("n/a" if math.isnan(g) else f"{g:.2f}" for g in gains)
-    finite = [g for g in gains if not math.isnan(g)]
-    mean = math.fsum(finite) / len(finite) if finite else math.nan
+    mean = interval(gains).mean  # of the finite gains; NaN when none is
     text = (
         f"Horizon: {rounds} rounds, the attack matrix's for its FedAvg-like rows. Plateau "
         f"rule: a run has plateaued when its last {window} of the rounds gain less than "

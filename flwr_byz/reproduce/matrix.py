@@ -298,8 +298,7 @@ class _Table:
 
     def gain(self, row: str) -> float:
         gains = [plateau_gain([r.accuracy for r in res.rounds]) for res in self.runs[row]["none"]]
-        finite = [g for g in gains if not math.isnan(g)]
-        return math.fsum(finite) / len(finite) if finite else math.nan
+        return interval(gains).mean  # of the finite gains; NaN when none is
 
     def mb_per_round(self, row: str) -> float:
         """Uplink MB per client and round of the attack-free runs (the total over the
