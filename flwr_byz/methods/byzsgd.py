@@ -435,11 +435,32 @@ def median_models(models: torch.Tensor) -> torch.Tensor:
     many workers at once, ``[n, q, d] -> [n, d]`` (equal to ``Median()`` per worker)."""
     if models.dim() == 2:
         return _median(models)
-    s = torch.sort(models, dim=1).values
-    q = s.shape[1]
+    q = models.shape[1]
+    if q <= _NETWORK_MAX and not bool(torch.isnan(models).any()):
+        s = _sorted_rows(models)  # the same values as torch.sort, without its per-row cost
+    else:
+        s = list(torch.sort(models, dim=1).values.unbind(1))
     if q % 2:
-        return s[:, q // 2].clone()
-    return (s[:, q // 2 - 1] + s[:, q // 2]) / 2
+        return s[q // 2].clone()
+    return (s[q // 2 - 1] + s[q // 2]) / 2
+
+
+#: Up to this many models per worker, :func:`median_models` sorts with a min/max network.
+_NETWORK_MAX = 8
+
+
+def _sorted_rows(models: torch.Tensor) -> list[torch.Tensor]:
+    """``models`` ``[n, q, d]`` sorted along ``q``, as ``q`` tensors ``[n, d]``: an odd-even
+    transposition network (``q`` passes of element-wise min/max), exact for NaN-free input.
+    ``torch.sort`` along a short middle axis costs ~7 ns per value; this is ~q^2 / 2 vector
+    ops."""
+    rows = list(models.unbind(1))
+    q = len(rows)
+    for step in range(q):
+        for i in range(step % 2, q - 1, 2):
+            a, b = rows[i], rows[i + 1]
+            rows[i], rows[i + 1] = torch.minimum(a, b), torch.maximum(a, b)
+    return rows
 
 
 @dataclass(frozen=True)

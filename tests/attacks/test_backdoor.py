@@ -317,3 +317,20 @@ def test_method_check() -> None:
             check_attack_method(get_attack(spec), "robust-momentum", fedavg_like=False)
     for spec in ("badnets", "dba", "label-flip", "alie"):
         check_attack_method(get_attack(spec), "robust-momentum", fedavg_like=False)
+
+
+def test_bright_value_is_cached_per_tensor_and_recomputed_after_a_change() -> None:
+    """A poisoning node reads the trigger value every round: it is computed once per
+    reference tensor, and again when that tensor changes in place or another one is given."""
+    from flwr_byz.attacks import backdoor as bd
+
+    reference = torch.arange(1000, dtype=torch.float32).reshape(100, 10)
+    first = bd.bright_value(reference)
+    assert float(first) == pytest.approx(float(np.quantile(reference.numpy(), 0.99)))
+    first.add_(1.0)  # the caller's copy: the cache keeps its own
+    assert float(bd.bright_value(reference)) == pytest.approx(989.01)
+    reference.mul_(2.0)  # in place: the version counter moves, the value follows
+    assert float(bd.bright_value(reference)) == pytest.approx(2 * 989.01)
+    assert float(bd.bright_value(reference, q=0.5)) == pytest.approx(2 * 499.5)
+    other = torch.zeros(100, 10)
+    assert float(bd.bright_value(other)) == 0.0

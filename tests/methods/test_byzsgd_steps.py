@@ -79,13 +79,31 @@ def test_observed_model_drops_bad_models() -> None:
     assert torch.equal(out, Median()(torch.stack([a, b, c])))
 
 
-@pytest.mark.parametrize("q", [1, 2, 3, 4])
+@pytest.mark.parametrize("q", [1, 2, 3, 4, 5, 8, 9])
 def test_median_models_batched_equals_median_per_worker(q: int) -> None:
     models = torch.randn(5, q, 7, generator=torch.Generator().manual_seed(q))
+    models[0, :, 0] = 0.5  # ties
     out = median_models(models)
     for i in range(5):
         assert torch.equal(out[i], Median()(models[i]))
     assert torch.equal(median_models(models[0]), Median()(models[0]))
+
+
+def test_median_models_sorting_network_matches_sort_with_nan_inf_and_ties() -> None:
+    """The min/max network (q <= 8) gives torch.sort's medians bit for bit, infinities and
+    ties included; with a NaN the sort path keeps NaN's place (sorted last)."""
+    g = torch.Generator().manual_seed(0)
+    for q in range(1, 9):
+        models = torch.randint(-3, 4, (6, q, 50), generator=g).double()
+        models[1, 0] = float("inf")
+        models[2, -1] = -float("inf")
+        ref = torch.sort(models, dim=1).values
+        want = ref[:, q // 2] if q % 2 else (ref[:, q // 2 - 1] + ref[:, q // 2]) / 2
+        assert torch.equal(median_models(models), want)
+    models = torch.randn(4, 3, 5, generator=g)
+    models[0, 1, 2] = float("nan")
+    want = torch.sort(models, dim=1).values[:, 1]
+    torch.testing.assert_close(median_models(models), want, rtol=0, atol=0, equal_nan=True)
 
 
 def test_state_start() -> None:
