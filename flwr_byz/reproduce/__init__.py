@@ -52,8 +52,15 @@ def reproduce(
 ) -> Path:
     """Build the sections ``names`` (runs and sections under ``work``, figures under
     ``docs/img``), then write ``docs/RESULTS.md``; returns its path."""
-    ws = Workspace(budget, Path(work), Path(docs))
-    for key in resolve_targets(names):
+    with Workspace(budget, Path(work), Path(docs)) as ws:
+        _build(ws, resolve_targets(names), echo)
+        return write_document(ws)
+
+
+def _build(ws: Workspace, keys: Sequence[str], echo: Callable[[str], None]) -> None:
+    """Build the sections ``keys`` in order, each saved as soon as it is done."""
+    budget = ws.budget
+    for key in keys:
         echo(f"== {key}")
         path = ws.section_path(key)
         previous = Section.load(path) if path.exists() else None
@@ -73,4 +80,3 @@ def reproduce(
             f"   {key} done in {section.seconds:.0f} s ({section.new_runs} runs made, "
             f"{section.reused_runs} reused){tail}"
         )
-    return write_document(ws)

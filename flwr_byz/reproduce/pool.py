@@ -149,17 +149,22 @@ def run_all(
     jobs: int,
     progress: Callable[[int, int, str], None] | None = None,
     engine: str = "local",
+    pool: ProcessPoolExecutor | None = None,
 ) -> None:
     """Run the configs whose ``out`` JSON is missing, ``jobs`` processes at a time, on the
-    ``engine`` (``local`` or ``batched``).
+    ``engine`` (``local`` or ``batched``), the longest (most rounds) first so that no worker
+    is left with one long run at the end.
 
     ``progress(done, total, out)`` is called after every run (default: a printed line).
-    On an interrupt (or any error) the workers are terminated at once (``stop_pool``); the
-    runs written so far stay.
+    ``pool``: a ``job_pool(jobs)`` to run in and leave running (the caller's, reused over many
+    calls: a worker's start costs seconds of imports); else one is made and shut down here.
+    On an interrupt (or any error) the workers are terminated at once (``stop_pool``, also a
+    caller's pool); the runs written so far stay.
     """
     if any(not c.out for c in configs):
         raise ValueError("every config needs an 'out' path")
     todo = list({c.out: c for c in configs if not Path(str(c.out)).exists()}.values())
+    todo.sort(key=lambda c: -int(c.rounds))  # stable: equal lengths keep their order
     show = progress or (lambda i, n, out: print(f"[{i}/{n}] {out}", flush=True))
 
     def report(i: int, n: int, out: str) -> None:
@@ -172,16 +177,18 @@ def run_all(
         for i, cfg in enumerate(todo, 1):
             report(i, len(todo), _run_one(cfg, engine))
         return
-    pool = job_pool(jobs)
+    own = pool is None
+    workers = job_pool(jobs) if pool is None else pool
     try:
         with interrupt.children_ignore_sigint():  # the workers start in ``map``
-            outs = pool.map(partial(_job, engine=engine), todo)
+            outs = workers.map(partial(_job, engine=engine), todo)
         for i, out in enumerate(outs, 1):
             report(i, len(todo), out)
     except BaseException:
-        stop_pool(pool)
+        stop_pool(workers)
         raise
-    pool.shutdown()
+    if own:
+        workers.shutdown()
 
 
 def tail_acc(r: Result, upto: int | None = None, tail: int = TAIL) -> float:

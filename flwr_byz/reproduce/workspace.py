@@ -13,13 +13,15 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 
 from ..methods.defaults import LEGACY
 from ..simulations.config import METHOD_OPTIONS, ExperimentConfig
 from ..simulations.result import Result
-from .pool import run_all
+from .pool import job_pool, run_all
 from .section import Budget, Section
 
 __all__ = ["Workspace", "pinned"]
@@ -45,6 +47,24 @@ class Workspace:
     new_runs: int = 0  # counted since the last reset, for the section being built
     reused_runs: int = 0
     made: set[str] = field(default_factory=set)  # paths made by this build (any section)
+    _pool: ProcessPoolExecutor | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        """Shut down the worker processes ``run`` keeps between calls (if any)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
 
     @property
     def root(self) -> Path:
@@ -73,7 +93,8 @@ class Workspace:
         self, configs: Mapping[str, ExperimentConfig], engine: str | None = None
     ) -> dict[str, Result]:
         """Run (or reuse) every config (pinned, on the budget's device) on ``engine`` (default:
-        the budget's); name -> its Result."""
+        the budget's); name -> its Result. With more than one job the worker processes stay
+        up for the next call until ``close`` (or the ``with`` block's end)."""
         device = self.budget.device
         placed = {
             k: dataclasses.replace(pinned(c), device=device, out=str(self.out_path(c)))
@@ -81,12 +102,20 @@ class Workspace:
         }
         for out in {str(c.out) for c in placed.values()}:
             self.stored(Path(out))
-        run_all(
-            list(placed.values()),
-            self.budget.jobs,
-            progress=_progress,
-            engine=engine or self.budget.engine,
-        )
+        todo = [c for c in placed.values() if not Path(str(c.out)).exists()]
+        if todo and self.budget.jobs > 1 and self._pool is None:
+            self._pool = job_pool(self.budget.jobs)  # kept for the next calls: see ``close``
+        try:
+            run_all(
+                list(placed.values()),
+                self.budget.jobs,
+                progress=_progress,
+                engine=engine or self.budget.engine,
+                pool=self._pool if self.budget.jobs > 1 else None,
+            )
+        except BaseException:
+            self._pool = None  # run_all stopped it
+            raise
         return {k: Result.load(str(c.out)) for k, c in placed.items()}
 
     def stored(self, path: Path) -> bool:

@@ -69,6 +69,41 @@ def test_workspace_runs_once_and_reuses(tmp_path: Path) -> None:
     assert again["c"].rounds[-1].accuracy == first["b"].rounds[-1].accuracy
 
 
+def test_run_all_runs_the_longest_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Most rounds first (equal lengths in their given order), so that the last runs of a
+    call are short ones and no worker idles behind one long run."""
+    order: list[str] = []
+    monkeypatch.setattr(pool, "_run_one", lambda cfg, engine="local": order.append(cfg.out))
+    rounds = {"a": 10, "b": 600, "c": 100, "d": 600, "e": 1200}
+    configs = [ExperimentConfig(rounds=r, out=str(tmp_path / k)) for k, r in rounds.items()]
+    pool.run_all(configs, jobs=1, progress=lambda *a: None)
+    assert [Path(o).name for o in order] == ["e", "b", "d", "c", "a"]
+
+
+def test_workspace_keeps_its_worker_processes_until_closed(tmp_path: Path) -> None:
+    """With jobs > 1 the workers start once and serve every ``run`` call (a worker's start
+    costs seconds of imports); ``close`` (or the ``with`` block) ends them."""
+    cfg = ExperimentConfig(
+        method="robust-fedavg", aggregator="cwmed", clients=4, rounds=1, dataset="digits",
+        local_epochs=1,
+    )  # fmt: skip
+    with Workspace(Budget.make(quick=True, jobs=2), tmp_path, tmp_path / "docs") as ws:
+        ws.run({"a": cfg})
+        workers = ws._pool
+        assert workers is not None
+        pids = {p.pid for p in (workers._processes or {}).values()}
+        ws.run({"b": dataclasses.replace(cfg, seed=1), "c": dataclasses.replace(cfg, seed=2)})
+        assert ws._pool is workers
+        pids2 = {p.pid for p in (workers._processes or {}).values()}
+        assert pids <= pids2 and len(pids2) <= 2  # started on demand, up to jobs, and kept
+        ws.run({"d": dataclasses.replace(cfg, seed=3), "e": dataclasses.replace(cfg, seed=4)})
+        assert {p.pid for p in (workers._processes or {}).values()} == pids2
+        ws.run({"a": cfg})  # all stored: nothing to run, the pool stays as it is
+        assert ws._pool is workers
+    assert ws._pool is None
+    assert len(list((tmp_path / "quick" / "runs").glob("*.json"))) == 5
+
+
 def test_without_flower_gc_skips_only_flowers_collect() -> None:
     from flwr.app.message import arrayrecord
 
