@@ -869,8 +869,8 @@ def reproduce(
     jobs: int = typer.Option(2, min=1, help="Parallel processes running the experiments."),
     engine: str = typer.Option(
         "batched",
-        help="batched (every client of a round at once) or local (in-process); the backdoor "
-        "matrix and FLTrust always run on local.",
+        help="batched (every client of a round at once) or local (in-process); FLTrust's runs "
+        "always take local (the batched engine has no FLTrust driver).",
     ),
     device: str = typer.Option(
         "cpu",

@@ -1,6 +1,7 @@
 """The attack success rate in the ``flwr-byz`` commands: the run summary and the progress
 bar show it under a backdoor attack, ``plot --metric asr`` draws it, ``grid`` writes its
-tables and heatmap, and the batched engine refuses a backdoor before anything runs."""
+tables and heatmap, and the batched engine refuses a backdoor it does not run (Neurotoxin)
+before anything runs."""
 
 from __future__ import annotations
 
@@ -83,11 +84,12 @@ def test_the_batched_engine_refuses_a_backdoor_before_anything_runs(
 
     monkeypatch.setattr(engines, "run_batched", started)
     args = ("--dataset", "digits", "--clients", "4", "--rounds", "1", "--byzantine", "1")
-    done = invoke("run", "--engine", "batched", "--attack", "badnets", *args,
+    done = invoke("run", "--engine", "batched", "--attack", "neurotoxin", *args,
                   "--out", tmp_path / "r.json")  # fmt: skip
     assert done.exit_code == 2, done.output
     text = flat(done.output)
-    assert "the batched engine runs no backdoor attack ('badnets'); use --engine local" in text
+    assert "the batched engine runs no backdoor attack 'neurotoxin'" in text
+    assert "use --engine local" in text
     assert not (tmp_path / "r.json").exists()
 
 

@@ -105,8 +105,8 @@ def _header(sections: Mapping[str, Section], budget: Budget) -> str:
         else "no from-scratch time recorded for every section yet"
     )
     engine = (
-        "the batched engine (every client of a round at once; the backdoor matrix and FLTrust "
-        "on the local engine)"
+        "the batched engine (every client of a round at once; FLTrust, which it has no "
+        "driver for, on the local engine)"
         if budget.engine == "batched"
         else f"the {budget.engine} engine"
     )

@@ -89,8 +89,11 @@ def test_cells_rules_claims_and_data(tmp_path: Path) -> None:
     ws = EngineWorkspace(tmp_path, _fabricate, Budget.make(quick=False, jobs=1))
     section = bd.backdoor_matrix(ws)
     calls = _backdoor_calls(ws)
-    # backdoors and FLTrust on the local engine; the shared tuning runs on the budget's
-    assert {e for c, e in zip(ws.calls, ws.engines, strict=True) if c in calls} == {"local"}
+    # FLTrust on the local engine (no batched driver), every other run on the budget's
+    engines = {(c.method, e) for c, e in zip(ws.calls, ws.engines, strict=True) if c in calls}
+    assert engines == {(d.method, "local" if d.method == "fltrust" else ws.budget.engine)
+                       for d in bd.DEFENCES}  # fmt: skip
+    assert ws.budget.engine == "batched"
     assert len(calls) == 57 == (1 + len(bd.DEFENCES) * 3) * 3
     assert len(ws.calls) - len(calls) == TUNING_RUNS  # the FedAvg row's tuning: lrs x attacks
     # the attack matrix's setting, its horizon and its tuned FedAvg lr, in every run
@@ -101,7 +104,11 @@ def test_cells_rules_claims_and_data(tmp_path: Path) -> None:
     } == {(s.dataset, s.partition, s.model, 20, 4, HORIZON, TUNED_LR, s.eval_samples)}
     assert {c.seed for c in calls} == {0, 1, 2} and {c.local_epochs for c in calls} == {1}
     md = section.markdown
-    assert "local engine" in md and f"{HORIZON} rounds" in md and f"lr {TUNED_LR:g} (" in md
+    assert (
+        "= 57 runs, batched engine (FLTrust on the local engine: the batched engine has no "
+        f"driver for it), {HORIZON} rounds" in md
+    )
+    assert f"lr {TUNED_LR:g} (" in md
     assert "Attack-free FedAvg: clean accuracy 90.0 ± 0.0, ASR of the trigger on the clean " in md
     assert (
         "Attack-free FedAvg gains 0.00, 0.00, 0.00 points (seeds 0, 1, 2), +0.00 on average: "
@@ -206,8 +213,9 @@ def test_configs_satisfy_every_rule(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.serial  # a process pool of 2
 def test_quick_budget_end_to_end(tmp_path: Path) -> None:
-    """The quick budget on the local engine: every defence against every attack, the tables,
-    rules and figures; the backdoor runs record an ASR, the clean one too."""
+    """The quick budget (batched engine, FLTrust on local): every defence against every
+    attack, the tables, rules and figures; the backdoor runs record an ASR, the clean one
+    too."""
     ws = Workspace(Budget.make(quick=True, jobs=2), tmp_path / "work", tmp_path / "docs")
     section = bd.backdoor_matrix(ws)
     runs = [json.loads(p.read_text()) for p in (tmp_path / "work" / "quick" / "runs").glob("*")]

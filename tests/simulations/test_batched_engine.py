@@ -108,7 +108,13 @@ def run_both(
 
 def assert_same_run(cfg: ExperimentConfig, monkeypatch: pytest.MonkeyPatch) -> Result:
     """Both engines agree (module doc); returns the local engine's result."""
-    local, fast, a, b = run_both(cfg, monkeypatch)
+    return assert_same(cfg, *run_both(cfg, monkeypatch))
+
+
+def assert_same(
+    cfg: ExperimentConfig, local: Result, fast: Result, a: list[torch.Tensor], b: list[torch.Tensor]
+) -> Result:
+    """``run_both``'s runs of ``cfg`` agree (module doc); returns the local engine's result."""
     assert len(a) == len(b) == cfg.rounds
     for k, (x, y) in enumerate(zip(a, b, strict=True), 1):
         assert x.dtype == y.dtype == torch.float64

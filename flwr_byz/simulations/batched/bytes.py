@@ -134,9 +134,14 @@ class WireSizes:
         return Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN)
 
     def _config(
-        self, server_round: int, op: Mapping[str, Any], own: Mapping[str, Any], marked: bool
+        self,
+        server_round: int,
+        op: Mapping[str, Any],
+        own: Mapping[str, Any],
+        marked: bool | str,
     ) -> dict[str, Any]:
-        """``MethodStrategy.messages``' ConfigRecord (+ the LabelFlip mark of ByzantineGrid)."""
+        """``MethodStrategy.messages``' ConfigRecord (+ the data attack's mark of ByzantineGrid:
+        ``marked`` True for LabelFlip's, a string for a backdoor's spec)."""
         config = dict(self.train_config)
         config.update(op)
         config.update(own)
@@ -144,7 +149,7 @@ class WireSizes:
             config[STATE_KEY] = _STATE_KEY
         config[SERVER_ROUND_KEY] = server_round
         if marked:
-            config[ATTACK_KEY] = LABEL_FLIP
+            config[ATTACK_KEY] = marked if isinstance(marked, str) else LABEL_FLIP
         return config
 
     def down(
@@ -154,10 +159,11 @@ class WireSizes:
         records: Callable[[int], Mapping[str, str]] | Mapping[str, str],
         op: Mapping[str, Any],
         own: Callable[[int], Mapping[str, Any]],
-        marked: Callable[[int], bool] = lambda node: False,
+        marked: Callable[[int], bool | str] = lambda node: False,
     ) -> int:
         """Bytes of the train Messages to ``nodes``: ``records`` (key -> ``"model"`` or
-        ``"payload"``; per node or shared), the config ``op`` and the node's ``own`` entries."""
+        ``"payload"``; per node or shared), the config ``op``, the node's ``own`` entries and
+        its data attack's mark (``marked``: False, True for LabelFlip's, a backdoor's spec)."""
         total = 0
         shared = _signature(self._config(server_round, op, {}, False))  # the same for all
         fixed = set(self.train_config) | set(op)

@@ -8,7 +8,12 @@ models agree to rounding), without a Message per client:
   reseeded from (seed, round) like there;
 - the clients' gradients are one ``torch.func`` call per round (``grads``), FedAvg's
   local epochs one per SGD step; the per-client state lives in ``[n, d]`` tensors;
-- the attack rewrites the Byzantine rows of the stacked replies (``attack``);
+- the attack rewrites the Byzantine rows of the stacked replies (``attack``); a backdoor
+  attack (BadNets, DBA, model replacement; ``fedavg`` and ``robust-fedavg`` only) trains the
+  Byzantine clients on their ClientApp's poisoned copy of their partition each round, model
+  replacement boosts their updates as ``ByzantineGrid`` does (``backdoor``), and the attack
+  success rate is measured after every round as the local engine measures it
+  (``simulations.asr``);
 - the method strategies' rules are the pure functions of ``flwr_byz.methods``
   (``methods``, ``byzsgd``); RobustFedAvg and FedAvg too (``fedavg``),
   while Flower's ``flower-*`` strategies aggregate real reply Messages themselves;
@@ -19,8 +24,9 @@ models agree to rounding), without a Message per client:
 ``RoundOutcome``, ``Driver``) live in ``setup``, which imports no driver (no cycle).
 
 Not supported (a clear error names ``--engine local``): ``injection="nodes"`` (a deployment's
-SuperNodes attack), checkpoints, backdoor attacks (their poisoned data are drawn per node and
-round by the ClientApp).
+SuperNodes attack), checkpoints, the Neurotoxin backdoor (it masks the clients' local SGD
+steps), backdoor attacks with any method but ``fedavg`` and ``robust-fedavg`` (a method
+strategy's ops, Flower's ``flower-*`` strategies).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any
 
 import torch
 
+from ..asr import attack_success_rate, backdoor_eval_set
 from ..config import ExperimentConfig
 from ..datasets import eval_split
 from ..devices import device_name
@@ -89,7 +96,7 @@ def check_batched(cfg: ExperimentConfig) -> None:
         raise ValueError(
             f"method {cfg.method!r} does not run on the batched engine; use --engine local"
         )
-    batched_attack(cfg)  # a backdoor attack: its error
+    batched_attack(cfg)  # a backdoor attack it does not run: its error
     resolve_device(cfg.device)
 
 
@@ -132,7 +139,9 @@ def _run(cfg: Prepared, on_round: OnRound | None) -> Result:
     objective = TrainingObjective(
         dataset.x_train, dataset.y_train, cfg.weight_decay, convex=cfg.model == "logreg"
     )
-    x_test, y_test = (t.to(setup.device) for t in eval_split(dataset, cfg.eval_samples))
+    x_eval, y_eval = eval_split(dataset, cfg.eval_samples)
+    triggered = backdoor_eval_set(cfg, dataset, x_eval, y_eval, setup.device)  # as the runner
+    x_test, y_test = x_eval.to(setup.device), y_eval.to(setup.device)
     if len(setup.data.y):
         setup.fm.warm_up(setup.data.x, setup.data.y, setup.x0)
     records: list[RoundRecord] = []
@@ -146,6 +155,7 @@ def _run(cfg: Prepared, on_round: OnRound | None) -> Result:
         record = RoundRecord(
             server_round, loss, accuracy, 0, outcome.bytes_up, outcome.bytes_down, seconds
         )
+        record.asr = attack_success_rate(model, triggered)  # NaN without a backdoor attack
         record.train_loss, record.gap = _objective(objective, model)
         if "rejected" in outcome.metrics:
             record.rejected = int(outcome.metrics["rejected"])

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from typing import Any, cast
 
 import torch
@@ -123,7 +124,8 @@ def local_training(
     setup: Setup, partitions: list[int], start: torch.Tensor, server_round: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every sampled client's ``train_epochs`` from ``start`` (the ClientApp's train: seed
-    ``derive_seed(seed, round, partition)``): (models ``[m, d]``, last-epoch losses ``[m]``)."""
+    ``derive_seed(seed, round, partition)``), a Byzantine client's on its poisoned data under
+    a backdoor attack (``Backdoor.poisoned``): (models ``[m, d]``, last-epoch losses ``[m]``)."""
     cfg, data = setup.cfg, setup.data
     seeds = [derive_seed(cfg.seed, server_round, p) for p in partitions]
     plan = local_plan(
@@ -133,16 +135,22 @@ def local_training(
         epochs=cfg.local_epochs,
         batch_size=cfg.batch_size,
     )
-    return local_sgd(
-        setup.fm,
-        start,
-        data.x,
-        data.y,
-        plan,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
+    poisoned = (
+        setup.backdoor.poisoned(data, partitions, server_round)
+        if setup.backdoor is not None
+        else nullcontext()
     )
+    with poisoned:
+        return local_sgd(
+            setup.fm,
+            start,
+            data.x,
+            data.y,
+            plan,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+        )
 
 
 class RobustFedAvgDriver:
@@ -168,6 +176,18 @@ class RobustFedAvgDriver:
     def surface(self) -> AttackSurface:
         return fedavg.attack_surface(lambda: self.sent, lambda: self.setup.x0)
 
+    def _marked(self) -> Callable[[int], bool | str]:
+        """The mark ByzantineGrid puts in a node's train message (the bytes down): a data
+        attack's on the Byzantine nodes (LabelFlip's ``True``, a backdoor's spec), else
+        False."""
+        setup = self.setup
+        if setup.backdoor is not None:
+            return setup.backdoor.mark
+        if setup.attack is None or setup.vector_attack is not None:
+            return lambda node: False
+        byz = set(setup.byzantine)
+        return lambda node: node - 1 in byz
+
     def round(self, server_round: int) -> RoundOutcome:
         setup, s = self.setup, self.strategy
         nodes = setup.node_ids
@@ -176,15 +196,8 @@ class RobustFedAvgDriver:
             return RoundOutcome(self.state.x, {})
         size = max(int(len(nodes) * s.fraction_train), s.min_train_nodes)
         drawn = fedavg.plan_round(rng, nodes, size)  # FedAvg.configure_train's sample
-        byz = set(setup.byzantine) if setup.attack is not None else set()
-        flips = setup.attack is not None and setup.vector_attack is None
         down = self.wire.down(
-            server_round,
-            drawn,
-            {POINT_KEY: "model"},
-            {},
-            lambda n: {},
-            lambda n: flips and n - 1 in byz,
+            server_round, drawn, {POINT_KEY: "model"}, {}, lambda n: {}, self._marked()
         )
         chosen = sorted(drawn)
         parts = [n - 1 for n in chosen]
@@ -196,6 +209,14 @@ class RobustFedAvgDriver:
                 attack, models - self.sent, setup.byzantine_mask(parts), vectors=models
             )
             models = self.sent + deltas.to(self.sent.dtype)
+        elif setup.backdoor is not None:  # model replacement: ByzantineGrid boosts the updates
+            mask = setup.byzantine_mask(parts)
+            deltas = models - self.sent
+            boosted = setup.backdoor.boost(deltas, mask, len(drawn), server_round, models)
+            if boosted is not deltas:  # the Byzantine replies rewritten, the others as sent
+                rows = mask.to(models.device)
+                models = models.clone()
+                models[rows] = self.sent + boosted[rows].to(self.sent.dtype)
         sizes = [setup.data.sizes[p] for p in parts]
         reported = [v if math.isfinite(v) else 0.0 for v in losses.tolist()]
         up = self.wire.up(

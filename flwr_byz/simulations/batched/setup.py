@@ -13,7 +13,7 @@ from typing import Protocol, cast
 import torch
 from flwr.app import ArrayRecord
 
-from ...attacks import Attack, LabelFlip, get_attack, is_backdoor
+from ...attacks import Attack, BadNets, LabelFlip, Neurotoxin, get_attack, is_backdoor
 from ...protocol.records import Layout, flatten, layout_of
 from ..config import ExperimentConfig
 from ..datasets import Dataset, load_dataset
@@ -21,25 +21,46 @@ from ..devices import resolve_device
 from ..models import build_model_for
 from ..runner import byzantine_partitions
 from ..training import derive_seed
+from .backdoor import Backdoor
 from .data import StackedData
 from .grads import FunctionalModel
 
-__all__ = ["Driver", "RoundOutcome", "Setup", "batched_attack", "resolve_device"]
+__all__ = [
+    "BACKDOOR_METHODS",
+    "Driver",
+    "RoundOutcome",
+    "Setup",
+    "batched_attack",
+    "resolve_device",
+]
 
 
-def batched_attack(cfg: ExperimentConfig) -> Attack | LabelFlip | None:
-    """The attack the batched engine applies in ``cfg``'s run (None: no attack); a
-    ``ValueError`` for a backdoor attack (its poisoned data are drawn per node and round by
-    the ClientApp, which the batched engine has not)."""
+#: The methods whose batched drivers run backdoor attacks (``fedavg.RobustFedAvgDriver``).
+BACKDOOR_METHODS = ("fedavg", "robust-fedavg")
+
+
+def batched_attack(cfg: ExperimentConfig) -> Attack | LabelFlip | BadNets | None:
+    """The attack the batched engine applies in ``cfg``'s run (None: no attack). The backdoor
+    attacks BadNets, DBA and model replacement run with the methods of
+    :data:`BACKDOOR_METHODS` (``backdoor``); a ``ValueError`` naming ``--engine local`` for
+    Neurotoxin (it masks the clients' local SGD steps) and for a backdoor with any other
+    method (a method strategy's ops, Flower's ``flower-*`` strategies)."""
     if cfg.byzantine <= 0 or cfg.attack.strip().lower() in ("none", ""):
         return None
     attack = get_attack(cfg.attack, seed=cfg.seed)
     if is_backdoor(attack):
-        raise ValueError(
-            f"the batched engine runs no backdoor attack ({cfg.attack!r}); use --engine local "
-            "or simulation"
-        )
-    return cast(Attack | LabelFlip, attack)
+        if isinstance(attack, Neurotoxin):
+            raise ValueError(
+                f"the batched engine runs no backdoor attack {cfg.attack!r} (Neurotoxin masks "
+                "the clients' local SGD steps); use --engine local or simulation"
+            )
+        if cfg.method not in BACKDOOR_METHODS:
+            raise ValueError(
+                f"the batched engine runs no backdoor attack ({cfg.attack!r}) with method "
+                f"{cfg.method!r} (only with {', '.join(BACKDOOR_METHODS)}); use --engine local "
+                "or simulation"
+            )
+    return cast(Attack | LabelFlip | BadNets, attack)
 
 
 @dataclass
@@ -63,7 +84,7 @@ class Driver(Protocol):
 class Setup:
     """Everything a driver needs: the resolved config, the device, the data, the model as a
     function, the initial model ``x0`` (``arrays``: as the ServerApp holds it), the Byzantine
-    partitions and the attack (None: no attack)."""
+    partitions and the attack (None: no attack; a backdoor attack's halves: ``backdoor``)."""
 
     cfg: ExperimentConfig
     device: torch.device
@@ -74,7 +95,8 @@ class Setup:
     layout: Layout
     x0: torch.Tensor
     byzantine: list[int]
-    attack: Attack | LabelFlip | None
+    attack: Attack | LabelFlip | BadNets | None
+    backdoor: Backdoor | None = None
 
     @property
     def node_ids(self) -> list[int]:
@@ -88,8 +110,9 @@ class Setup:
 
     @property
     def vector_attack(self) -> Attack | None:
-        """The attack on reply vectors (None for none and for LabelFlip)."""
-        if self.attack is None or isinstance(self.attack, LabelFlip):
+        """The attack on reply vectors (None for none and for the data attacks: LabelFlip and
+        the backdoors, whose model replacement boosts the updates through ``backdoor``)."""
+        if self.attack is None or isinstance(self.attack, (LabelFlip, BadNets)):
             return None
         return self.attack
 
@@ -112,4 +135,5 @@ class Setup:
             raise ValueError("the batched engine trains models without integer arrays")
         fm = FunctionalModel(model.to(device), layout)
         x0 = flatten(arrays, layout).to(device)
-        return cls(cfg, device, dataset, data, fm, arrays, layout, x0, byz, attack)
+        backdoor = Backdoor(attack, byz, dataset.x_train) if isinstance(attack, BadNets) else None
+        return cls(cfg, device, dataset, data, fm, arrays, layout, x0, byz, attack, backdoor)
