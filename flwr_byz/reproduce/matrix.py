@@ -36,6 +36,7 @@ __all__ = [
     "CLIENTS",
     "COPY_ROWS",
     "DEFENCES",
+    "KNOB_TEXT",
     "MNIST1D_CNN",
     "PREPARED_COPY",
     "SETTINGS",
@@ -56,17 +57,21 @@ PREPARED_COPY = "prepared-copy"
 
 @dataclass(frozen=True)
 class Knob:
-    """A row's key hyperparameter: its name in the tables, the values tried, and where it
-    goes: ``"aggregator"`` (an option ``key`` of the aggregator spec), ``"params"`` (the
-    strategy argument ``key``) or ``"eta"`` (Byz-EF21-SGDM's eta, i.e. momentum 1 - eta)."""
+    """A row's key hyperparameter: its name in the tables, the values tried (in grid order),
+    and where it goes: ``"aggregator"`` (an option ``key`` of the aggregator spec),
+    ``"params"`` (the strategy argument ``key``; ``integer``: passed as an int) or ``"eta"``
+    (Byz-EF21-SGDM's eta, i.e. momentum 1 - eta)."""
 
     name: str
     values: tuple[float, ...]
     target: str
     key: str = ""
+    integer: bool = False
 
     def apply(self, fields: dict[str, Any], value: float) -> dict[str, Any]:
         out = dict(fields)
+        if self.integer:
+            value = int(value)
         if self.target == "aggregator":
             out["aggregator"] = f"{out['aggregator']}:{self.key}={value}"
         elif self.target == "params":
@@ -113,6 +118,8 @@ Defence = Row
 _LOCAL = {"local_epochs": 1}  # local SGD (momentum 0.9), restarted every round
 _FEDAVG_LRS = (0.15, 0.2)  # plateau by 100 rounds; 0.3 swings +-15 points from seed to seed
 _BYZSGD = {"n_servers": 5, "f_servers": 1, "server_attack": "random"}
+MU2 = "mu2-SGD + CTMA"
+BYZSGD = "ByzSGD (1 of 5 servers Byzantine)"
 
 #: The rows, in table order.
 DEFENCES: tuple[Row, ...] = (
@@ -128,34 +135,32 @@ DEFENCES: tuple[Row, ...] = (
     Row("RobustFedAvg CTMA+CWMed", "robust-fedavg", _LOCAL | {"aggregator": "ctma+cwmed"},
         lrs=_FEDAVG_LRS),
     Row("Byz-VR-MARINA-PP", "byz-vr-marina-pp",
-        {"aggregator": "bucketing:2+median", "compressor": "randk:0.1", "clients_per_round": 4,
-         "params": {"alpha": 10.0}},
-        family="step", lrs=(0.05, 0.1)),
+        {"aggregator": "bucketing:2+median", "compressor": "randk:0.1", "clients_per_round": 4},
+        family="step", lrs=(0.05, 0.1), knob=Knob("alpha", (1.0, 10.0), "params", "alpha")),
     Row("Byz-EF21-SGDM (TopK 10%)", "byz-ef21-sgdm",
-        {"aggregator": "nnm+cwtm", "compressor": "topk:0.1", "momentum": 0.9},
-        family="step", lrs=(0.2, 0.5)),
-    Row("mu2-SGD + CTMA", "mu2sgd", {"aggregator": "ctma+median"}, family="step",
-        lrs=(0.2, 0.5)),
-    Row("ByzSGD (1 of 5 servers Byzantine)", "byzsgd",
-        {"aggregator": "mda", "params": _BYZSGD | {"gather_period": 10}},
-        family="step", lrs=(0.2, 0.5)),
+        {"aggregator": "nnm+cwtm", "compressor": "topk:0.1"},
+        family="step", lrs=(0.2, 0.5), knob=Knob("eta", (0.1, 0.5), "eta")),
+    Row(MU2, "mu2sgd", {"aggregator": "ctma+median"}, family="step", lrs=(0.2, 0.5)),
+    Row(BYZSGD, "byzsgd", {"aggregator": "mda", "params": _BYZSGD},
+        family="step", lrs=(0.2, 0.5),
+        knob=Knob("T", (5, 10), "params", "gather_period", integer=True)),
 )  # fmt: skip
 
-#: The method strategies' key hyperparameters, fixed at what the full grid (lr x the values
-#: here) chose on the validation split of MNIST-1D's CNN (Dirichlet(0.5)) in development
-#: (worst case over the attacks): tuning them in every build would cost ~40% more of the
-#: matrix's time.
-FIXED_KNOBS = (
-    "MARINA-PP's clipping multiplier alpha 10 (of 1, 10), Byz-EF21-SGDM's eta 0.1 (of 0.1, "
-    "0.5), ByzSGD's gather period T 10 (of 5, 10)"
-)
+#: What each row's key hyperparameter is, for the text (the rows with a ``knob``).
+KNOB_TEXT = {
+    "RobustFedAvg CClip": "CClip's radius tau",
+    "Byz-VR-MARINA-PP": "MARINA-PP's clipping multiplier alpha",
+    "Byz-EF21-SGDM (TopK 10%)": "Byz-EF21-SGDM's momentum eta (momentum 1 - eta)",
+    BYZSGD: "ByzSGD's gather period T (steps between the servers' model exchanges)",
+}
 
 
 @dataclass(frozen=True)
 class Setting:
     """A table: data, partition, model, the attacks of its columns (``"none"`` first: the
     attack-free run, with the Byzantine clients honest), the rounds of each row family (full
-    budget; quick budget) and the test samples each round is scored on (None: all)."""
+    budget; a row's label as a key: that row's own horizon; quick budget: per family) and
+    the test samples each round is scored on (None: all)."""
 
     key: str
     label: str
@@ -170,7 +175,9 @@ class Setting:
     quick_rounds: Mapping[str, int] = field(default_factory=lambda: {"fedavg": 2, "step": 4})
 
     def horizon(self, row: Row, budget: Budget) -> int:
-        return (self.quick_rounds if budget.quick else self.rounds)[row.family]
+        if budget.quick:
+            return self.quick_rounds[row.family]
+        return self.rounds.get(row.label, self.rounds[row.family])
 
 
 #: The columns: attack-free, then the attacks the worst case is taken over: sign flipping (what
@@ -187,14 +194,16 @@ _LENET_LRS = (0.05, 0.1)  # 0.2 collapses under sign flipping
 #: Setting (a): MNIST-1D with its CNN, IID. 100 rounds: at 60, lr 0.3 (the only one fast
 #: enough) left 8 of 11 rows still rising, some by 4-5 points; at 100 with lr 0.15-0.2 the
 #: FedAvg-like rows plateau. (With Dirichlet(0.5) label skew, attack-free FedAvg had not
-#: plateaued at 60 rounds on 2 of 3 seeds; setting (b) keeps the label skew.)
+#: plateaued at 60 rounds on 2 of 3 seeds; setting (b) keeps the label skew.) The method
+#: strategies plateau by 600 steps, except mu2-SGD and ByzSGD (no momentum: +3.9 and +4.4
+#: points over the last 10% at 600, +2.8 and +1.4 at 1000, below 1 at 1200, lr 0.2).
 MNIST1D_CNN = Setting(
     "mnist1d-cnn",
     "MNIST-1D, CNN, IID",
     "mnist1d",
     "iid",
     "cnn1d",
-    rounds={"fedavg": 100, "step": 600},
+    rounds={"fedavg": 100, "step": 600, MU2: 1200, BYZSGD: 1200},
     attacks=ATTACKS,
     eval_samples=500,
 )
@@ -401,15 +410,7 @@ def _setup(ws: Workspace, settings: Sequence[Setting]) -> str:
     b = ws.budget
     seeds = ", ".join(map(str, b.seeds))
     attacks = ", ".join(a for a in settings[0].attacks if a != "none")
-    scope = "; ".join(
-        f"{s.label}: {len(s.rows)} rows, FedAvg-like rows {s.rounds['fedavg']} rounds"
-        + (
-            f", method strategies {s.rounds['step']}"
-            if any(r.family == "step" for r in s.rows)
-            else ""
-        )
-        for s in settings
-    )
+    scope = "; ".join(f"{s.label}: {len(s.rows)} rows, rounds: {_horizons(s, b)}" for s in settings)
     return "\n".join([
         f"{len(settings)} settings ({scope}); columns: attack-free, then {attacks}. "
         f"{CLIENTS} clients of which {BYZANTINE} Byzantine (20%: one fraction, enough to rank "
@@ -419,23 +420,22 @@ def _setup(ws: Workspace, settings: Sequence[Setting]) -> str:
         "half-width; *worst* is the lowest mean over the attacks (a diverged run counts as "
         "the worst).",
         "",
-        "**Tuning (per row and setting, the rule of ByzFL's benchmark).** Each row's learning "
-        "rate, and CClip's radius tau, is run "
-        f"once per attack with tuning seed {TUNING_SEED}, trained without and scored on a "
-        f"fixed, stratified {round(100 * VALIDATION)}% holdout of the training split "
+        "**Tuning (per row and setting, the rule of ByzFL's benchmark).** Each row's grid "
+        "(its learning rates and, where it has one, the values of its key hyperparameter: "
+        f"{_knobs_text()}) is run once per attack with tuning seed {TUNING_SEED}, trained "
+        "without and scored "
+        f"on a fixed, stratified {round(100 * VALIDATION)}% holdout of the training split "
         f"(dataset option `validation={VALIDATION}`): the test split of the cells is never "
         "seen. The candidate with the best worst tail accuracy over the attacks wins; "
         f"candidates within {100 * TIE:.1f} points of the best are tied and the earlier in "
-        "the grid (smaller lr first) wins. Each setting's tuning table lists every candidate "
-        f"with its worst score. The method strategies' key hyperparameters are fixed: "
-        f"{FIXED_KNOBS}; each is the value the full grid chose on the validation split of "
-        "MNIST-1D's CNN (Dirichlet(0.5) split) in development, kept fixed so that a build "
-        "fits its time.",
+        "the grid (smaller lr first, then the hyperparameter's values in the order listed) "
+        "wins. Each setting's tuning table lists every candidate with its worst score.",
         "",
         "**Horizons.** FedAvg-like rows (FedAvg, RobustFedAvg) train one local epoch per round "
         f"(SGD, momentum 0.9, batch {settings[0].batch_size}); the method strategies take one "
         "server step per round (minibatch gradients of the same size), so they run many more "
-        "rounds. Each family's horizon is one where its attack-free runs have plateaued "
+        "rounds (mu2-SGD and ByzSGD, without momentum, twice as many as the other two). "
+        "Each row's horizon is one where its attack-free runs have plateaued "
         f"(the plateau rule: the last 10% of the rounds gain less than {PLATEAU_POINTS:g} "
         "point over the 10% before); the tables give each row's attack-free plateau gain and "
         "flag a row that has not plateaued. MARINA-PP samples 4 of 20 clients per round "
@@ -450,6 +450,29 @@ def _setup(ws: Workspace, settings: Sequence[Setting]) -> str:
     ])  # fmt: skip
 
 
+def _knobs_text() -> str:
+    """The rows' key hyperparameters and the values tried, e.g. "CClip's radius tau: 1, 10"."""
+    return "; ".join(
+        f"{KNOB_TEXT.get(r.label, r.knob.name)}: {', '.join(f'{v:g}' for v in r.knob.values)}"
+        for r in DEFENCES
+        if r.knob is not None
+    )
+
+
+def _horizons(s: Setting, budget: Budget) -> str:
+    """Each family's horizon, and the rows with their own, e.g. "FedAvg-like rows 100,
+    method strategies 600 (mu2-SGD + CTMA 1200)"."""
+    parts = []
+    for key, name in _FAMILIES.items():
+        rows = [r for r in s.rows if r.family == key]
+        if not rows:
+            continue
+        base = s.quick_rounds[key] if budget.quick else s.rounds[key]
+        own = [f"{r.label} {s.horizon(r, budget)}" for r in rows if s.horizon(r, budget) != base]
+        parts.append(f"{name} {base}" + (f" ({', '.join(own)})" if own else ""))
+    return ", ".join(parts)
+
+
 def attack_matrix(ws: Workspace) -> Section:
     body = [_setup(ws, SETTINGS)]
     figures: list[str] = []
@@ -462,15 +485,8 @@ def attack_matrix(ws: Workspace) -> Section:
         runs += sum(len(row.candidates(ws.budget.quick)) for row in s.rows) * (
             len(s.attacks) - 1
         ) + len(s.rows) * len(s.attacks) * len(ws.budget.seeds)
-        families = {r.family for r in s.rows}
-        fam = ", ".join(
-            f"{_FAMILIES[k]} {s.horizon(r, ws.budget)}"
-            for k in _FAMILIES
-            if k in families
-            for r in [next(r for r in s.rows if r.family == k)]
-        )
         body += ["", f"### {s.label}", "",
-                 f"Rounds: {fam}; data: {_describe(s, dataset)}."
+                 f"Rounds: {_horizons(s, ws.budget)}; data: {_describe(s, dataset)}."
                  + (f" Each round is scored on {s.eval_samples} fixed samples of the "
                     "evaluation split (test; validation when tuning)."
                     if s.eval_samples else "")]  # fmt: skip

@@ -160,3 +160,44 @@ def test_matrix_configs_satisfy_every_rule() -> None:
                 prepare(cfg)
                 check_batched(cfg)
     assert (A.partition, B.partition, B.attacks) == ("iid", "dirichlet:0.5", A.attacks)
+
+
+def test_rows_with_their_own_horizon_and_the_method_knobs_tuned_per_build() -> None:
+    """mu2-SGD and ByzSGD (no momentum) run twice the other method strategies' rounds in
+    setting (a); every method strategy with a key hyperparameter has it in its grid, and the
+    grid's values reach the config as the strategy reads them."""
+    s = matrix_mod.MNIST1D_CNN
+    full, quick = Budget.make(quick=False, jobs=1), Budget.make(quick=True, jobs=1)
+    rows = {r.label: r for r in s.rows}
+    own = {label: s.horizon(r, full) for label, r in rows.items()}
+    assert own[matrix_mod.MU2] == own[matrix_mod.BYZSGD] == 2 * s.rounds["step"]
+    assert own["Byz-VR-MARINA-PP"] == own["Byz-EF21-SGDM (TopK 10%)"] == s.rounds["step"]
+    assert own["FedAvg"] == s.rounds["fedavg"]
+    assert {s.horizon(r, quick) for r in s.rows} == set(s.quick_rounds.values())
+
+    def cfgs(label: str) -> list[ExperimentConfig]:
+        row = rows[label]
+        return [matrix_mod._config(s, "mnist1d", row, c, "alie", 0, 10) for c in row.candidates()]
+
+    marina = cfgs("Byz-VR-MARINA-PP")
+    assert [(c.lr, c.params["alpha"]) for c in marina] == [
+        (0.05, 1.0), (0.05, 10.0), (0.1, 1.0), (0.1, 10.0)
+    ]  # fmt: skip
+    assert {c.momentum for c in cfgs("Byz-EF21-SGDM (TopK 10%)")} == {0.9, 0.5}  # 1 - eta
+    byzsgd = cfgs(matrix_mod.BYZSGD)
+    periods = [c.params["gather_period"] for c in byzsgd]
+    assert periods == [5, 10, 5, 10] and all(type(p) is int for p in periods)
+    assert all(c.params["n_servers"] == 5 for c in byzsgd)  # the row's own params kept
+    assert len(cfgs(matrix_mod.MU2)) == 2  # no knob: the lr grid only
+
+
+def test_setup_text_names_every_knob_and_each_rows_horizon(tmp_path: Path) -> None:
+    budget = Budget.make(quick=False, jobs=1)
+    ws = FakeWorkspace(tmp_path, _make, budget)
+    text = matrix_mod._setup(ws, (matrix_mod.MNIST1D_CNN,))
+    for label, what in matrix_mod.KNOB_TEXT.items():
+        row = next(r for r in matrix_mod.DEFENCES if r.label == label)
+        assert row.knob is not None
+        assert f"{what}: {', '.join(f'{v:g}' for v in row.knob.values)}" in text
+    assert "fixed" not in text.lower().split("tuning")[1].split("horizons")[0]
+    assert f"method strategies 600 ({matrix_mod.MU2} 1200, {matrix_mod.BYZSGD} 1200)" in text
