@@ -353,6 +353,15 @@ def _cand_text(row: Row, cand: Cand) -> str:
     return f"{text}, {row.param_text(cand[1])}" if cand[1] is not None else text
 
 
+def _gain_flag(gain: float) -> str:
+    """ " (not plateaued)" for a seed-mean plateau gain of a point or more, " (falling)" for
+    a loss of a point or more (the rule holds, but the tail is below the runs' best: a seed
+    that collapsed or diverged late), else ""."""
+    if math.isnan(gain) or abs(gain) < PLATEAU_POINTS:
+        return ""
+    return " (not plateaued)" if gain > 0 else " (falling)"
+
+
 def _tables(t: _Table) -> list[str]:
     s = t.setting
     header = ["row", "lr", "key hyperparameter", "rounds", *s.attacks, "worst",
@@ -363,7 +372,7 @@ def _tables(t: _Table) -> list[str]:
         lr, value = choice.chosen
         worst, attack = t.worst(row.label)
         gain = t.gain(row.label)
-        flag = "" if math.isnan(gain) or gain < PLATEAU_POINTS else " (not plateaued)"
+        flag = _gain_flag(gain)
         rows.append([
             row.label, f"{lr:g}", row.param_text(value) or "-", t.rounds[row.label],
             *[t.iv(row.label, a).fmt() for a in s.attacks],
@@ -438,7 +447,9 @@ def _setup(ws: Workspace, settings: Sequence[Setting]) -> str:
         "Each row's horizon is one where its attack-free runs have plateaued "
         f"(the plateau rule: the last 10% of the rounds gain less than {PLATEAU_POINTS:g} "
         "point over the 10% before); the tables give each row's attack-free plateau gain and "
-        "flag a row that has not plateaued. MARINA-PP samples 4 of 20 clients per round "
+        "flag a row that has not plateaued, and one whose tail falls by a point or more "
+        "(falling: the rule holds, but the runs are past their best, e.g. a seed that "
+        "collapsed late). MARINA-PP samples 4 of 20 clients per round "
         "(RandK 10%, bucketing + median), Byz-EF21-SGDM sends TopK 10% (NNM + CWTM), mu2-SGD "
         "uses CTMA + median, ByzSGD MDA with one of its 5 server replicas Byzantine (a "
         "different random model to each worker). Attacks at their defaults (ALIE's z from n "

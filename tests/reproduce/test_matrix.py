@@ -55,6 +55,9 @@ def _make(name: str, cfg: ExperimentConfig) -> Result:
     if cfg.method == "fedavg" and cfg.attack == "none":
         k = max(1, n // 10)  # the last 10%: a jump from 0 to 80, 90, 100%
         return result(cfg, [0.0] * (n - k) + [0.8 + 0.1 * cfg.seed] * k)
+    if cfg.aggregator == "geomed" and cfg.attack == "none" and cfg.seed == 0:
+        k = max(1, n // 10)  # seed 0 collapses in the last 10%: from 50 to 20%
+        return result(cfg, [0.5] * (n - k) + [0.2] * k)
     return result(cfg, [0.5 + 0.1 * cfg.seed - (0.1 if cfg.attack == "alie" else 0.0)] * n)
 
 
@@ -89,6 +92,10 @@ def test_rows_are_tuned_on_validation_then_measured_on_the_test_split(tmp_path: 
     assert f"lr {LO:g}, tau 1: 50.0; lr {LO:g}, tau 10: 70.0 ←" in md
     # FedAvg's attack-free runs: 80, 90, 100% over the last 10%, gaining 90 points: flagged
     assert "| 90.0 ± 24.8 |" in md and "+90.0 (not plateaued)" in md
+    # GeoMed's seed 0 loses 30 points over the last 10%, seeds 1 and 2 stay: -10.0 on average
+    geomed = next(line for line in md.splitlines() if line.startswith("| RobustFedAvg GeoMed |"))
+    assert "| -10.0 (falling) |" in geomed
+    assert "(falling)" not in md.replace(geomed, "")  # the flat rows are not flagged
     data = section.data
     a_rows = data["settings"][A.key]["rows"]
     assert data["settings"][A.key]["label"] == A.label
