@@ -23,7 +23,7 @@ help:
 	@echo "make test-fast  same, skipping tests marked slow/deployment"
 	@echo "make bench      install (+ ByzFL --no-deps), run benchmarks/aggregators.py -> benchmarks/results/"
 	@echo "make bench-engines  install, run benchmarks/engines.py (engines vs a plain loop, ~30-60 min)"
-	@echo "make results    install, then regenerate docs/RESULTS.md and its figures (~70 min)"
+	@echo "make results    install, then regenerate docs/RESULTS.md and its figures (~66 min)"
 	@echo "make lint       ruff + mypy"
 	@echo "make wheel      install, then build the sdist and, from it, the wheel -> dist/ (offline)"
 
