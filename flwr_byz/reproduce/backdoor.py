@@ -60,6 +60,7 @@ __all__ = [
     "Setting",
     "Stats",
     "backdoor_matrix",
+    "engine_of",
     "setting",
 ]
 

@@ -392,10 +392,32 @@ def _tables(t: _Table) -> list[str]:
     return [
         "", f"**{s.label}: tail accuracy (%) on the test split, mean ± 95% half-width**", "",
         table(header, rows),
+        "", _seeds_text(t),
         "", f"**{s.label}: tuning (worst validation tail accuracy over the attacks, %; ← "
         "chosen)**", "",
         table(["row", "candidates"], tuning),
     ]  # fmt: skip
+
+
+def _seeds_text(t: _Table) -> str:
+    """The attack-free runs that, on their own, gain a point or more over their last 10% (the
+    plateau gain column judges the seed mean)."""
+    above = []
+    for row in t.setting.rows:
+        seeds = [
+            f"seed {res.config.get('seed', '?')} {gain:+.1f}"
+            for res in t.runs[row.label]["none"]
+            for gain in [plateau_gain([r.accuracy for r in res.rounds])]
+            if not math.isnan(gain) and gain >= PLATEAU_POINTS
+        ]
+        if seeds:
+            above.append(f"{row.label} ({', '.join(seeds)})")
+    if not above:
+        return "Every attack-free run is within the plateau rule on its own."
+    return (
+        "Attack-free runs above the plateau rule on their own (the column judges the seed "
+        f"mean): {'; '.join(above)}."
+    )
 
 
 def _data(t: _Table) -> dict[str, Any]:
