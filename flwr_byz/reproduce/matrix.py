@@ -195,8 +195,9 @@ _LENET_LRS = (0.05, 0.1)  # 0.2 collapses under sign flipping
 #: enough) left 8 of 11 rows still rising, some by 4-5 points; at 100 with lr 0.15-0.2 the
 #: FedAvg-like rows plateau. (With Dirichlet(0.5) label skew, attack-free FedAvg had not
 #: plateaued at 60 rounds on 2 of 3 seeds; setting (b) keeps the label skew.) The method
-#: strategies plateau by 600 steps, except mu2-SGD and ByzSGD (no momentum: +3.9 and +4.4
-#: points over the last 10% at 600, +2.8 and +1.4 at 1000, below 1 at 1200, lr 0.2).
+#: strategies plateau by 600 steps, except mu2-SGD and ByzSGD (no momentum, lr 0.2: +3.9 and
+#: +4.4 points over the last 10% at 600, +2.8 and +1.4 at 1000; at 1200 mu2-SGD -0.7, and
+#: ByzSGD -7.5 with two seeds at +1.2/+1.3 and one collapsing late).
 MNIST1D_CNN = Setting(
     "mnist1d-cnn",
     "MNIST-1D, CNN, IID",
@@ -354,9 +355,9 @@ def _cand_text(row: Row, cand: Cand) -> str:
 
 
 def _gain_flag(gain: float) -> str:
-    """ " (not plateaued)" for a seed-mean plateau gain of a point or more, " (falling)" for
-    a loss of a point or more (the rule holds, but the tail is below the runs' best: a seed
-    that collapsed or diverged late), else ""."""
+    """The table's flag for a seed-mean plateau gain: "not plateaued" for a gain of a point or
+    more, "falling" for a loss of a point or more (the rule holds, but the tail is below the
+    runs' best: e.g. a seed that collapsed late), none in between."""
     if math.isnan(gain) or abs(gain) < PLATEAU_POINTS:
         return ""
     return " (not plateaued)" if gain > 0 else " (falling)"
