@@ -36,7 +36,6 @@ __all__ = [
     "CLIENTS",
     "COPY_ROWS",
     "DEFENCES",
-    "KNOB_TEXT",
     "MNIST1D_CNN",
     "PREPARED_COPY",
     "SETTINGS",
@@ -60,13 +59,14 @@ class Knob:
     """A row's key hyperparameter: its name in the tables, the values tried (in grid order),
     and where it goes: ``"aggregator"`` (an option ``key`` of the aggregator spec),
     ``"params"`` (the strategy argument ``key``; ``integer``: passed as an int) or ``"eta"``
-    (Byz-EF21-SGDM's eta, i.e. momentum 1 - eta)."""
+    (Byz-EF21-SGDM's eta, i.e. momentum 1 - eta); ``about``: what it is, for the text."""
 
     name: str
     values: tuple[float, ...]
     target: str
     key: str = ""
     integer: bool = False
+    about: str = ""
 
     def apply(self, fields: dict[str, Any], value: float) -> dict[str, Any]:
         out = dict(fields)
@@ -131,28 +131,25 @@ DEFENCES: tuple[Row, ...] = (
     Row("RobustFedAvg NNM+Krum", "robust-fedavg", _LOCAL | {"aggregator": "nnm+krum"},
         lrs=_FEDAVG_LRS),
     Row("RobustFedAvg CClip", "robust-fedavg", _LOCAL | {"aggregator": "cc"}, lrs=_FEDAVG_LRS,
-        knob=Knob("tau", (1.0, 10.0), "aggregator", "tau")),
+        knob=Knob("tau", (1.0, 10.0), "aggregator", "tau", about="CClip's radius tau")),
     Row("RobustFedAvg CTMA+CWMed", "robust-fedavg", _LOCAL | {"aggregator": "ctma+cwmed"},
         lrs=_FEDAVG_LRS),
     Row("Byz-VR-MARINA-PP", "byz-vr-marina-pp",
         {"aggregator": "bucketing:2+median", "compressor": "randk:0.1", "clients_per_round": 4},
-        family="step", lrs=(0.05, 0.1), knob=Knob("alpha", (1.0, 10.0), "params", "alpha")),
+        family="step", lrs=(0.05, 0.1),
+        knob=Knob("alpha", (1.0, 10.0), "params", "alpha",
+                  about="MARINA-PP's clipping multiplier alpha")),
     Row("Byz-EF21-SGDM (TopK 10%)", "byz-ef21-sgdm",
         {"aggregator": "nnm+cwtm", "compressor": "topk:0.1"},
-        family="step", lrs=(0.2, 0.5), knob=Knob("eta", (0.1, 0.5), "eta")),
+        family="step", lrs=(0.2, 0.5),
+        knob=Knob("eta", (0.1, 0.5), "eta",
+                  about="Byz-EF21-SGDM's momentum eta (momentum 1 - eta)")),
     Row(MU2, "mu2sgd", {"aggregator": "ctma+median"}, family="step", lrs=(0.2, 0.5)),
     Row(BYZSGD, "byzsgd", {"aggregator": "mda", "params": _BYZSGD},
         family="step", lrs=(0.2, 0.5),
-        knob=Knob("T", (5, 10), "params", "gather_period", integer=True)),
+        knob=Knob("T", (5, 10), "params", "gather_period", integer=True,
+                  about="ByzSGD's gather period T (steps between the servers' model exchanges)")),
 )  # fmt: skip
-
-#: What each row's key hyperparameter is, for the text (the rows with a ``knob``).
-KNOB_TEXT = {
-    "RobustFedAvg CClip": "CClip's radius tau",
-    "Byz-VR-MARINA-PP": "MARINA-PP's clipping multiplier alpha",
-    "Byz-EF21-SGDM (TopK 10%)": "Byz-EF21-SGDM's momentum eta (momentum 1 - eta)",
-    BYZSGD: "ByzSGD's gather period T (steps between the servers' model exchanges)",
-}
 
 
 @dataclass(frozen=True)
@@ -487,7 +484,7 @@ def _setup(ws: Workspace, settings: Sequence[Setting]) -> str:
 def _knobs_text() -> str:
     """The rows' key hyperparameters and the values tried, e.g. "CClip's radius tau: 1, 10"."""
     return "; ".join(
-        f"{KNOB_TEXT.get(r.label, r.knob.name)}: {', '.join(f'{v:g}' for v in r.knob.values)}"
+        f"{r.knob.about or r.knob.name}: {', '.join(f'{v:g}' for v in r.knob.values)}"
         for r in DEFENCES
         if r.knob is not None
     )

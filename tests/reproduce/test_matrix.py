@@ -207,9 +207,9 @@ def test_setup_text_names_every_knob_and_each_rows_horizon(tmp_path: Path) -> No
     budget = Budget.make(quick=False, jobs=1)
     ws = FakeWorkspace(tmp_path, _make, budget)
     text = matrix_mod._setup(ws, (matrix_mod.MNIST1D_CNN,))
-    for label, what in matrix_mod.KNOB_TEXT.items():
-        row = next(r for r in matrix_mod.DEFENCES if r.label == label)
-        assert row.knob is not None
-        assert f"{what}: {', '.join(f'{v:g}' for v in row.knob.values)}" in text
+    knobs = [r.knob for r in matrix_mod.DEFENCES if r.knob is not None]
+    assert len(knobs) == 4 and all(k.about for k in knobs)
+    for knob in knobs:
+        assert f"{knob.about}: {', '.join(f'{v:g}' for v in knob.values)}" in text
     assert "fixed" not in text.lower().split("tuning")[1].split("horizons")[0]
     assert f"method strategies 600 ({matrix_mod.MU2} 1200, {matrix_mod.BYZSGD} 1200)" in text
